@@ -1,0 +1,1 @@
+"""Environments and wrappers registered under the ``rl_manager/`` namespace (imported as ``rl_manager.envs``)."""
