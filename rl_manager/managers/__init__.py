@@ -1,0 +1,23 @@
+"""Managers: turn (snapshot, menu) into a proposed decision."""
+
+from __future__ import annotations
+
+from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.rule import RuleManager
+
+#: managers that can be built by name without further configuration
+MANAGERS: dict[str, type[Manager]] = {"rule": RuleManager}
+
+
+def make_manager(name: str) -> Manager:
+    """Build a manager by name.
+
+    :raises ValueError: for an unknown name.
+    """
+    try:
+        return MANAGERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown manager {name!r}; choose from {sorted(MANAGERS)}") from None
+
+
+__all__ = ["MANAGERS", "Manager", "Proposal", "RuleManager", "make_manager"]

@@ -1,0 +1,180 @@
+"""Append-only JSONL audit log: one self-contained :class:`~rl_manager.schema.AuditRecord` a line.
+
+Every record is flushed and fsynced before :meth:`AuditLog.append` returns, so a killed run loses
+at most the line being written. :func:`read_audit` tolerates such a torn last line, and
+:class:`AuditLog` cuts it off before appending, so a resumed run continues the sequence.
+
+``python -m rl_manager.audit show RUN_DIR`` prints the decisions as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rl_manager.schema import AuditRecord
+
+logger = logging.getLogger(__name__)
+
+AUDIT_FILENAME = "audit.jsonl"
+
+
+class AuditLogError(ValueError):
+    """An audit log is corrupt somewhere other than its last line."""
+
+
+def _path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p / AUDIT_FILENAME if p.is_dir() else p
+
+
+def read_audit(path: str | os.PathLike) -> list[AuditRecord]:
+    """Read every record of an audit log (a file, or a run folder holding ``audit.jsonl``).
+
+    A torn or unparseable *last* line (a run killed mid-write) is skipped with a warning;
+    corruption anywhere else raises :class:`AuditLogError`.
+    """
+    p = _path(path)
+    if not p.exists():
+        return []
+    lines = p.read_bytes().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    records: list[AuditRecord] = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(AuditRecord.model_validate_json(line))
+        except (ValidationError, ValueError) as exc:
+            if i == len(lines) - 1:
+                logger.warning("%s: skipping a torn last line (%d bytes)", p, len(line))
+                break
+            raise AuditLogError(f"{p}: line {i + 1} is not a valid audit record: {exc}") from exc
+    return records
+
+
+class AuditLog:
+    """Writer of an append-only audit log.
+
+    :param path: the log file, or a run folder (``audit.jsonl`` inside it).
+    :param run_id: run identifier written into every record.
+    """
+
+    def __init__(self, path: str | os.PathLike, run_id: str) -> None:
+        p = Path(path)
+        self.path = p / AUDIT_FILENAME if p.is_dir() or p.suffix == "" else p
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+        self._repair_tail()
+        existing = read_audit(self.path)
+        self.next_seq = existing[-1].seq + 1 if existing else 0
+
+    def _repair_tail(self) -> None:
+        """Cut a torn last line so the next record starts on a line of its own."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: removing a torn last line (%d bytes)", self.path, len(data) - keep)
+        with open(self.path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, **fields) -> AuditRecord:
+        """Write one record (``run_id``, ``seq`` and ``time`` are filled in) and fsync it.
+
+        :param fields: the other :class:`~rl_manager.schema.AuditRecord` fields.
+        :return: the record written.
+        """
+        record = AuditRecord(
+            run_id=self.run_id,
+            seq=self.next_seq,
+            time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            **fields,
+        )
+        line = record.model_dump_json() + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.next_seq += 1
+        return record
+
+
+def _describe(record: AuditRecord) -> str:
+    d = record.decision
+    if d is None:
+        return record.message or "-"
+    if d.action == "adjust":
+        return ", ".join(f"{c.knob}={c.value:.4g}" for c in d.changes)
+    if d.action == "rollback_and_consolidate":
+        return f"{d.change.knob}={d.change.value:.4g}"
+    return ""
+
+
+def format_table(records: list[AuditRecord]) -> str:
+    """Render records as a plain-text table (one row a record)."""
+    header = (
+        "seq",
+        "step",
+        "eval",
+        "kind",
+        "proposer",
+        "action",
+        "changes",
+        "applied",
+        "errors",
+        "fallback",
+        "latency_s",
+    )
+    rows = [header]
+    for r in records:
+        rows.append(
+            (
+                str(r.seq),
+                str(r.step),
+                str(r.evaluation_index),
+                r.kind,
+                r.proposer or "-",
+                r.decision.action if r.decision else "-",
+                _describe(r),
+                "yes" if r.applied else "no",
+                str(len(r.validation_errors)),
+                r.fallback or "-",
+                f"{r.latency_s:.3f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rl_manager.audit show RUN_DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m rl_manager.audit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the decisions of a run as a table")
+    show.add_argument("run_dir", help="run folder (or an audit.jsonl file)")
+    args = parser.parse_args(argv)
+    p = _path(args.run_dir)
+    if not p.exists():
+        print(f"error: no audit log at {p}", file=sys.stderr)
+        return 2
+    try:
+        records = read_audit(p)
+    except AuditLogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""One decision, end to end: propose → guard → (one re-ask) → fallback.
+
+:func:`decide` is what every integration (the SB3 callback, the supervised loop, the decide CLI,
+the async runner) calls; it returns a :class:`~rl_manager.schema.AuditRecord`-ready
+:class:`Outcome` and never raises on a manager's failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from rl_manager.guard import Guard
+from rl_manager.managers.base import Manager
+from rl_manager.menu import GateConfig, build_action_space
+from rl_manager.schema import (
+    ActionSpace,
+    Attempt,
+    Decision,
+    NoAction,
+    ResolvedChange,
+    RollbackAndConsolidate,
+    RollbackToBest,
+    TelemetrySnapshot,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """The guarded result of one decision point."""
+
+    decision: Decision
+    changes: list[ResolvedChange]
+    menu: ActionSpace
+    attempts: list[Attempt] = field(default_factory=list)
+    proposer: str = ""
+    fallback: str | None = None
+
+    @property
+    def validation_errors(self) -> list[str]:
+        """All guard errors over all attempts."""
+        return [e for a in self.attempts for e in a.errors]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(a.latency_s for a in self.attempts)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens or 0 for a in self.attempts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion_tokens or 0 for a in self.attempts)
+
+    def knobs_after(self, snapshot: TelemetrySnapshot) -> dict[str, float]:
+        """The recipe this decision leads to (a rollback restores the best checkpoint's knobs)."""
+        knobs = snapshot.knob_values()
+        if isinstance(self.decision, RollbackToBest | RollbackAndConsolidate) and snapshot.best is not None:
+            knobs.update({k: v for k, v in snapshot.best.knobs.items() if k in knobs})
+        knobs.update({c.knob: c.after for c in self.changes})
+        return knobs
+
+
+def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, guard: Guard, feedback: str | None):
+    try:
+        proposal = manager.propose(snapshot, menu, feedback)
+    except Exception as exc:  # a dead endpoint or a buggy manager must not stop training
+        logger.warning("manager %s failed: %s", manager.name, exc)
+        return Attempt(proposer=manager.name, errors=[f"manager error: {type(exc).__name__}: {exc}"]), None
+    review = guard.review(proposal.reply, menu)
+    reply = proposal.reply
+    if not isinstance(reply, str):
+        reply = reply.model_dump_json() if hasattr(reply, "model_dump_json") else repr(reply)
+    errors = list(review.errors)
+    if proposal.finish_reason == "length" and review.ok:
+        # a truncated reply that happens to parse is still a failure
+        errors = ["reply was cut off (finish_reason=length)"]
+        review.decision = None
+    attempt = Attempt(
+        proposer=manager.name,
+        prompt=proposal.prompt,
+        raw_reply=reply,
+        errors=errors,
+        latency_s=proposal.latency_s,
+        prompt_tokens=proposal.prompt_tokens,
+        completion_tokens=proposal.completion_tokens,
+        finish_reason=proposal.finish_reason,
+    )
+    return attempt, (review if not errors else None)
+
+
+def decide(
+    snapshot: TelemetrySnapshot,
+    manager: Manager,
+    *,
+    gates: GateConfig | None = None,
+    fallback: Manager | None = None,
+    max_reasks: int = 1,
+    guard: Guard | None = None,
+) -> Outcome:
+    """Take one guarded decision.
+
+    :param snapshot: telemetry at this decision point.
+    :param manager: the primary manager.
+    :param gates: gate configuration for the menu.
+    :param fallback: manager used when the primary fails every attempt (``None``: no-op).
+    :param max_reasks: re-asks of the primary manager, each showing the guard's message.
+    :param guard: the guard (a default one if ``None``).
+    :return: the outcome; a no-op if nothing valid was proposed.
+    """
+    guard = guard or Guard()
+    menu = build_action_space(snapshot, gates)
+    attempts: list[Attempt] = []
+    feedback: str | None = None
+    for _ in range(1 + max_reasks):
+        attempt, review = _attempt(manager, snapshot, menu, guard, feedback)
+        attempts.append(attempt)
+        if review is not None:
+            return Outcome(review.decision, review.changes, menu, attempts, proposer=manager.name)
+        if attempt.raw_reply is None:  # transport/manager error: re-asking will not help
+            break
+        feedback = "The proposal was rejected:\n" + "\n".join(f"- {e}" for e in attempt.errors)
+    if fallback is not None and fallback is not manager:
+        attempt, review = _attempt(fallback, snapshot, menu, guard, None)
+        attempts.append(attempt)
+        if review is not None:
+            return Outcome(
+                review.decision, review.changes, menu, attempts, proposer=fallback.name, fallback=fallback.name
+            )
+    reason = f"fallback: no valid proposal from {manager.name}"
+    return Outcome(NoAction(reason=reason), [], menu, attempts, proposer=manager.name, fallback="no_action")

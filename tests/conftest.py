@@ -1,0 +1,30 @@
+"""Shared fixtures: small, valid snapshots built in code."""
+
+from __future__ import annotations
+
+import pytest
+
+from rl_manager.schema import BestCheckpoint, HistoryRow, KnobSpec, RunPosition, TelemetrySnapshot
+
+
+def make_snapshot(**overrides) -> TelemetrySnapshot:
+    """A valid RL snapshot with two knobs; keyword arguments replace fields."""
+    data = dict(
+        run_id="test",
+        task="rl_manager/SafeFetchReach-v0",
+        algo="sac",
+        position=RunPosition(step=5000, total_steps=50000, evaluation_index=5),
+        knobs=[
+            KnobSpec(name="learning_rate", value=1e-3, low=1e-5, high=3e-3, role="learning_rate", conservative="down"),
+            KnobSpec(name="ent_coef", value=0.05, low=1e-4, high=0.5, role="exploration", conservative="down"),
+        ],
+        history=[HistoryRow(evaluation_index=i, step=1000 * i, score=0.1 * i, success_rate=0.1 * i) for i in range(6)],
+        best=BestCheckpoint(evaluation_index=5, step=5000, score=0.5, knobs={"learning_rate": 1e-3, "ent_coef": 0.05}),
+    )
+    data.update(overrides)
+    return TelemetrySnapshot(**data)
+
+
+@pytest.fixture
+def snapshot() -> TelemetrySnapshot:
+    return make_snapshot()

@@ -1,0 +1,105 @@
+import math
+
+from rl_manager.core import decide
+from rl_manager.managers import RuleManager, make_manager
+from rl_manager.managers.base import Manager, Proposal
+from rl_manager.menu import build_action_space
+from rl_manager.schema import HistoryRow, InterventionOutcome, ResolvedChange, RunPosition
+from tests.conftest import make_snapshot
+from tests.test_menu import regressed
+
+
+def flat_collapsed(**extra):
+    rows = [HistoryRow(evaluation_index=i, step=i, score=0.0, success_rate=0.0, entropy=-1.0 - i) for i in range(4)]
+    return make_snapshot(
+        position=RunPosition(step=4, total_steps=100, evaluation_index=3), history=rows, best=None, **extra
+    )
+
+
+def test_entropy_collapse_raises_exploration():
+    out = decide(flat_collapsed(), RuleManager())
+    assert out.decision.action == "adjust"
+    assert [(c.knob, c.after > c.before) for c in out.changes] == [("ent_coef", True)]
+
+
+def test_does_not_repeat_an_intervention_that_made_things_worse():
+    worse = InterventionOutcome(
+        evaluation_index=0,
+        step=0,
+        action="adjust",
+        changes=[ResolvedChange(knob="ent_coef", before=0.025, after=0.05)],
+        score_before=0.0,
+        scores_after=[0.0, 0.0, 0.0],
+        verdict="worse",
+    )
+    out = decide(flat_collapsed(interventions=[worse]), RuleManager())
+    assert not any(c.knob == "ent_coef" and c.after > c.before for c in out.changes)
+
+
+def test_waits_while_last_intervention_is_measured():
+    pending = InterventionOutcome(
+        evaluation_index=3,
+        step=3,
+        action="adjust",
+        changes=[ResolvedChange(knob="learning_rate", before=2e-3, after=1e-3)],
+        scores_after=[],
+        verdict="pending",
+    )
+    assert decide(flat_collapsed(interventions=[pending]), RuleManager()).decision.action == "no_action"
+
+
+def test_regression_rolls_back_and_consolidates_lr_down():
+    out = decide(regressed(2), RuleManager())
+    assert out.decision.action == "rollback_and_consolidate"
+    assert out.changes[0].knob == "learning_rate" and out.changes[0].after < out.changes[0].before
+    assert out.knobs_after(regressed(2))["learning_rate"] == out.changes[0].after
+
+
+def test_nan_losses_lower_the_lr_without_a_rollback_gate():
+    snap = make_snapshot()
+    snap.health.critic_loss = math.nan
+    out = decide(snap, RuleManager())
+    assert out.decision.action == "adjust" and out.changes[0].knob == "learning_rate"
+    assert out.changes[0].after == 2.5e-4
+
+
+def test_rule_decisions_are_always_valid_and_deterministic(snapshot):
+    m = build_action_space(snapshot)
+    a = RuleManager().rule_decision(snapshot, m)
+    b = RuleManager().rule_decision(snapshot, m)
+    assert a == b
+
+
+class _Scripted(Manager):
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.feedback = []
+
+    def _propose(self, snapshot, menu, feedback):
+        self.feedback.append(feedback)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return Proposal(reply=reply)
+
+
+def test_reask_shows_the_error_then_accepts():
+    bad = '{"action": "adjust", "changes": [{"knob": "learning_rate", "value": 0.0007}]}'
+    good = '{"action": "adjust", "changes": [{"knob": "learning_rate", "value": 0.0005}]}'
+    mgr = _Scripted([bad, good])
+    out = decide(make_snapshot(), mgr)
+    assert out.decision.action == "adjust" and out.fallback is None
+    assert mgr.feedback[0] is None and "0.0007" in mgr.feedback[1]
+    assert len(out.attempts) == 2 and out.validation_errors
+
+
+def test_fallback_to_rules_then_noop():
+    mgr = _Scripted(["nope", "still nope"])
+    out = decide(flat_collapsed(), mgr, fallback=make_manager("rule"))
+    assert out.fallback == "rule" and out.decision.action == "adjust"
+    out = decide(make_snapshot(), _Scripted([RuntimeError("endpoint down")]))
+    assert out.decision.action == "no_action" and out.fallback == "no_action"
+    assert "endpoint down" in out.validation_errors[0]
+    assert len(out.attempts) == 1  # a transport error is not re-asked
