@@ -12,14 +12,16 @@ role that the menu offers, in menu order.
  2     stop gate open (target met twice)              stop_training
  3     rollback gate open (score ≥ margin below       rollback_and_consolidate (LR down, else any
        best for 2 evaluations)                        conservative change), else rollback_to_best
+ — while the latest intervention has < 2 measured evaluations after it, or fewer than
+   ``min_evaluations`` evaluations exist: no_action (wait) —
  4     diverging: latest training loss > 5× the       LR ×0.5 (×0.25 past 20×)
        median of earlier ones, or PPO approx KL
-       > 0.05
- 5     unsafe: evaluation episode cost over the       exploration ×0.5 and cost penalty ×2 (those
-       limit, or violation rate over the target       that exist), else LR ×0.5
+       > 0.08
+ 5     unsafe on the last 2 evaluations: episode      exploration ×0.5 and cost penalty ×2 (those
+       cost over the limit, or violation rate over    that exist), else LR ×0.5
+       the target
  6     overfitting: validation loss rose on the       regularisation up (×2 / next value) and
        last 2 evaluations while training loss fell    LR ×0.5
- — while the latest intervention has < 2 measured evaluations after it: no_action (wait) —
  7     exploration collapsed (entropy down ≥ 1 nat    exploration ×2
        or by half, action std < 0.1, or the
        exploration knob within ×2 of its floor)
@@ -78,6 +80,7 @@ class RuleManager(Manager):
     :param plateau_evals: evaluations without a new best that count as a plateau.
     :param min_measured: measured evaluations needed after the latest intervention before a
         non-urgent rule may act again.
+    :param min_evaluations: evaluations needed before a non-urgent rule may act (warm-up).
     """
 
     name = "rule"
@@ -85,10 +88,12 @@ class RuleManager(Manager):
     def __init__(
         self,
         divergence_ratio: float = 5.0,
-        kl_limit: float = 0.05,
+        kl_limit: float = 0.08,
         plateau_evals: int = 4,
         min_measured: int = 2,
+        min_evaluations: int = 3,
     ) -> None:
+        self.min_evaluations = min_evaluations
         self.divergence_ratio = divergence_ratio
         self.kl_limit = kl_limit
         self.plateau_evals = plateau_evals
@@ -106,13 +111,15 @@ class RuleManager(Manager):
             if i.verdict == "worse"
             for c in i.changes
         }
-        for rule in (self._non_finite, self._stop, self._regression, self._diverging, self._unsafe, self._overfitting):
+        for rule in (self._non_finite, self._stop, self._regression):
             decision = rule(snapshot, menu)
             if decision is not None:
                 return decision
+        if len(snapshot.history) < self.min_evaluations:
+            return NoAction(reason=f"warm-up: fewer than {self.min_evaluations} evaluations")
         if self._waiting(snapshot):
             return NoAction(reason="waiting to measure the effect of the latest intervention")
-        for rule in (self._collapse, self._stuck, self._plateau):
+        for rule in (self._diverging, self._unsafe, self._overfitting, self._collapse, self._stuck, self._plateau):
             decision = rule(snapshot, menu)
             if decision is not None:
                 return decision
@@ -246,14 +253,18 @@ class RuleManager(Manager):
         return None
 
     def _unsafe(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        e, t = s.evaluation, s.targets
-        over_cost = t.cost_limit is not None and _finite(e.mean_cost) and e.mean_cost > t.cost_limit
-        over_rate = (
-            t.max_violation_rate is not None and _finite(e.violation_rate) and e.violation_rate > t.max_violation_rate
-        )
-        if not (over_cost or over_rate):
+        t = s.targets
+
+        def over(cost: float | None, rate: float | None) -> bool:
+            return (t.cost_limit is not None and _finite(cost) and cost > t.cost_limit) or (
+                t.max_violation_rate is not None and _finite(rate) and rate > t.max_violation_rate
+            )
+
+        rows = s.history[-2:]
+        if len(rows) < 2 or not all(over(r.mean_cost, r.violation_rate) for r in rows):
             return None
-        reason = f"evaluation cost {e.mean_cost} / violation rate {e.violation_rate} exceed the limits"
+        e = s.evaluation
+        reason = f"safety limits exceeded on 2 evaluations (cost {e.mean_cost}, violation rate {e.violation_rate})"
         return self._adjust(
             menu, [("exploration", "down", 0.5), ("cost_penalty", "up", 2.0)], reason, "fewer safety violations"
         ) or self._adjust(menu, [("learning_rate", "down", 0.5)], reason, "fewer safety violations")

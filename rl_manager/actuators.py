@@ -1,0 +1,289 @@
+"""Actuators: read and write knob values on a live SB3 algorithm.
+
+SB3 silently undoes naive edits (see ``shared/ANCHORS.md``), so each actuator writes where the
+algorithm reads the value during ``train()``:
+
+- learning rate: replace ``model.lr_schedule`` (SB3 resets optimiser LRs from it every ``train()``);
+- PPO/A2C ``ent_coef``: the float read in ``train()``;
+- SAC/TQC fixed entropy coefficient: ``ent_coef_tensor``; ``'auto'``: ``target_entropy``;
+- TD3/DDPG (and SAC/TQC given one) ``action_noise`` sigma, inside ``VectorizedActionNoise`` too;
+- PPO ``clip_range``: a schedule; PPO/A2C Gaussian ``log_std`` (exposed as ``action_std``);
+- env reward weights (``progress_scale``, ``success_bonus``, ``collision_penalty``) where the
+  training env exposes ``set_reward_weights`` / ``reward_weights`` (the planar reacher).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch as th
+from pydantic import Field
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
+from stable_baselines3.common.utils import ConstantSchedule, update_learning_rate
+
+from rl_manager.schema import DEFAULT_MULTIPLIERS, KnobRole, KnobSpec, StrictModel
+
+
+class KnobBounds(StrictModel):
+    """User overrides of a knob's bounds and moves (from a recipe's ``manager_knobs``)."""
+
+    low: float | None = None
+    high: float | None = None
+    multipliers: tuple[float, ...] | None = None
+    values: tuple[float, ...] | None = None
+    cooldown: int | None = Field(default=None, ge=0)
+    enabled: bool = True
+
+
+class Actuator(ABC):
+    """Reads and writes one knob of a live algorithm.
+
+    :param low: absolute lower bound.
+    :param high: absolute upper bound.
+    """
+
+    name: str = ""
+    role: KnobRole = "other"
+    conservative: str | None = None
+    scale: str = "log"
+    multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
+    values: tuple[float, ...] = ()
+    cooldown: int = 2
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = float(low), float(high)
+
+    def read(self, model: BaseAlgorithm) -> float:
+        """The value in force (what the next ``train()`` uses)."""
+        return float(self._read(model))
+
+    def write(self, model: BaseAlgorithm, value: float) -> float:
+        """Set the knob (clamped into the bounds); return the value read back."""
+        if not math.isfinite(value):
+            raise ValueError(f"{self.name}: refusing non-finite value {value}")
+        self._write(model, min(self.high, max(self.low, float(value))))
+        return self.read(model)
+
+    @abstractmethod
+    def _read(self, model: BaseAlgorithm) -> float: ...
+
+    @abstractmethod
+    def _write(self, model: BaseAlgorithm, value: float) -> None: ...
+
+    def spec(self, model: BaseAlgorithm, last_changed_at: int | None = None, description: str = "") -> KnobSpec:
+        """The knob's :class:`~rl_manager.schema.KnobSpec` now (bounds widened to hold the value)."""
+        value = self.read(model)
+        return KnobSpec(
+            name=self.name,
+            value=value,
+            low=min(self.low, value),
+            high=max(self.high, value),
+            multipliers=self.multipliers,
+            values=self.values,
+            scale=self.scale,  # type: ignore[arg-type]
+            role=self.role,
+            conservative=self.conservative,  # type: ignore[arg-type]
+            cooldown=self.cooldown,
+            last_changed_at=last_changed_at,
+            description=description or (self.__doc__ or "").strip().splitlines()[0],
+        )
+
+
+class LearningRate(Actuator):
+    """Optimiser learning rate (all algorithms; a constant schedule from now on)."""
+
+    name, role, conservative = "learning_rate", "learning_rate", "down"
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return model.lr_schedule(model._current_progress_remaining)
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        model.learning_rate = value
+        model.lr_schedule = ConstantSchedule(value)
+        for name in ("policy.optimizer", "actor.optimizer", "critic.optimizer", "ent_coef_optimizer"):
+            obj: Any = model
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, th.optim.Optimizer):
+                update_learning_rate(obj, value)
+
+
+class OnPolicyEntCoef(Actuator):
+    """Entropy bonus coefficient of the PPO/A2C loss."""
+
+    name, role, conservative, scale = "ent_coef", "exploration", "down", "linear"
+    values = (0.0, 1e-4, 1e-3, 1e-2)
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return float(model.ent_coef)
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        model.ent_coef = value
+
+
+class FixedEntCoef(Actuator):
+    """Fixed entropy coefficient of SAC/TQC (``ent_coef_tensor``)."""
+
+    name, role, conservative = "ent_coef", "exploration", "down"
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return float(model.ent_coef_tensor.item())
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        model.ent_coef_tensor = th.tensor(value, device=model.device)
+
+
+class TargetEntropy(Actuator):
+    """Target entropy of SAC/TQC automatic entropy tuning (higher: more exploration)."""
+
+    name, role, conservative, scale = "target_entropy", "exploration", "down", "linear"
+    multipliers = (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return float(model.target_entropy)
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        model.target_entropy = float(value)
+
+
+def _noises(model: BaseAlgorithm) -> list[ActionNoise]:
+    noise = model.action_noise
+    if noise is None:
+        return []
+    return list(noise.noises) if isinstance(noise, VectorizedActionNoise) else [noise]
+
+
+class NoiseSigma(Actuator):
+    """Standard deviation of the exploration action noise (TD3/DDPG, or SAC/TQC given one)."""
+
+    name, role, conservative = "noise_sigma", "exploration", "down"
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return float(np.mean([np.mean(n._sigma) for n in _noises(model)]))
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        for n in _noises(model):
+            n._sigma = np.full_like(n._sigma, value)
+
+
+class ActionStd(Actuator):
+    """Mean standard deviation of a Gaussian PPO/A2C policy (shifts ``log_std``)."""
+
+    name, role, conservative = "action_std", "exploration", "down"
+    cooldown = 2
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return float(model.policy.log_std.detach().exp().mean().item())
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        with th.no_grad():
+            model.policy.log_std.add_(math.log(value) - math.log(self._read(model)))
+
+
+class ClipRange(Actuator):
+    """PPO clip range (a constant schedule from now on)."""
+
+    name, role, conservative, scale = "clip_range", "clip_range", "down", "linear"
+    multipliers = ()
+    values = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return model.clip_range(model._current_progress_remaining)
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        model.clip_range = ConstantSchedule(value)
+
+
+class RewardWeight(Actuator):
+    """A reward weight of the training env (through ``set_reward_weights``)."""
+
+    scale = "linear"
+
+    def __init__(self, name: str, low: float, high: float, role: KnobRole, conservative: str | None) -> None:
+        super().__init__(low, high)
+        self.name, self.role, self.conservative = name, role, conservative
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        return float(model.get_env().env_method("reward_weights")[0][self.name])
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        model.get_env().env_method("set_reward_weights", **{self.name: value})
+
+
+#: default bounds (the paper's where it has them)
+DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
+    "learning_rate": (1e-5, 3e-3),
+    "ent_coef": (0.0, 0.1),
+    "sac_ent_coef": (1e-4, 1.0),
+    "noise_sigma": (0.01, 1.0),
+    "action_std": (0.05, 2.0),
+    "clip_range": (0.05, 0.4),
+    "progress_scale": (0.0, 50.0),
+    "success_bonus": (0.0, 50.0),
+    "collision_penalty": (0.0, 100.0),
+}
+
+
+def _has_reward_weights(model: BaseAlgorithm) -> bool:
+    env = model.get_env()
+    if env is None:
+        return False
+    try:
+        return isinstance(env.env_method("reward_weights")[0], dict)
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
+def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | None = None) -> dict[str, Actuator]:
+    """The knobs this algorithm (and its training env) exposes, with bounds and overrides applied.
+
+    :param model: a constructed SB3 algorithm.
+    :param overrides: per-knob bounds/moves, or ``enabled: false`` to hide a knob.
+    :raises ValueError: for an override naming a knob the algorithm does not have.
+    """
+    b = DEFAULT_BOUNDS
+    acts: list[Actuator] = [LearningRate(*b["learning_rate"])]
+    if (
+        hasattr(model, "ent_coef")
+        and isinstance(getattr(model, "ent_coef", None), float | int)
+        and not hasattr(model, "ent_coef_tensor")
+    ):
+        acts.append(OnPolicyEntCoef(*b["ent_coef"]))
+    if getattr(model, "log_ent_coef", None) is not None and getattr(model, "ent_coef_optimizer", None) is not None:
+        target = float(model.target_entropy)
+        acts.append(TargetEntropy(min(4 * target, target / 4), max(4 * target, target / 4)))
+    elif isinstance(getattr(model, "ent_coef_tensor", None), th.Tensor):
+        acts.append(FixedEntCoef(*b["sac_ent_coef"]))
+    if _noises(model):
+        acts.append(NoiseSigma(*b["noise_sigma"]))
+    if hasattr(model, "clip_range") and callable(getattr(model, "clip_range", None)):
+        acts.append(ClipRange(*b["clip_range"]))
+    if isinstance(getattr(getattr(model, "policy", None), "log_std", None), th.nn.Parameter):
+        acts.append(ActionStd(*b["action_std"]))
+    if _has_reward_weights(model):
+        acts.append(RewardWeight("collision_penalty", *b["collision_penalty"], role="cost_penalty", conservative="up"))
+        acts.append(RewardWeight("success_bonus", *b["success_bonus"], role="loss_weight", conservative=None))
+        acts.append(RewardWeight("progress_scale", *b["progress_scale"], role="loss_weight", conservative=None))
+    found = {a.name: a for a in acts}
+    for name, o in (overrides or {}).items():
+        if name not in found:
+            raise ValueError(f"manager_knobs: {model.__class__.__name__} has no knob {name!r}; has {sorted(found)}")
+        a = found[name]
+        if not o.enabled:
+            del found[name]
+            continue
+        a.low = a.low if o.low is None else o.low
+        a.high = a.high if o.high is None else o.high
+        if a.low > a.high:
+            raise ValueError(f"manager_knobs.{name}: low {a.low} > high {a.high}")
+        if o.multipliers is not None:
+            a.multipliers = tuple(o.multipliers)
+        if o.values is not None:
+            a.values = tuple(o.values)
+        if o.cooldown is not None:
+            a.cooldown = o.cooldown
+    return found

@@ -1,0 +1,403 @@
+"""``ManagerCallback``: the bounded manager as a Stable-Baselines3 callback.
+
+Two ways to use it::
+
+    # 1. after each evaluation of an EvalCallback
+    EvalCallback(eval_env, eval_freq=5000, callback_after_eval=ManagerCallback(run_dir="runs/x"))
+    # 2. standalone: it runs its own evaluation every ``eval_freq`` calls (or, without an
+    #    ``eval_env``, decides at checkpoint boundaries from training-window telemetry)
+    model.learn(100_000, callback=ManagerCallback(eval_env=eval_env, eval_freq=5000, run_dir="runs/x"))
+
+It never decides from ``_on_rollout_end`` (off-policy algorithms fire it every ``train_freq``
+steps). A validated ``stop_training`` makes ``_on_step`` return ``False``, which ends training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.vec_env import VecEnv
+
+from rl_manager.actuators import Actuator, KnobBounds, discover_actuators
+from rl_manager.audit import AuditLog
+from rl_manager.core import Outcome, decide
+from rl_manager.managers import Manager, make_manager
+from rl_manager.menu import GateConfig
+from rl_manager.schema import (
+    AlgoHealth,
+    BestCheckpoint,
+    DecisionAdapter,
+    EvalMetrics,
+    HistoryRow,
+    ResolvedChange,
+    RunPosition,
+    Targets,
+    TelemetrySnapshot,
+    TrainWindow,
+)
+from rl_manager.telemetry import (
+    EvalResult,
+    InterventionTracker,
+    LoggerCapture,
+    TelemetryState,
+    algo_health,
+    choose_score,
+    evaluate,
+    score_of,
+    train_window,
+)
+
+logger = logging.getLogger(__name__)
+
+#: numeric codes of actions for TensorBoard (``manager/action``)
+ACTION_CODES = {"no_action": 0, "adjust": 1, "rollback_to_best": 2, "rollback_and_consolidate": 3, "stop_training": 4}
+STATE_FILENAME = "manager_state.json"
+
+
+class ManagerCallback(BaseCallback):
+    """Bounded closed-loop control of an SB3 run.
+
+    :param manager: a :class:`~rl_manager.managers.Manager` or a registered name (``"rule"``).
+    :param run_dir: folder for ``audit.jsonl``, ``best_model.zip`` and the manager state.
+    :param eval_env: evaluation env for standalone mode (``None``: use the parent EvalCallback's
+        results, or training-window telemetry at checkpoint boundaries).
+    :param eval_freq: standalone mode: decide every ``eval_freq`` calls (per env step of a VecEnv).
+    :param n_eval_episodes: evaluation episodes per boundary (standalone mode).
+    :param deterministic: deterministic evaluation actions.
+    :param fallback: manager used when the primary gives no valid decision (``None``: no-op).
+    :param gates: gate configuration.
+    :param targets: success target and cost limit.
+    :param knobs: per-knob bounds overrides (``enabled: false`` hides a knob).
+    :param success_key: ``info`` key meaning success.
+    :param cost_key: ``info`` key carrying the per-step safety cost.
+    :param episode_cost_key: Monitor ``info_keywords`` key with the episode cost.
+    :param run_id: run identifier (default: a random one, or the one found in ``run_dir``).
+    :param verbose: 1 prints each decision.
+    """
+
+    def __init__(
+        self,
+        manager: Manager | str = "rule",
+        *,
+        run_dir: str | os.PathLike = "runs/managed",
+        eval_env: VecEnv | None = None,
+        eval_freq: int = 0,
+        n_eval_episodes: int = 10,
+        deterministic: bool = True,
+        fallback: Manager | str | None = "rule",
+        gates: GateConfig | None = None,
+        targets: Targets | None = None,
+        knobs: dict[str, KnobBounds] | None = None,
+        success_key: str = "is_success",
+        cost_key: str = "cost",
+        episode_cost_key: str = "episode_cost",
+        run_id: str | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        self.manager = make_manager(manager) if isinstance(manager, str) else manager
+        self.fallback = make_manager(fallback) if isinstance(fallback, str) else fallback
+        self.run_dir = Path(run_dir)
+        self.eval_env = eval_env
+        self.eval_freq = int(eval_freq)
+        self.n_eval_episodes = n_eval_episodes
+        self.deterministic = deterministic
+        self.gates = gates or GateConfig()
+        self.targets = targets or Targets()
+        self.knob_overrides = knobs or {}
+        self.success_key, self.cost_key, self.episode_cost_key = success_key, cost_key, episode_cost_key
+        self.run_id = run_id
+        self.state = TelemetryState()
+        self.tracker = InterventionTracker()
+        self.actuators: dict[str, Actuator] = {}
+        self.audit: AuditLog | None = None
+        self.capture = LoggerCapture()
+        self.best_params: dict[str, Any] | None = None
+        self.counts = {"decisions": 0, "applied": 0, "rejected_attempts": 0, "fallbacks": 0, "stale": 0}
+        self.latency_s = 0.0
+        self.tokens = {"prompt": 0, "completion": 0}
+        self.stopped = False
+        self.last_eval: EvalResult | None = None
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def _init_callback(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.actuators = discover_actuators(self.model, self.knob_overrides)
+        if self.capture not in self.model.logger.output_formats:
+            self.model.logger.output_formats.append(self.capture)
+        self._load_state()
+        self.run_id = self.run_id or uuid.uuid4().hex[:12]
+        self.audit = AuditLog(self.run_dir, self.run_id)
+        if self.eval_freq <= 0 and not isinstance(self.parent, EvalCallback):
+            logger.warning("ManagerCallback has no eval_freq and no EvalCallback parent: it will never decide")
+
+    def _on_step(self) -> bool:
+        if isinstance(self.parent, EvalCallback):
+            # called by EvalCallback right after an evaluation
+            return self.boundary(self._parent_eval_metrics())
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            return self.boundary(self._own_eval_metrics())
+        return True
+
+    def _on_training_end(self) -> None:
+        self.save_state()
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _own_eval_metrics(self) -> EvalMetrics:
+        if self.eval_env is None:
+            return EvalMetrics()  # checkpoint boundary: training-window telemetry only
+        self.last_eval = evaluate(
+            self.model,
+            self.eval_env,
+            self.n_eval_episodes,
+            deterministic=self.deterministic,
+            success_key=self.success_key,
+            cost_key=self.cost_key,
+        )
+        return self.last_eval.metrics()
+
+    def _parent_eval_metrics(self) -> EvalMetrics:
+        parent: EvalCallback = self.parent  # type: ignore[assignment]
+        returns = [float(r) for r in parent.evaluations_results[-1]] if parent.evaluations_results else []
+        successes = [float(s) for s in parent._is_success_buffer] or None
+        lengths = [int(n) for n in parent.evaluations_length[-1]] if parent.evaluations_length else []
+        self.last_eval = EvalResult(returns=returns, lengths=lengths, successes=successes, costs=None)
+        return self.last_eval.metrics()
+
+    # ----------------------------------------------------------------------------- the boundary
+    def boundary(self, metrics: EvalMetrics) -> bool:
+        """Handle one decision boundary; returns ``False`` to stop training."""
+        state = self.state
+        state.evaluation_index += 1
+        training = train_window(self.model, self.episode_cost_key)
+        health = algo_health(self.model, {**self.capture.latest, **self.model.logger.name_to_value})
+        if state.score_name is None:
+            state.score_name = choose_score(metrics, training)
+        score = score_of(state.score_name, metrics, training)
+        self.tracker.measure(state, score)
+        state.history.append(self._history_row(metrics, training, health, score))
+        del state.history[:-20]
+        self._update_best(score)
+        snapshot = self.snapshot(metrics, training, health)
+        outcome = decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
+        continue_training = self._apply(snapshot, outcome)
+        self._log_tensorboard(metrics, training, outcome)
+        self.save_state()
+        return continue_training
+
+    def _history_row(self, m: EvalMetrics, t: TrainWindow, h: AlgoHealth, score: float | None) -> HistoryRow:
+        train_loss = h.critic_loss if h.critic_loss is not None else h.value_loss
+        return HistoryRow(
+            evaluation_index=self.state.evaluation_index,
+            step=self.num_timesteps,
+            score=score,
+            mean_return=m.mean_return if m.n_episodes else t.mean_return,
+            success_rate=m.success_rate if m.n_episodes else t.success_rate,
+            safe_success_rate=m.safe_success_rate,
+            mean_cost=m.mean_cost if m.n_episodes else t.mean_episode_cost,
+            violation_rate=m.violation_rate,
+            train_loss=train_loss,
+            entropy=h.entropy,
+        )
+
+    def _update_best(self, score: float | None) -> None:
+        best = self.state.best
+        if score is None or score != score or score in (float("inf"), float("-inf")):
+            return
+        if best is None or score > best.score:
+            self.state.best = BestCheckpoint(
+                evaluation_index=self.state.evaluation_index,
+                step=self.num_timesteps,
+                score=score,
+                knobs={name: a.read(self.model) for name, a in self.actuators.items()},
+            )
+            self.best_params = copy.deepcopy(self.model.get_parameters())
+            self.model.save(self.run_dir / "best_model.zip")
+
+    def snapshot(self, metrics: EvalMetrics, training: TrainWindow, health: AlgoHealth) -> TelemetrySnapshot:
+        """Build the snapshot for the current boundary."""
+        env_id = ""
+        try:
+            spec = self.training_env.get_attr("spec")[0]
+            env_id = spec.id if spec is not None else ""
+        except (AttributeError, IndexError):
+            pass
+        total = getattr(self.model, "_total_timesteps", 0) or None
+        return TelemetrySnapshot(
+            run_id=self.run_id or "",
+            task=env_id,
+            algo=self.model.__class__.__name__.lower(),
+            kind="rl",
+            score_name=self.state.score_name or "",
+            position=RunPosition(
+                step=self.num_timesteps,
+                total_steps=total,
+                evaluation_index=self.state.evaluation_index,
+                last_rollback_at=self.state.last_rollback_at,
+            ),
+            knobs=[a.spec(self.model, self.state.knob_last_changed.get(name)) for name, a in self.actuators.items()],
+            evaluation=metrics,
+            training=training,
+            health=health,
+            history=self.state.history[-10:],
+            best=self.state.best,
+            interventions=self.state.interventions,
+            targets=self.targets,
+        )
+
+    # ----------------------------------------------------------------------------- actuation
+    def _write(self, changes: list[ResolvedChange]) -> list[ResolvedChange]:
+        applied = []
+        for c in changes:
+            after = self.actuators[c.knob].write(self.model, c.after)
+            applied.append(ResolvedChange(knob=c.knob, before=c.before, after=after))
+            self.state.knob_last_changed[c.knob] = self.state.evaluation_index
+        return applied
+
+    def _rollback(self) -> list[ResolvedChange]:
+        """Restore the best weights and optimiser state (the replay buffer is kept) and its knobs."""
+        if self.best_params is None or self.state.best is None:
+            raise RuntimeError("no best checkpoint in memory")
+        self.model.set_parameters(copy.deepcopy(self.best_params), exact_match=True, device=self.model.device)
+        restored = []
+        for name, value in self.state.best.knobs.items():
+            if name in self.actuators:
+                before = self.actuators[name].read(self.model)
+                if before != value:
+                    restored.append(
+                        ResolvedChange(knob=name, before=before, after=self.actuators[name].write(self.model, value))
+                    )
+        self.state.last_rollback_at = self.state.evaluation_index
+        return restored
+
+    def _apply(self, snapshot: TelemetrySnapshot, outcome: Outcome) -> bool:
+        before = {name: a.read(self.model) for name, a in self.actuators.items()}
+        decision = outcome.decision
+        applied, message, continue_training = False, "", True
+        changes: list[ResolvedChange] = []
+        try:
+            if decision.action == "adjust":
+                changes = self._write(outcome.changes)
+                applied = True
+            elif decision.action in ("rollback_to_best", "rollback_and_consolidate"):
+                changes = self._rollback()
+                if decision.action == "rollback_and_consolidate":
+                    changes += self._write(outcome.changes)
+                applied = True
+            elif decision.action == "stop_training":
+                applied, continue_training, self.stopped = True, False, True
+        except Exception as exc:  # an actuator failure is logged, never raised into training
+            logger.exception("applying %s failed", decision.action)
+            message = f"apply failed: {type(exc).__name__}: {exc}"
+        if applied and decision.action != "no_action":
+            self.tracker.record(self.state, decision.action, changes, decision.expected_outcome, self.num_timesteps)
+        self.counts["decisions"] += 1
+        self.counts["applied"] += int(applied and decision.action != "no_action")
+        self.counts["rejected_attempts"] += sum(1 for a in outcome.attempts if a.errors)
+        self.counts["fallbacks"] += int(outcome.fallback is not None)
+        self.latency_s += outcome.latency_s
+        self.tokens["prompt"] += outcome.prompt_tokens
+        self.tokens["completion"] += outcome.completion_tokens
+        assert self.audit is not None
+        self.audit.append(
+            kind="decision",
+            step=self.num_timesteps,
+            evaluation_index=self.state.evaluation_index,
+            proposer=outcome.proposer,
+            snapshot=snapshot,
+            menu=outcome.menu,
+            attempts=outcome.attempts,
+            validation_errors=outcome.validation_errors,
+            fallback=outcome.fallback,
+            decision=decision,
+            applied=applied,
+            changes=changes,
+            knobs_before=before,
+            knobs_after={name: a.read(self.model) for name, a in self.actuators.items()},
+            latency_s=outcome.latency_s,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            message=message,
+        )
+        if self.verbose:
+            summary = json.dumps(
+                DecisionAdapter.dump_python(decision, mode="json", exclude={"reason", "expected_outcome"})
+            )
+            print(f"[manager] step {self.num_timesteps} eval {self.state.evaluation_index}: {summary}")
+        return continue_training
+
+    def _log_tensorboard(self, m: EvalMetrics, t: TrainWindow, outcome: Outcome) -> None:
+        rec = self.logger.record
+        rec("manager/action", ACTION_CODES[outcome.decision.action])
+        rec("manager/applied_total", self.counts["applied"])
+        rec("manager/rejected_attempts_total", self.counts["rejected_attempts"])
+        rec("manager/latency_s", outcome.latency_s)
+        rec("manager/tokens_total", self.tokens["prompt"] + self.tokens["completion"])
+        if self.state.history and self.state.history[-1].score is not None:
+            rec("manager/score", self.state.history[-1].score)
+        for name, a in self.actuators.items():
+            rec(f"manager/knob/{name}", a.read(self.model))
+        for key, value in (
+            ("safety/eval_mean_cost", m.mean_cost),
+            ("safety/eval_violation_rate", m.violation_rate),
+            ("safety/eval_safe_success", m.safe_success_rate),
+            ("safety/train_ep_cost", t.mean_episode_cost),
+            ("safety/train_cost_rate", t.cost_rate),
+        ):
+            if value is not None:
+                rec(key, value)
+
+    # ----------------------------------------------------------------------------- persistence
+    def save_state(self) -> None:
+        """Write the manager state (history, best, interventions, counters) for ``--resume``."""
+        if not self.run_dir.exists():
+            return
+        data = {
+            "run_id": self.run_id,
+            "telemetry": self.state.model_dump(mode="json"),
+            "counts": self.counts,
+            "latency_s": self.latency_s,
+            "tokens": self.tokens,
+        }
+        tmp = self.run_dir / (STATE_FILENAME + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.run_dir / STATE_FILENAME)
+
+    def _load_state(self) -> None:
+        path = self.run_dir / STATE_FILENAME
+        if not path.exists():
+            return
+        data = json.loads(path.read_text())
+        self.run_id = self.run_id or data.get("run_id")
+        self.state = TelemetryState.model_validate(data["telemetry"])
+        self.counts.update(data.get("counts", {}))
+        self.latency_s = data.get("latency_s", 0.0)
+        self.tokens.update(data.get("tokens", {}))
+        best_zip = self.run_dir / "best_model.zip"
+        if self.state.best is not None and best_zip.exists():
+            current = copy.deepcopy(self.model.get_parameters())
+            self.model.set_parameters(str(best_zip), exact_match=False, device=self.model.device)
+            self.best_params = copy.deepcopy(self.model.get_parameters())
+            self.model.set_parameters(current, exact_match=True, device=self.model.device)
+
+    def summary(self) -> dict[str, Any]:
+        """Counters for ``summary.json``."""
+        return {
+            "run_id": self.run_id,
+            "manager": self.manager.name,
+            **self.counts,
+            "stopped_by_manager": self.stopped,
+            "latency_s_total": round(self.latency_s, 6),
+            "prompt_tokens": self.tokens["prompt"],
+            "completion_tokens": self.tokens["completion"],
+            "evaluations": self.state.evaluation_index + 1,
+            "best": self.state.best.model_dump(mode="json") if self.state.best else None,
+            "knobs_final": {name: a.read(self.model) for name, a in self.actuators.items()},
+        }
