@@ -1,0 +1,347 @@
+"""``python -m rl_manager.train``: train an SB3 agent with (or without) the bounded manager.
+
+Flags follow rl-zoo3 (``--env --algo -n --seed --eval-freq --eval-episodes -tb -f -params``).
+Recipes are zoo-style YAML under ``experiments/hyperparams/<algo>.yml``. Each run gets a folder::
+
+    <log-folder>/<algo>/<EnvName>_<recipe>_<manager>_s<seed>[_<n>]/
+        config.yml command.txt audit.jsonl manager_state.json evaluations.npz
+        *.monitor.csv tb/ best_model.zip last_model.zip final_model.zip summary.json
+
+``--resume RUN_DIR`` continues a run from ``last_model.zip`` (model, replay buffer, knobs, manager
+state and audit sequence) up to its budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rl_manager.io import InputError, load_data
+
+logger = logging.getLogger("rl_manager.train")
+
+HYPERPARAMS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "hyperparams"
+DEFAULT_ALGO = {"Fetch": "tqc", "PlanarReacher": "ppo"}
+RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
+#: keys of a recipe that are not algorithm constructor arguments
+RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "policy", "manager_knobs", "targets")
+
+
+def algo_classes() -> dict[str, type]:
+    """The supported algorithms by name."""
+    from sb3_contrib import TQC
+    from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
+
+    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "tqc": TQC, "td3": TD3, "ddpg": DDPG}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rl_manager.train", description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="FetchPickAndPlace", help="env short name or id (default: FetchPickAndPlace)")
+    p.add_argument("--algo", default=None, help="ppo|a2c|sac|tqc|td3|ddpg (default: tqc for Fetch, ppo otherwise)")
+    p.add_argument("--recipe", default="tuned", help="recipe in the hyperparams file (tuned|conservative|reckless)")
+    p.add_argument("-n", "--n-timesteps", type=int, default=None, help="budget (default: the recipe's quick budget)")
+    p.add_argument("--full", action="store_true", help="use the recipe's full budget (n_timesteps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-freq", type=int, default=None, help="env steps between decisions (default: budget/20)")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--heldout-episodes", type=int, default=30, help="final evaluation on seeds the manager never saw")
+    p.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: <run>/tb)")
+    p.add_argument("-f", "--log-folder", default="logs")
+    p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="recipe overrides")
+    p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: experiments/hyperparams/<algo>.yml)")
+    p.add_argument("--manager", default="auto", choices=["none", "rule", "llm", "auto"])
+    p.add_argument("--no-safety", action="store_true", help="use the plain env, without the safety-cost wrapper")
+    p.add_argument("--save-freq", type=int, default=None, help="env steps between resumable checkpoints")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-P", "--progress", action="store_true", help="show a progress bar")
+    p.add_argument("-v", "--verbose", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key:value`` pairs; values parsed as YAML (``safe_load``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if ":" not in item:
+            raise InputError(f"-params expects KEY:VALUE, got {item!r}")
+        key, value = item.split(":", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_recipe(algo: str, env_id: str, recipe: str, path: str | None) -> dict[str, Any]:
+    """The recipe for ``algo`` on ``env_id`` (looked up by the env's short name, Safe prefix dropped)."""
+    file = Path(path) if path else HYPERPARAMS_DIR / f"{algo}.yml"
+    if not file.is_file():
+        raise InputError(f"no hyperparams file {file} for algo {algo!r}")
+    table = load_data(file) or {}
+    short = env_id.split("/")[-1].split("-v")[0].removeprefix("Safe")
+    for key in (env_id, short, short.removesuffix("Easy").removesuffix("Medium").removesuffix("Hard")):
+        if key in table:
+            recipes = table[key]
+            name = RECIPE_ALIASES.get(recipe, recipe)
+            if name not in recipes:
+                raise InputError(f"{file}: {key} has no recipe {recipe!r}; has {sorted(recipes)}")
+            return dict(recipes[name])
+    raise InputError(f"{file}: no recipe for {env_id!r} (keys: {sorted(table)})")
+
+
+def choose_manager(name: str) -> tuple[str, str]:
+    """Resolve ``--manager`` (``auto``: the LLM when an endpoint is configured, else rules)."""
+    endpoint = os.environ.get("RL_MANAGER_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    if name == "auto":
+        name = "llm" if endpoint else "rule"
+        why = f"endpoint {endpoint}" if endpoint else "no LLM endpoint configured (RL_MANAGER_BASE_URL)"
+        return name, f"auto -> {name}: {why}"
+    return name, name
+
+
+def _info_keywords(env_id: str) -> tuple[str, ...]:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        env.reset(seed=0)
+        _, _, _, _, info = env.step(env.action_space.sample())
+    finally:
+        env.close()
+    return tuple(k for k in ("is_success", "episode_cost") if k in info)
+
+
+def _run_dir(args: argparse.Namespace, algo: str, env_id: str, recipe: str, manager: str) -> Path:
+    base = Path(args.log_folder) / algo / f"{env_id.split('/')[-1]}_{recipe}_{manager}_s{args.seed}"
+    run_dir, i = base, 1
+    while run_dir.exists():
+        i += 1
+        run_dir = base.with_name(f"{base.name}_{i}")
+    return run_dir
+
+
+def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | None):
+    from stable_baselines3 import HerReplayBuffer
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    cls = algo_classes()[config["algo"]]
+    kwargs = {k: v for k, v in config["recipe"].items() if k not in RUN_KEYS}
+    if kwargs.get("replay_buffer_class") == "HerReplayBuffer":
+        kwargs["replay_buffer_class"] = HerReplayBuffer
+    noise_std = kwargs.pop("noise_std", None)
+    kwargs.pop("noise_type", None)
+    if noise_std is not None:
+        dim = env.action_space.shape[0]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(dim), noise_std * np.ones(dim))
+    tb = config["tensorboard_log"]
+    if load_from is not None:
+        model = cls.load(load_from, env=env, device=config["device"], tensorboard_log=tb)
+        buffer = load_from.with_name("last_replay_buffer.pkl")
+        if buffer.exists() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(buffer)
+        return model
+    return cls(
+        config["recipe"].get("policy", "MlpPolicy"),
+        env,
+        seed=config["seed"],
+        tensorboard_log=tb,
+        device=config["device"],
+        verbose=0,
+        **kwargs,
+    )
+
+
+class _LastCheckpoint:
+    """Saves ``last_model.zip`` (+ replay buffer) every ``save_freq`` steps, for ``--resume``."""
+
+    def __new__(cls, run_dir: Path, save_freq: int):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class LastCheckpoint(BaseCallback):
+            def _on_step(self) -> bool:
+                if self.num_timesteps - getattr(self, "_last", 0) >= save_freq:
+                    self._last = self.num_timesteps
+                    save_last(self.model, run_dir)
+                return True
+
+        return LastCheckpoint()
+
+
+def save_last(model, run_dir: Path) -> None:
+    """Write ``last_model.zip`` and, for off-policy algorithms, ``last_replay_buffer.pkl``."""
+    model.save(run_dir / "last_model.zip")
+    if hasattr(model, "save_replay_buffer"):
+        model.save_replay_buffer(run_dir / "last_replay_buffer.pkl")
+
+
+def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[str, Any]:
+    """Deterministic and stochastic evaluation on seeds the manager never saw."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rl_manager.telemetry import evaluate
+
+    out: dict[str, Any] = {}
+    env_ids = {"all": config["env_id"]}
+    if config["env_id"].startswith("rl_manager/PlanarReacher-"):
+        env_ids.update({d: f"rl_manager/PlanarReacher{d.capitalize()}-v0" for d in ("easy", "medium", "hard")})
+    for mode, deterministic in (("deterministic", True), ("stochastic", False)):
+        for cell, env_id in env_ids.items():
+            env = make_vec_env(env_id, n_envs=1, seed=config["seed"] + 20_000)
+            m = evaluate(model, env, n_episodes, deterministic=deterministic).metrics()
+            env.close()
+            out[f"{mode}/{cell}"] = m.model_dump(mode="json")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return _main(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    import rl_manager.envs  # noqa: F401  (registers the env ids)
+    from rl_manager.envs import resolve_env_id
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yml").is_file():
+            raise InputError(f"{run_dir}: not a run folder (no config.yml)")
+        config = load_data(run_dir / "config.yml")
+        manager_name, manager_line = config["manager"], f"{config['manager']} (resumed)"
+    else:
+        try:
+            env_id = resolve_env_id(args.env, safe=not args.no_safety and "Fetch" in args.env)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        short = env_id.split("/")[-1]
+        algo = (args.algo or next((a for k, a in DEFAULT_ALGO.items() if k in short), "ppo")).lower()
+        if algo not in algo_classes():
+            raise InputError(f"unknown algo {algo!r}; choose from {sorted(algo_classes())}")
+        recipe = load_recipe(algo, env_id, args.recipe, args.hyperparams_file)
+        recipe.update(parse_overrides(args.hyperparams))
+        manager_name, manager_line = choose_manager(args.manager)
+        budget = args.n_timesteps or int(recipe["n_timesteps"] if args.full else recipe.get("quick_timesteps", 10_000))
+        run_dir = _run_dir(args, algo, env_id, RECIPE_ALIASES.get(args.recipe, args.recipe), manager_name)
+        run_dir.mkdir(parents=True)
+        config = {
+            "env_id": env_id,
+            "algo": algo,
+            "recipe_name": RECIPE_ALIASES.get(args.recipe, args.recipe),
+            "recipe": recipe,
+            "manager": manager_name,
+            "seed": args.seed,
+            "n_timesteps": budget,
+            "eval_freq": args.eval_freq or max(1, budget // 20),
+            "eval_episodes": args.eval_episodes,
+            "heldout_episodes": args.heldout_episodes,
+            "save_freq": args.save_freq or max(1, budget // 10),
+            "tensorboard_log": args.tensorboard_log or str(run_dir / "tb"),
+            "device": args.device,
+            "info_keywords": list(_info_keywords(env_id)),
+        }
+        (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / "command.txt").open("a").write(" ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n")
+    if manager_name == "llm":
+        raise InputError("--manager llm needs the LLM manager (not available in this version); use rule or none")
+    print(f"manager: {manager_line}")
+    print(f"run: {run_dir}  env: {config['env_id']}  algo: {config['algo']}  recipe: {config['recipe_name']}")
+    print(f"budget: {config['n_timesteps']} steps, decision every {config['eval_freq']} steps")
+    return train(config, run_dir, resume=bool(args.resume), progress=args.progress, verbose=args.verbose)
+
+
+def train(config: dict[str, Any], run_dir: Path, *, resume: bool = False, progress: bool = False, verbose: int = 1) -> int:
+    """Run (or resume) one training run described by ``config`` in ``run_dir``."""
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rl_manager.actuators import KnobBounds
+    from rl_manager.callback import ManagerCallback
+    from rl_manager.schema import Targets
+
+    recipe = config["recipe"]
+    n_envs = int(recipe.get("n_envs", 1))
+    env = make_vec_env(
+        config["env_id"],
+        n_envs=n_envs,
+        seed=config["seed"] + (1000 if resume else 0),
+        monitor_dir=str(run_dir),
+        monitor_kwargs={"info_keywords": tuple(config["info_keywords"])},
+    )
+    eval_env = make_vec_env(config["env_id"], n_envs=1, seed=config["seed"] + 10_000)
+    last = run_dir / "last_model.zip"
+    if resume and not last.exists():
+        raise InputError(f"{run_dir}: no last_model.zip to resume from")
+    model = _build_model(config, env, run_dir, last if resume else None)
+    knobs = {k: KnobBounds.model_validate(v) for k, v in (recipe.get("manager_knobs") or {}).items()}
+    manager_cb = ManagerCallback(
+        "rule" if config["manager"] == "rule" else "none",
+        run_dir=run_dir,
+        eval_env=eval_env,
+        eval_freq=max(1, config["eval_freq"] // n_envs),
+        n_eval_episodes=config["eval_episodes"],
+        fallback="rule" if config["manager"] == "rule" else None,
+        targets=Targets.model_validate(recipe.get("targets", {})),
+        knobs=knobs,
+        verbose=verbose,
+    )
+    remaining = config["n_timesteps"] - (model.num_timesteps if resume else 0)
+    start = time.time()
+    if remaining > 0:
+        model.learn(
+            remaining,
+            callback=CallbackList([manager_cb, _LastCheckpoint(run_dir, config["save_freq"])]),
+            reset_num_timesteps=not resume,
+            progress_bar=progress,
+            tb_log_name="run",
+        )
+    elapsed = time.time() - start
+    save_last(model, run_dir)
+    model.save(run_dir / "final_model.zip")
+    history = manager_cb.state.history
+    np.savez(
+        run_dir / "evaluations.npz",
+        timesteps=np.array([r.step for r in history]),
+        scores=np.array([np.nan if r.score is None else r.score for r in history], dtype=float),
+        returns=np.array([np.nan if r.mean_return is None else r.mean_return for r in history], dtype=float),
+        costs=np.array([np.nan if r.mean_cost is None else r.mean_cost for r in history], dtype=float),
+    )
+    summary = {
+        "env_id": config["env_id"],
+        "algo": config["algo"],
+        "recipe": config["recipe_name"],
+        "seed": config["seed"],
+        "timesteps": int(model.num_timesteps),
+        "wall_time_s": round(elapsed, 2),
+        "steps_per_s": round(max(0, remaining) / elapsed, 2) if elapsed > 0 else None,
+        "manager": manager_cb.summary(),
+        "last_evaluation": history[-1].model_dump(mode="json") if history else None,
+        "heldout": heldout_evaluation(model, config, config["heldout_episodes"]),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    held = summary["heldout"]["deterministic/all"]
+    print(
+        f"done: {model.num_timesteps} steps in {elapsed:.0f}s; held-out deterministic: return {held['mean_return']}, "
+        f"success {held['success_rate']}, safe success {held['safe_success_rate']}, cost {held['mean_cost']}; "
+        f"decisions {manager_cb.counts['decisions']}, applied {manager_cb.counts['applied']}"
+    )
+    print(f"audit: python -m rl_manager.audit show {run_dir}")
+    env.close()
+    eval_env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
