@@ -77,6 +77,7 @@ class Actuator(ABC):
     def spec(self, model: BaseAlgorithm, last_changed_at: int | None = None, description: str = "") -> KnobSpec:
         """The knob's :class:`~rl_manager.schema.KnobSpec` now (bounds widened to hold the value)."""
         value = self.read(model)
+        doc_lines = (self.__doc__ or "").strip().splitlines()
         return KnobSpec(
             name=self.name,
             value=value,
@@ -89,7 +90,7 @@ class Actuator(ABC):
             conservative=self.conservative,  # type: ignore[arg-type]
             cooldown=self.cooldown,
             last_changed_at=last_changed_at,
-            description=description or (self.__doc__ or "").strip().splitlines()[0],
+            description=description or (doc_lines[0] if doc_lines else self.name),
         )
 
 
@@ -134,11 +135,19 @@ class FixedEntCoef(Actuator):
         return float(model.ent_coef_tensor.item())
 
     def _write(self, model: BaseAlgorithm, value: float) -> None:
-        model.ent_coef_tensor = th.tensor(value, device=model.device)
+        # ``train()`` reads ``ent_coef_tensor``; ``ent_coef`` (read once at setup) is kept in step
+        # so that the saved hyperparameters and any telemetry reading it agree.
+        model.ent_coef_tensor = th.tensor(value, device=model.device, dtype=model.ent_coef_tensor.dtype)
+        model.ent_coef = value
 
 
 class TargetEntropy(Actuator):
-    """Target entropy of SAC/TQC automatic entropy tuning (higher: more exploration)."""
+    """Target entropy of SAC/TQC automatic entropy tuning (higher: more exploration).
+
+    The default bounds, ``[4 * h, h / 4]`` around SB3's heuristic ``h = -dim(action space)``, depend
+    on the action space only, so discovering the knobs again after a change (e.g. on resume) gives
+    the same bounds.
+    """
 
     name, role, conservative, scale = "target_entropy", "exploration", "down", "linear"
     multipliers = (0.25, 0.5, 0.75, 1.25, 1.5, 2.0)
@@ -166,8 +175,12 @@ class NoiseSigma(Actuator):
         return float(np.mean([np.mean(n._sigma) for n in _noises(model)]))
 
     def _write(self, model: BaseAlgorithm, value: float) -> None:
+        # Scale each noise so that its mean sigma becomes ``value``: per-dimension ratios are kept
+        # (``np.full_like`` would also truncate to an integer dtype).
         for n in _noises(model):
-            n._sigma = np.full_like(n._sigma, value)
+            sigma = np.asarray(n._sigma, dtype=np.float64)
+            mean = float(np.mean(sigma))
+            n._sigma = sigma * (value / mean) if mean > 0 else np.full(sigma.shape, value, dtype=np.float64)
 
 
 class ActionStd(Actuator):
@@ -208,7 +221,7 @@ class RewardWeight(Actuator):
         self.name, self.role, self.conservative = name, role, conservative
 
     def _read(self, model: BaseAlgorithm) -> float:
-        return float(model.get_env().env_method("reward_weights")[0][self.name])
+        return float(model.get_env().env_method("reward_weights", indices=0)[0][self.name])
 
     def _write(self, model: BaseAlgorithm, value: float) -> None:
         model.get_env().env_method("set_reward_weights", **{self.name: value})
@@ -228,14 +241,27 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def _has_reward_weights(model: BaseAlgorithm) -> bool:
+#: reward weights an env may expose, with their role and conservative direction
+_REWARD_WEIGHTS: dict[str, tuple[KnobRole, str | None]] = {
+    "collision_penalty": ("cost_penalty", "up"),
+    "success_bonus": ("loss_weight", None),
+    "progress_scale": ("loss_weight", None),
+}
+
+
+def _reward_weight_names(model: BaseAlgorithm) -> list[str]:
+    """The known reward weights the training env exposes (none if it has no ``reward_weights``).
+
+    Probes with ``VecEnv.has_attr`` first: calling a missing method through ``env_method`` kills the
+    workers of a ``SubprocVecEnv``.
+    """
     env = model.get_env()
-    if env is None:
-        return False
-    try:
-        return isinstance(env.env_method("reward_weights")[0], dict)
-    except (AttributeError, KeyError, TypeError):
-        return False
+    if env is None or not (env.has_attr("reward_weights") and env.has_attr("set_reward_weights")):
+        return []
+    weights = env.env_method("reward_weights", indices=0)[0]
+    if not isinstance(weights, dict):
+        return []
+    return [name for name in _REWARD_WEIGHTS if name in weights]
 
 
 def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | None = None) -> dict[str, Actuator]:
@@ -254,8 +280,9 @@ def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | 
     ):
         acts.append(OnPolicyEntCoef(*b["ent_coef"]))
     if getattr(model, "log_ent_coef", None) is not None and getattr(model, "ent_coef_optimizer", None) is not None:
+        heuristic = -float(np.prod(model.action_space.shape))
         target = float(model.target_entropy)
-        acts.append(TargetEntropy(min(4 * target, target / 4), max(4 * target, target / 4)))
+        acts.append(TargetEntropy(min(4 * heuristic, target), max(heuristic / 4, target)))
     elif isinstance(getattr(model, "ent_coef_tensor", None), th.Tensor):
         acts.append(FixedEntCoef(*b["sac_ent_coef"]))
     if _noises(model):
@@ -264,10 +291,9 @@ def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | 
         acts.append(ClipRange(*b["clip_range"]))
     if isinstance(getattr(getattr(model, "policy", None), "log_std", None), th.nn.Parameter):
         acts.append(ActionStd(*b["action_std"]))
-    if _has_reward_weights(model):
-        acts.append(RewardWeight("collision_penalty", *b["collision_penalty"], role="cost_penalty", conservative="up"))
-        acts.append(RewardWeight("success_bonus", *b["success_bonus"], role="loss_weight", conservative=None))
-        acts.append(RewardWeight("progress_scale", *b["progress_scale"], role="loss_weight", conservative=None))
+    for weight in _reward_weight_names(model):
+        role, conservative = _REWARD_WEIGHTS[weight]
+        acts.append(RewardWeight(weight, *b[weight], role=role, conservative=conservative))
     found = {a.name: a for a in acts}
     for name, o in (overrides or {}).items():
         if name not in found:
@@ -286,4 +312,6 @@ def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | 
             a.values = tuple(o.values)
         if o.cooldown is not None:
             a.cooldown = o.cooldown
+        if not a.multipliers and not a.values:
+            raise ValueError(f"manager_knobs.{name}: needs multipliers or listed values")
     return found

@@ -165,11 +165,17 @@ class ManagerCallback(BaseCallback):
 
     def _parent_eval_metrics(self) -> EvalMetrics:
         parent: EvalCallback = self.parent  # type: ignore[assignment]
-        returns = [float(r) for r in parent.evaluations_results[-1]] if parent.evaluations_results else []
         successes = [float(s) for s in parent._is_success_buffer] or None
-        lengths = [int(n) for n in parent.evaluations_length[-1]] if parent.evaluations_length else []
-        self.last_eval = EvalResult(returns=returns, lengths=lengths, successes=successes, costs=None)
-        return self.last_eval.metrics()
+        if parent.evaluations_results:  # kept only when the EvalCallback has a log_path
+            returns = [float(r) for r in parent.evaluations_results[-1]]
+            lengths = [int(n) for n in parent.evaluations_length[-1]]
+            self.last_eval = EvalResult(returns=returns, lengths=lengths, successes=successes, costs=None)
+            return self.last_eval.metrics()
+        return EvalMetrics(
+            n_episodes=parent.n_eval_episodes,
+            mean_return=float(parent.last_mean_reward),
+            success_rate=float(sum(successes) / len(successes)) if successes else None,
+        )
 
     # ----------------------------------------------------------------------------- the boundary
     def boundary(self, metrics: EvalMetrics) -> bool:

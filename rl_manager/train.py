@@ -253,7 +253,9 @@ def _main(args: argparse.Namespace) -> int:
             "info_keywords": list(_info_keywords(env_id)),
         }
         (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (run_dir / "command.txt").open("a").write(" ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n")
+    (run_dir / "command.txt").open("a").write(
+        " ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n"
+    )
     if manager_name == "llm":
         raise InputError("--manager llm needs the LLM manager (not available in this version); use rule or none")
     print(f"manager: {manager_line}")
@@ -262,7 +264,9 @@ def _main(args: argparse.Namespace) -> int:
     return train(config, run_dir, resume=bool(args.resume), progress=args.progress, verbose=args.verbose)
 
 
-def train(config: dict[str, Any], run_dir: Path, *, resume: bool = False, progress: bool = False, verbose: int = 1) -> int:
+def train(
+    config: dict[str, Any], run_dir: Path, *, resume: bool = False, progress: bool = False, verbose: int = 1
+) -> int:
     """Run (or resume) one training run described by ``config`` in ``run_dir``."""
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.none import NoneManager
 from rl_manager.managers.rule import RuleManager
 
 #: managers that can be built by name without further configuration
-MANAGERS: dict[str, type[Manager]] = {"rule": RuleManager}
+MANAGERS: dict[str, type[Manager]] = {"rule": RuleManager, "none": NoneManager}
 
 
 def make_manager(name: str) -> Manager:
@@ -20,4 +21,4 @@ def make_manager(name: str) -> Manager:
         raise ValueError(f"unknown manager {name!r}; choose from {sorted(MANAGERS)}") from None
 
 
-__all__ = ["MANAGERS", "Manager", "Proposal", "RuleManager", "make_manager"]
+__all__ = ["MANAGERS", "Manager", "NoneManager", "Proposal", "RuleManager", "make_manager"]

@@ -34,7 +34,8 @@ role that the menu offers, in menu order.
 =====  ============================================  =============================================
 
 Memory: a (knob, direction) pair whose past intervention was measured ``worse`` is never proposed
-again; the rule moves on to its next candidate knob, and to no_action when none is left.
+again; the rule moves on to its next candidate knob, and to no_action when none is left. A pair
+measured ``neutral`` (no effect) is tried after the other knobs of the same role.
 """
 
 from __future__ import annotations
@@ -105,12 +106,13 @@ class RuleManager(Manager):
 
     def rule_decision(self, snapshot: TelemetrySnapshot, menu: ActionSpace) -> Decision:
         """Apply the rule table."""
-        self._worse = {
-            (c.knob, "up" if c.after > c.before else "down")
+        moves = [
+            ((c.knob, "up" if c.after > c.before else "down"), i.verdict)
             for i in snapshot.interventions
-            if i.verdict == "worse"
             for c in i.changes
-        }
+        ]
+        self._worse = {move for move, verdict in moves if verdict == "worse"}
+        self._neutral = {move for move, verdict in moves if verdict == "neutral"}
         for rule in (self._non_finite, self._stop, self._regression):
             decision = rule(snapshot, menu)
             if decision is not None:
@@ -144,7 +146,9 @@ class RuleManager(Manager):
         return min(moves, key=lambda o: abs(o.value - target))
 
     def _change(self, menu: ActionSpace, role: str, direction: str, factor: float) -> KnobChange | None:
-        for knob in menu.knobs:
+        # a lever whose last use changed nothing is tried after the others
+        knobs = sorted(menu.knobs, key=lambda k: (k.name, direction) in self._neutral)
+        for knob in knobs:
             if knob.role == role:
                 option = self._option(knob, direction, factor)
                 if option is not None:

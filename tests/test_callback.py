@@ -1,0 +1,134 @@
+"""ManagerCallback in real SB3 runs on the planar reacher (tiny nets, tiny budgets)."""
+
+import numpy as np
+import pytest
+import rl_manager.envs  # noqa: F401
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+from rl_manager.audit import read_audit
+from rl_manager.callback import ManagerCallback
+from rl_manager.managers.base import Manager, Proposal
+from rl_manager.menu import GateConfig
+from rl_manager.schema import Targets
+
+ENV = "rl_manager/PlanarReacher-v0"
+
+
+def envs(seed=0):
+    train = make_vec_env(ENV, n_envs=2, seed=seed, monitor_kwargs={"info_keywords": ("is_success", "episode_cost")})
+    return train, make_vec_env(ENV, n_envs=1, seed=seed + 100)
+
+
+def ppo(env):
+    return PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=2, policy_kwargs={"net_arch": [16]}, seed=0)
+
+
+class Prefer(Manager):
+    """Proposes ``action`` whenever the menu offers it, else no_action."""
+
+    name = "prefer"
+
+    def __init__(self, action):
+        self.action = action
+
+    def _propose(self, snapshot, menu, feedback):
+        return Proposal(reply={"action": self.action if self.action in menu.actions else "no_action"})
+
+
+def test_standalone_decisions_are_audited_and_logged(tmp_path):
+    env, eval_env = envs()
+    model = ppo(env)
+    cb = ManagerCallback("rule", run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=2)
+    model.learn(640, callback=cb)
+    records = read_audit(tmp_path)
+    assert len(records) == cb.counts["decisions"] == 5
+    assert [r.seq for r in records] == list(range(5))
+    first = records[0]
+    assert first.snapshot.evaluation.n_episodes == 2
+    assert first.snapshot.evaluation.violation_rate is not None  # cost measured from info["cost"]
+    assert first.snapshot.training.n_episodes >= 0
+    assert {k.name for k in first.snapshot.knobs} >= {"learning_rate", "ent_coef", "clip_range", "collision_penalty"}
+    assert (tmp_path / "best_model.zip").exists() and (tmp_path / "manager_state.json").exists()
+
+
+def test_as_eval_callback_child(tmp_path):
+    env, eval_env = envs()
+    model = ppo(env)
+    child = ManagerCallback("rule", run_dir=tmp_path)
+    model.learn(512, callback=EvalCallback(eval_env, eval_freq=64, n_eval_episodes=2, callback_after_eval=child))
+    records = read_audit(tmp_path)
+    assert len(records) == 4
+    assert records[0].snapshot.evaluation.n_episodes == 2
+    assert records[0].snapshot.evaluation.mean_cost is None  # EvalCallback does not collect costs: absent, not 0
+
+
+def test_stop_ends_training(tmp_path):
+    env, eval_env = envs()
+    model = ppo(env)
+    cb = ManagerCallback(
+        Prefer("stop_training"),
+        run_dir=tmp_path,
+        eval_env=eval_env,
+        eval_freq=64,
+        n_eval_episodes=1,
+        gates=GateConfig(stop_patience=2),
+        targets=Targets(success_rate=0.0, max_violation_rate=1.0),
+    )
+    model.learn(5000, callback=cb)
+    assert cb.stopped
+    assert model.num_timesteps == 2 * 128  # stopped at the second boundary
+    assert read_audit(tmp_path)[-1].decision.action == "stop_training"
+
+
+def test_rollback_restores_best_weights_and_knobs(tmp_path):
+    env, eval_env = envs()
+    model = ppo(env)
+    cb = ManagerCallback("none", run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1)
+    model.learn(256, callback=cb)
+    best = {k: v.clone() for k, v in cb.best_params["policy"].items()}
+    best_lr = cb.state.best.knobs["learning_rate"]
+    cb.actuators["learning_rate"].write(model, 2e-3)
+    with th.no_grad():
+        for p in model.policy.parameters():
+            p.add_(1.0)
+    changes = cb._rollback()
+    for k, v in model.policy.state_dict().items():
+        assert th.equal(v, best[k]), k
+    assert cb.actuators["learning_rate"].read(model) == pytest.approx(best_lr)
+    assert any(c.knob == "learning_rate" for c in changes)
+    # optimiser state restored too: its step counters match the best checkpoint's
+    opt_best = cb.best_params["policy.optimizer"]["state"]
+    opt_now = model.policy.optimizer.state_dict()["state"]
+    assert all(th.equal(opt_now[i]["exp_avg"], opt_best[i]["exp_avg"]) for i in opt_best)
+
+
+def test_rollback_decision_applied_in_a_run(tmp_path):
+    env, eval_env = envs()
+    model = ppo(env)
+    cb = ManagerCallback(
+        Prefer("rollback_to_best"),
+        run_dir=tmp_path,
+        eval_env=eval_env,
+        eval_freq=64,
+        n_eval_episodes=1,
+        gates=GateConfig(rollback_margin=0.0, rollback_patience=1, rollback_cooldown=2),
+    )
+    model.learn(640, callback=cb)
+    rollbacks = [r for r in read_audit(tmp_path) if r.decision.action == "rollback_to_best"]
+    assert rollbacks and all(r.applied for r in rollbacks)
+    gaps = np.diff([r.evaluation_index for r in rollbacks])
+    assert (gaps >= 2).all()  # the cooldown held
+
+
+def test_missing_info_keys_degrade_gracefully(tmp_path):
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    eval_env = make_vec_env("Pendulum-v1", n_envs=1, seed=1)
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, policy_kwargs={"net_arch": [8]}, seed=0)
+    cb = ManagerCallback("rule", run_dir=tmp_path, eval_env=eval_env, eval_freq=200, n_eval_episodes=1)
+    model.learn(400, callback=cb)
+    snap = read_audit(tmp_path)[0].snapshot
+    assert snap.evaluation.success_rate is None and snap.evaluation.mean_cost is None
+    assert snap.score_name == "mean_return"
