@@ -244,7 +244,7 @@ def _main(args: argparse.Namespace) -> int:
             "manager": manager_name,
             "seed": args.seed,
             "n_timesteps": budget,
-            "eval_freq": args.eval_freq or max(1, budget // 20),
+            "eval_freq": args.eval_freq or max(250, budget // 20),
             "eval_episodes": args.eval_episodes,
             "heldout_episodes": args.heldout_episodes,
             "save_freq": args.save_freq or max(1, budget // 10),
@@ -253,9 +253,8 @@ def _main(args: argparse.Namespace) -> int:
             "info_keywords": list(_info_keywords(env_id)),
         }
         (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (run_dir / "command.txt").open("a").write(
-        " ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n"
-    )
+    with (run_dir / "command.txt").open("a") as f:
+        f.write(" ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n")
     if manager_name == "llm":
         raise InputError("--manager llm needs the LLM manager (not available in this version); use rule or none")
     print(f"manager: {manager_line}")

@@ -1,0 +1,69 @@
+"""Overhead of ``ManagerCallback`` (rule manager): env steps/s with and without it.
+
+Arms, run interleaved (A B C A B C ...) with the same seed and budget:
+
+- ``plain``: no callback;
+- ``eval``: SB3 ``EvalCallback`` with the manager's evaluation schedule (the evaluation cost alone);
+- ``managed``: ``ManagerCallback`` with the rule manager and the same evaluation schedule
+  (note: its decisions change the recipe, so the later training differs).
+
+Printed: median steps/s per arm and the ratios managed/eval (the manager's own overhead) and
+managed/plain (overhead including evaluation episodes).
+
+    python experiments/bench_overhead.py --steps 50000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+import rl_manager.envs  # noqa: F401
+from rl_manager.callback import ManagerCallback
+
+
+def run(arm: str, env_id: str, steps: int, eval_freq: int, episodes: int, seed: int) -> float:
+    env = make_vec_env(env_id, n_envs=8, seed=seed, monitor_kwargs={"info_keywords": ("is_success", "episode_cost")})
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    model = PPO("MlpPolicy", env, n_steps=128, batch_size=512, policy_kwargs={"net_arch": [64, 64]}, seed=seed)
+    freq = max(1, eval_freq // env.num_envs)
+    with tempfile.TemporaryDirectory() as tmp:
+        callback = None
+        if arm == "eval":
+            callback = EvalCallback(eval_env, eval_freq=freq, n_eval_episodes=episodes, verbose=0)
+        elif arm == "managed":
+            callback = ManagerCallback("rule", run_dir=tmp, eval_env=eval_env, eval_freq=freq, n_eval_episodes=episodes)
+        start = time.perf_counter()
+        model.learn(steps, callback=callback)
+        elapsed = time.perf_counter() - start
+    return model.num_timesteps / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="rl_manager/PlanarReacher-v0")
+    p.add_argument("--steps", type=int, default=50_000)
+    p.add_argument("--eval-freq", type=int, default=5_000)
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rates: dict[str, list[float]] = {"plain": [], "eval": [], "managed": []}
+    for _ in range(args.repeats):
+        for arm in rates:
+            rates[arm].append(run(arm, args.env, args.steps, args.eval_freq, args.eval_episodes, args.seed))
+    med = {arm: statistics.median(v) for arm, v in rates.items()}
+    for arm, v in rates.items():
+        print(f"{arm:8s} steps/s median {med[arm]:8.1f}  runs {[round(x, 1) for x in v]}")
+    print(f"ratio managed/eval  {med['managed'] / med['eval']:.3f}  (the manager's own overhead; target >= 0.99)")
+    print(f"ratio managed/plain {med['managed'] / med['plain']:.3f}  (including evaluation episodes)")
+
+
+if __name__ == "__main__":
+    main()
