@@ -1,0 +1,216 @@
+"""Asynchronous decisions: a request never blocks training.
+
+:class:`AsyncDecider` runs one decision request at a time (a callable, usually
+``lambda: decide(snapshot, manager, ...)``) on one background thread. The training loop submits a
+request at a boundary (an evaluation) and polls at the following boundaries:
+
+- :meth:`AsyncDecider.poll` returns the finished result once, with its age in boundaries; a
+  result older than ``max_age`` boundaries is marked ``stale`` (the caller discards and logs it);
+- a fresh result must be re-validated against the *current* menu before it is applied, since the
+  run moved on while the request was pending: :func:`revalidate`;
+- :meth:`AsyncDecider.close` abandons a request still pending (the caller logs it).
+
+Same runner for SB3 and for a plain PyTorch loop; it knows nothing about either.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rl_manager.core import Outcome
+from rl_manager.guard import Guard, Review
+from rl_manager.menu import GateConfig, build_action_space
+from rl_manager.schema import TelemetrySnapshot
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AsyncResult:
+    """A finished request.
+
+    :param value: what the request returned (an :class:`~rl_manager.core.Outcome`), ``None`` on error.
+    :param error: the exception the request raised, if any.
+    :param submitted_at: boundary index at which it was submitted.
+    :param polled_at: boundary index at which it was collected.
+    :param max_age: the decider's ``max_age`` at collection.
+    """
+
+    value: Any
+    error: BaseException | None
+    submitted_at: int
+    polled_at: int
+    max_age: int
+
+    @property
+    def age(self) -> int:
+        """Boundaries between submission and collection."""
+        return self.polled_at - self.submitted_at
+
+    @property
+    def stale(self) -> bool:
+        """Whether the result is older than ``max_age`` boundaries and must be discarded."""
+        return self.age > self.max_age
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request finished without an exception."""
+        return self.error is None
+
+
+class AsyncDecider:
+    """Runs at most one decision request at a time on a background thread.
+
+    :param max_age: results collected more than this many boundaries after submission are stale.
+    :param name: name of the worker thread.
+    """
+
+    def __init__(self, max_age: int = 2, name: str = "rl_manager-decider") -> None:
+        if max_age < 0:
+            raise ValueError(f"max_age must be >= 0, got {max_age}")
+        self.max_age = max_age
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue[tuple[int, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token = 0  # id of the current request; a result with another id is dropped
+        self._submitted_at: int | None = None  # boundary of the request not yet collected
+        self._finished: tuple[Any, BaseException | None] | None = None
+        self._closed = False
+
+    # -------------------------------------------------------------------------------- state
+    @property
+    def busy(self) -> bool:
+        """Whether a request was submitted and its result not yet collected."""
+        with self._cond:
+            return self._submitted_at is not None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a request is still running (submitted, not finished)."""
+        with self._cond:
+            return self._submitted_at is not None and self._finished is None
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
+    # -------------------------------------------------------------------------------- API
+    def submit(self, request: Callable[[], Any], boundary_index: int) -> bool:
+        """Start ``request`` in the background without waiting for it.
+
+        :param request: a callable taking no argument (exceptions it raises are captured).
+        :param boundary_index: the current boundary (evaluation index).
+        :return: ``False`` (nothing submitted) while another request is not collected yet.
+        :raises RuntimeError: after :meth:`close`.
+        """
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("AsyncDecider is closed")
+            if self._submitted_at is not None:
+                return False
+            self._token += 1
+            self._submitted_at = boundary_index
+            self._finished = None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._queue.put((self._token, request))
+        return True
+
+    def poll(self, boundary_index: int) -> AsyncResult | None:
+        """Collect the finished result, if any; never blocks.
+
+        :param boundary_index: the current boundary.
+        :return: the result (once), possibly marked stale, or ``None`` if none is ready.
+        """
+        with self._cond:
+            if self._finished is None or self._submitted_at is None:
+                return None
+            value, error = self._finished
+            result = AsyncResult(value, error, self._submitted_at, boundary_index, self.max_age)
+            self._finished = None
+            self._submitted_at = None
+        if result.stale:
+            logger.info("decision submitted at %d collected at %d is stale", result.submitted_at, boundary_index)
+        return result
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current request has finished (for the end of a run and tests).
+
+        :param timeout: seconds to wait at most (``None``: no limit).
+        :return: whether a finished result is ready.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._finished is not None or self._submitted_at is None, timeout)
+            return self._finished is not None
+
+    def close(self) -> int | None:
+        """Stop the worker; a request not collected yet is abandoned (its result will be dropped).
+
+        :return: the boundary at which the abandoned request was submitted, or ``None``.
+        """
+        with self._cond:
+            if self._closed:
+                return None
+            self._closed = True
+            abandoned = self._submitted_at
+            self._submitted_at = None
+            self._finished = None
+            self._token += 1  # whatever is running now will be dropped
+            if self._thread is not None:
+                self._queue.put(None)
+            self._cond.notify_all()
+        if abandoned is not None:
+            logger.info("decision request submitted at %d abandoned", abandoned)
+        return abandoned
+
+    def __enter__(self) -> AsyncDecider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            token, request = job
+            try:
+                value, error = request(), None
+            except Exception as exc:  # reported to the caller through poll()
+                value, error = None, exc
+            with self._cond:
+                if token == self._token and not self._closed:
+                    self._finished = (value, error)
+                self._cond.notify_all()
+
+
+def revalidate(
+    outcome: Outcome,
+    current_snapshot: TelemetrySnapshot,
+    gates: GateConfig | None = None,
+    guard: Guard | None = None,
+) -> Review:
+    """Review an outcome's decision again against the menu of the *current* snapshot.
+
+    A decision taken on an older snapshot may no longer be allowed (a gate closed, a knob moved
+    or entered a cooldown, a value is no longer offered); it is applied only if this review is ok,
+    and then with the changes of this review (their ``before`` values are the current ones).
+
+    :param outcome: the outcome computed in the background.
+    :param current_snapshot: telemetry at the boundary where it would be applied.
+    :param gates: the gate configuration used for menus.
+    :param guard: the guard (a default one if ``None``).
+    :return: the new review.
+    """
+    guard = guard or Guard()
+    return guard.review(outcome.decision, build_action_space(current_snapshot, gates))

@@ -1,0 +1,141 @@
+"""The LLM manager: asks an OpenAI-compatible chat endpoint for a decision.
+
+Works with any server that speaks the OpenAI chat-completions API (OpenAI, vLLM, Ollama,
+llama.cpp ``llama-server``) through the official ``openai`` client. The reply is returned as
+text; :func:`rl_manager.core.decide` always re-validates it with the guard, re-asks once with
+the guard's message and falls back otherwise. Client errors (timeouts, HTTP errors, dropped
+connections) propagate to :func:`~rl_manager.core.decide`, which logs them and falls back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rl_manager.managers.base import Manager, Proposal
+from rl_manager.prompt import build_messages, render_messages
+from rl_manager.schema import ActionSpace, DecisionAdapter, TelemetrySnapshot
+from rl_manager.settings import LLMSettings
+
+logger = logging.getLogger(__name__)
+
+#: key sent in place of a missing API key (local servers ignore it; the client requires one)
+NO_KEY = "no-key"
+
+
+def is_strict_compatible(schema: dict[str, Any]) -> bool:
+    """Whether ``schema`` meets OpenAI's strict structured-output rules (as far as checked here).
+
+    Checked: the root is an object (not ``anyOf``/``oneOf``), every object lists all its
+    properties as required and sets ``additionalProperties: false``, and no ``oneOf`` or
+    ``default`` appears anywhere.
+
+    :param schema: a JSON schema.
+    """
+    if schema.get("type") != "object" or "anyOf" in schema or "oneOf" in schema:
+        return False
+
+    def ok(node: Any) -> bool:
+        if isinstance(node, list):
+            return all(ok(n) for n in node)
+        if not isinstance(node, dict):
+            return True
+        if "oneOf" in node or "default" in node:
+            return False
+        if node.get("type") == "object":
+            props = node.get("properties", {})
+            if node.get("additionalProperties") is not False or set(node.get("required", [])) != set(props):
+                return False
+        return all(ok(v) for k, v in node.items() if k not in ("const", "enum"))
+
+    return ok(schema)
+
+
+def decision_response_format(mode: str) -> dict[str, Any] | None:
+    """The ``response_format`` request field for ``mode``.
+
+    :param mode: ``json_schema``, ``json_object`` or ``none``.
+    :return: the field, or ``None`` to leave it out.
+    :raises ValueError: for an unknown mode.
+    """
+    if mode == "none":
+        return None
+    if mode == "json_object":
+        return {"type": "json_object"}
+    if mode == "json_schema":
+        schema = DecisionAdapter.json_schema()
+        # The decision union is a ``oneOf`` at the root, which OpenAI's strict mode refuses; servers
+        # that compile schemas to grammars (llama.cpp, vLLM) enforce it anyway. The guard re-validates.
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "decision", "schema": schema, "strict": is_strict_compatible(schema)},
+        }
+    raise ValueError(f"unknown response_format mode {mode!r}; choose json_schema, json_object or none")
+
+
+class LLMManager(Manager):
+    """Proposes decisions with an LLM behind an OpenAI-compatible endpoint.
+
+    :param settings: connection and sampling settings (``None``: read from ``RL_MANAGER_*``).
+    :param client: an ``openai.OpenAI`` client to use instead of building one (tests, proxies).
+    """
+
+    name = "llm"
+
+    def __init__(self, settings: LLMSettings | None = None, client: Any | None = None) -> None:
+        self.settings = settings if settings is not None else LLMSettings()
+        if client is None:
+            try:
+                from openai import OpenAI
+            except ImportError as exc:  # pragma: no cover - openai is a dependency of the llm extra
+                raise ImportError("LLMManager needs the 'openai' package: pip install 'rl_manager[llm]'") from exc
+            client = OpenAI(
+                base_url=self.settings.base_url,
+                api_key=self.settings.api_key_value() or NO_KEY,
+                timeout=self.settings.timeout_s,
+                max_retries=self.settings.max_retries,
+            )
+        self._client = client
+        self._response_format = decision_response_format(self.settings.response_format)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"LLMManager(model={s.model!r}, base_url={s.base_url!r}, response_format={s.response_format!r})"
+
+    def request_kwargs(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for ``messages``."""
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "model": s.model,
+            "messages": messages,
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+        }
+        if s.seed is not None:
+            kwargs["seed"] = s.seed
+        if self._response_format is not None:
+            kwargs["response_format"] = self._response_format
+        return kwargs
+
+    def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
+        messages = build_messages(snapshot, menu, feedback)
+        prompt = render_messages(messages)
+        response = self._client.chat.completions.create(**self.request_kwargs(messages))
+        if not response.choices:
+            raise RuntimeError("the server returned no choices")
+        choice = response.choices[0]
+        text = choice.message.content if choice.message is not None else None
+        usage = response.usage
+        logger.debug(
+            "llm reply: finish_reason=%s, %s prompt / %s completion tokens",
+            choice.finish_reason,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+        )
+        return Proposal(
+            reply=text if text is not None else "",
+            prompt=prompt,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            finish_reason=choice.finish_reason,
+        )

@@ -1,0 +1,70 @@
+"""Settings of the LLM manager, read from ``RL_MANAGER_*`` environment variables.
+
+=============================  ==============================================================
+variable                       meaning
+=============================  ==============================================================
+``RL_MANAGER_BASE_URL``        OpenAI-compatible endpoint (``None``: the OpenAI API)
+``RL_MANAGER_MODEL``           model name sent with each request
+``RL_MANAGER_API_KEY``         API key (falls back to ``OPENAI_API_KEY``)
+``RL_MANAGER_TIMEOUT_S``       seconds per request (at most 60; the client's own default is 600)
+``RL_MANAGER_MAX_RETRIES``     transport retries done by the ``openai`` client
+``RL_MANAGER_TEMPERATURE``     sampling temperature
+``RL_MANAGER_SEED``            sampling seed (``None``: not sent)
+``RL_MANAGER_MAX_TOKENS``      largest reply, in tokens
+``RL_MANAGER_RESPONSE_FORMAT`` ``json_schema`` (structured output), ``json_object`` or ``none``
+=============================  ==============================================================
+
+The key is a :class:`~pydantic.SecretStr`: ``repr``, ``str`` and ``model_dump`` show it masked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ResponseFormat = Literal["json_schema", "json_object", "none"]
+
+
+class LLMSettings(BaseSettings):
+    """Connection and sampling settings of :class:`~rl_manager.managers.llm.LLMManager`.
+
+    :param base_url: OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8080/v1`` for llama.cpp's
+        ``llama-server``; ``None`` uses the OpenAI API.
+    :param model: model name.
+    :param api_key: API key; ``RL_MANAGER_API_KEY`` or else ``OPENAI_API_KEY``. Local servers
+        usually need none.
+    :param timeout_s: timeout of one request in seconds (0 < timeout_s <= 60).
+    :param max_retries: retries of the ``openai`` client on connection errors, 429 and 5xx.
+    :param temperature: sampling temperature.
+    :param seed: sampling seed, or ``None`` to leave it out of the request.
+    :param max_tokens: largest reply in tokens; a reply cut off at this length is a failure.
+    :param response_format: ``json_schema`` (the server enforces the decision schema),
+        ``json_object`` (the server enforces JSON) or ``none`` (the prompt alone asks for JSON).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="RL_MANAGER_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_assignment=True,
+        hide_input_in_errors=True,
+    )
+
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RL_MANAGER_API_KEY", "OPENAI_API_KEY"),
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=60)
+    max_retries: int = Field(default=1, ge=0, le=5)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    seed: int | None = 0
+    max_tokens: int = Field(default=512, ge=16, le=32_768)
+    response_format: ResponseFormat = "json_schema"
+
+    def api_key_value(self) -> str | None:
+        """The key in clear text, for the HTTP client only; never log it."""
+        return None if self.api_key is None else self.api_key.get_secret_value()
