@@ -371,6 +371,7 @@ class ManagerCallback(BaseCallback):
             "counts": self.counts,
             "latency_s": self.latency_s,
             "tokens": self.tokens,
+            "knobs": {name: a.read(self.model) for name, a in self.actuators.items()},
         }
         tmp = self.run_dir / (STATE_FILENAME + ".tmp")
         tmp.write_text(json.dumps(data))
@@ -386,6 +387,10 @@ class ManagerCallback(BaseCallback):
         self.counts.update(data.get("counts", {}))
         self.latency_s = data.get("latency_s", 0.0)
         self.tokens.update(data.get("tokens", {}))
+        # env-side knobs (reward weights) are not saved with the model: re-apply every saved value
+        for name, value in data.get("knobs", {}).items():
+            if name in self.actuators and self.actuators[name].read(self.model) != value:
+                self.actuators[name].write(self.model, value)
         best_zip = self.run_dir / "best_model.zip"
         if self.state.best is not None and best_zip.exists():
             current = copy.deepcopy(self.model.get_parameters())

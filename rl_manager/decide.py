@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    outcome = decide(snapshot, make_manager(args.manager), gates=gates)
+    fallback = make_manager("rule") if args.manager == "llm" else None  # an LLM failure falls back to rules
+    outcome = decide(snapshot, make_manager(args.manager), gates=gates, fallback=fallback)
     out = {
         "decision": DecisionAdapter.dump_python(outcome.decision, mode="json"),
         "changes": [c.model_dump(mode="json") for c in outcome.changes],

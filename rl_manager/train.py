@@ -247,7 +247,7 @@ def _main(args: argparse.Namespace) -> int:
             "eval_freq": args.eval_freq or max(250, budget // 20),
             "eval_episodes": args.eval_episodes,
             "heldout_episodes": args.heldout_episodes,
-            "save_freq": args.save_freq or max(1, budget // 10),
+            "save_freq": args.save_freq or max(50_000, budget // 10),
             "tensorboard_log": args.tensorboard_log or str(run_dir / "tb"),
             "device": args.device,
             "info_keywords": list(_info_keywords(env_id)),
@@ -255,8 +255,6 @@ def _main(args: argparse.Namespace) -> int:
         (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
         f.write(" ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n")
-    if manager_name == "llm":
-        raise InputError("--manager llm needs the LLM manager (not available in this version); use rule or none")
     print(f"manager: {manager_line}")
     print(f"run: {run_dir}  env: {config['env_id']}  algo: {config['algo']}  recipe: {config['recipe_name']}")
     print(f"budget: {config['n_timesteps']} steps, decision every {config['eval_freq']} steps")
@@ -290,12 +288,12 @@ def train(
     model = _build_model(config, env, run_dir, last if resume else None)
     knobs = {k: KnobBounds.model_validate(v) for k, v in (recipe.get("manager_knobs") or {}).items()}
     manager_cb = ManagerCallback(
-        "rule" if config["manager"] == "rule" else "none",
+        config["manager"],
         run_dir=run_dir,
         eval_env=eval_env,
         eval_freq=max(1, config["eval_freq"] // n_envs),
         n_eval_episodes=config["eval_episodes"],
-        fallback="rule" if config["manager"] == "rule" else None,
+        fallback=None if config["manager"] == "none" else "rule",
         targets=Targets.model_validate(recipe.get("targets", {})),
         knobs=knobs,
         verbose=verbose,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch as th
 
 from rl_manager.schema import BestCheckpoint, HistoryRow, KnobSpec, RunPosition, TelemetrySnapshot
 
@@ -23,6 +24,15 @@ def make_snapshot(**overrides) -> TelemetrySnapshot:
     )
     data.update(overrides)
     return TelemetrySnapshot(**data)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny SB3 models train several times faster on one thread of these 2-core machines."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.llm import LLMManager
 from rl_manager.managers.none import NoneManager
 from rl_manager.managers.rule import RuleManager
 
 #: managers that can be built by name without further configuration
-MANAGERS: dict[str, type[Manager]] = {"rule": RuleManager, "none": NoneManager}
+MANAGERS: dict[str, type[Manager]] = {"rule": RuleManager, "none": NoneManager, "llm": LLMManager}
 
 
 def make_manager(name: str) -> Manager:
-    """Build a manager by name.
+    """Build a manager by name (``llm`` reads its endpoint from ``RL_MANAGER_*`` settings).
 
     :raises ValueError: for an unknown name.
     """
@@ -21,4 +22,4 @@ def make_manager(name: str) -> Manager:
         raise ValueError(f"unknown manager {name!r}; choose from {sorted(MANAGERS)}") from None
 
 
-__all__ = ["MANAGERS", "Manager", "NoneManager", "Proposal", "RuleManager", "make_manager"]
+__all__ = ["MANAGERS", "LLMManager", "Manager", "NoneManager", "Proposal", "RuleManager", "make_manager"]
