@@ -15,6 +15,7 @@ steps). A validated ``stop_training`` makes ``_on_step`` return ``False``, which
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -26,16 +27,19 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from rl_manager.actuators import Actuator, KnobBounds, discover_actuators
+from rl_manager.async_runner import AsyncDecider, revalidate
 from rl_manager.audit import AuditLog
 from rl_manager.core import Outcome, decide
 from rl_manager.managers import Manager, make_manager
-from rl_manager.menu import GateConfig
+from rl_manager.menu import GateConfig, build_action_space
 from rl_manager.schema import (
     AlgoHealth,
+    Attempt,
     BestCheckpoint,
     DecisionAdapter,
     EvalMetrics,
     HistoryRow,
+    NoAction,
     ResolvedChange,
     RunPosition,
     Targets,
@@ -79,6 +83,11 @@ class ManagerCallback(BaseCallback):
     :param cost_key: ``info`` key carrying the per-step safety cost.
     :param episode_cost_key: Monitor ``info_keywords`` key with the episode cost.
     :param run_id: run identifier (default: a random one, or the one found in ``run_dir``).
+    :param async_decisions: ask the manager on a background thread: training never waits for it;
+        a reply is re-validated against the current menu and applied at the first boundary after
+        it arrives; one request in flight.
+    :param max_age: async replies collected more than this many boundaries after their request are
+        discarded and logged as stale.
     :param verbose: 1 prints each decision.
     """
 
@@ -99,6 +108,8 @@ class ManagerCallback(BaseCallback):
         cost_key: str = "cost",
         episode_cost_key: str = "episode_cost",
         run_id: str | None = None,
+        async_decisions: bool = False,
+        max_age: int = 2,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -125,6 +136,8 @@ class ManagerCallback(BaseCallback):
         self.tokens = {"prompt": 0, "completion": 0}
         self.stopped = False
         self.last_eval: EvalResult | None = None
+        self.decider = AsyncDecider(max_age=max_age) if async_decisions else None
+        self._requested: TelemetrySnapshot | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
     def _init_callback(self) -> None:
@@ -147,7 +160,24 @@ class ManagerCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
+        if self.decider is not None:
+            self._close_async()
         self.save_state()
+
+    def _close_async(self) -> None:
+        assert self.decider is not None and self.audit is not None
+        late = self.decider.poll(self.state.evaluation_index + 1)
+        abandoned = late.submitted_at if late is not None else self.decider.close()
+        self.decider.close()
+        if abandoned is not None:
+            self.audit.append(
+                kind="abandoned",
+                step=self.num_timesteps,
+                evaluation_index=self.state.evaluation_index,
+                proposer=self.manager.name,
+                snapshot=self._requested,
+                message=f"request from evaluation {abandoned} {'arrived' if late else 'pending'} after the end",
+            )
 
     # ----------------------------------------------------------------------------- evaluation
     def _own_eval_metrics(self) -> EvalMetrics:
@@ -192,11 +222,75 @@ class ManagerCallback(BaseCallback):
         del state.history[:-20]
         self._update_best(score)
         snapshot = self.snapshot(metrics, training, health)
-        outcome = decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
-        continue_training = self._apply(snapshot, outcome)
+        if self.decider is None:
+            outcome: Outcome | None = decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
+            continue_training = self._apply(snapshot, outcome)
+        else:
+            outcome, continue_training = self._async_boundary(snapshot, metrics, training, health)
         self._log_tensorboard(metrics, training, outcome)
         self.save_state()
         return continue_training
+
+    def _request(self, snapshot: TelemetrySnapshot) -> None:
+        assert self.decider is not None
+        manager, fallback, gates = self.manager, self.fallback, self.gates
+        if self.decider.submit(
+            lambda: decide(snapshot, manager, gates=gates, fallback=fallback), snapshot.position.evaluation_index
+        ):
+            self._requested = snapshot
+
+    def _async_boundary(
+        self, snapshot: TelemetrySnapshot, metrics: EvalMetrics, training: TrainWindow, health: AlgoHealth
+    ) -> tuple[Outcome | None, bool]:
+        """Apply a reply that arrived since the last boundary (if still valid), then ask again."""
+        assert self.decider is not None and self.audit is not None
+        result = self.decider.poll(self.state.evaluation_index)
+        outcome, continue_training = None, True
+        if result is not None and result.stale:
+            self.counts["stale"] += 1
+            self.audit.append(
+                kind="stale",
+                step=self.num_timesteps,
+                evaluation_index=self.state.evaluation_index,
+                proposer=self.manager.name,
+                snapshot=self._requested,
+                decision=result.value.decision if result.ok else None,
+                message=f"reply to evaluation {result.submitted_at} arrived {result.age} boundaries later: discarded",
+            )
+        elif result is not None:
+            requested = self._requested or snapshot
+            if not result.ok:
+                outcome = Outcome(
+                    NoAction(reason="fallback: the decision request failed"),
+                    [],
+                    build_action_space(snapshot, self.gates),
+                    [Attempt(proposer=self.manager.name, errors=[f"request error: {result.error!r}"])],
+                    proposer=self.manager.name,
+                    fallback="no_action",
+                )
+            else:
+                review = revalidate(result.value, snapshot, self.gates)
+                if review.ok:
+                    outcome = dataclasses.replace(result.value, decision=review.decision, changes=review.changes)
+                else:
+                    stale_errors = [
+                        f"no longer valid at evaluation {self.state.evaluation_index}: {e}" for e in review.errors
+                    ]
+                    attempts = [*result.value.attempts, Attempt(proposer="guard", errors=stale_errors)]
+                    outcome = dataclasses.replace(
+                        result.value,
+                        decision=NoAction(reason="reply no longer valid"),
+                        changes=[],
+                        attempts=attempts,
+                        fallback="no_action",
+                    )
+            note = f"requested at evaluation {result.submitted_at}, applied at {self.state.evaluation_index}"
+            continue_training = self._apply(requested, outcome, note=note)
+            if continue_training:
+                snapshot = self.snapshot(metrics, training, health)  # knobs may have changed
+        if continue_training:
+            self._request(snapshot)
+        return outcome, continue_training
 
     def _history_row(self, m: EvalMetrics, t: TrainWindow, h: AlgoHealth, score: float | None) -> HistoryRow:
         train_loss = h.critic_loss if h.critic_loss is not None else h.value_loss
@@ -283,7 +377,7 @@ class ManagerCallback(BaseCallback):
         self.state.last_rollback_at = self.state.evaluation_index
         return restored
 
-    def _apply(self, snapshot: TelemetrySnapshot, outcome: Outcome) -> bool:
+    def _apply(self, snapshot: TelemetrySnapshot, outcome: Outcome, note: str = "") -> bool:
         before = {name: a.read(self.model) for name, a in self.actuators.items()}
         decision = outcome.decision
         applied, message, continue_training = False, "", True
@@ -330,7 +424,7 @@ class ManagerCallback(BaseCallback):
             latency_s=outcome.latency_s,
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
-            message=message,
+            message="; ".join(m for m in (note, message) if m),
         )
         if self.verbose:
             summary = json.dumps(
@@ -339,12 +433,13 @@ class ManagerCallback(BaseCallback):
             print(f"[manager] step {self.num_timesteps} eval {self.state.evaluation_index}: {summary}")
         return continue_training
 
-    def _log_tensorboard(self, m: EvalMetrics, t: TrainWindow, outcome: Outcome) -> None:
+    def _log_tensorboard(self, m: EvalMetrics, t: TrainWindow, outcome: Outcome | None) -> None:
         rec = self.logger.record
-        rec("manager/action", ACTION_CODES[outcome.decision.action])
+        rec("manager/action", ACTION_CODES[outcome.decision.action] if outcome else -1)
         rec("manager/applied_total", self.counts["applied"])
         rec("manager/rejected_attempts_total", self.counts["rejected_attempts"])
-        rec("manager/latency_s", outcome.latency_s)
+        rec("manager/latency_s", outcome.latency_s if outcome else 0.0)
+        rec("manager/stale_total", self.counts["stale"])
         rec("manager/tokens_total", self.tokens["prompt"] + self.tokens["completion"])
         if self.state.history and self.state.history[-1].score is not None:
             rec("manager/score", self.state.history[-1].score)

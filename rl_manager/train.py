@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="recipe overrides")
     p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: experiments/hyperparams/<algo>.yml)")
     p.add_argument("--manager", default="auto", choices=["none", "rule", "llm", "auto"])
+    p.add_argument(
+        "--decisions",
+        default="auto",
+        choices=["auto", "sync", "async"],
+        help="async: training never waits for the manager (auto: async for llm, sync otherwise)",
+    )
+    p.add_argument("--max-age", type=int, default=2, help="async replies older than this many boundaries are stale")
     p.add_argument("--no-safety", action="store_true", help="use the plain env, without the safety-cost wrapper")
     p.add_argument("--save-freq", type=int, default=None, help="env steps between resumable checkpoints")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -251,13 +258,16 @@ def _main(args: argparse.Namespace) -> int:
             "tensorboard_log": args.tensorboard_log or str(run_dir / "tb"),
             "device": args.device,
             "info_keywords": list(_info_keywords(env_id)),
+            "async_decisions": args.decisions == "async" or (args.decisions == "auto" and manager_name == "llm"),
+            "max_age": args.max_age,
         }
         (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
         f.write(" ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n")
     print(f"manager: {manager_line}")
     print(f"run: {run_dir}  env: {config['env_id']}  algo: {config['algo']}  recipe: {config['recipe_name']}")
-    print(f"budget: {config['n_timesteps']} steps, decision every {config['eval_freq']} steps")
+    mode = "async" if config.get("async_decisions") else "sync"
+    print(f"budget: {config['n_timesteps']} steps, {mode} decision every {config['eval_freq']} steps")
     return train(config, run_dir, resume=bool(args.resume), progress=args.progress, verbose=args.verbose)
 
 
@@ -296,6 +306,8 @@ def train(
         fallback=None if config["manager"] == "none" else "rule",
         targets=Targets.model_validate(recipe.get("targets", {})),
         knobs=knobs,
+        async_decisions=bool(config.get("async_decisions", False)),
+        max_age=int(config.get("max_age", 2)),
         verbose=verbose,
     )
     remaining = config["n_timesteps"] - (model.num_timesteps if resume else 0)

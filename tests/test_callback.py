@@ -132,3 +132,65 @@ def test_missing_info_keys_degrade_gracefully(tmp_path):
     snap = read_audit(tmp_path)[0].snapshot
     assert snap.evaluation.success_rate is None and snap.evaluation.mean_cost is None
     assert snap.score_name == "mean_return"
+
+
+class Slow(Manager):
+    """Sleeps, then proposes the first offered learning-rate decrease."""
+
+    name = "slow"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def _propose(self, snapshot, menu, feedback):
+        import time
+
+        time.sleep(self.seconds)
+        knob = menu.knob("learning_rate")
+        down = [o.value for o in knob.options if o.value < knob.current] if knob else []
+        if "adjust" in menu.actions and down:
+            return Proposal(reply={"action": "adjust", "changes": [{"knob": "learning_rate", "value": down[-1]}]})
+        return Proposal(reply={"action": "no_action"})
+
+
+def test_async_decisions_do_not_block_and_apply_later(tmp_path):
+    import time
+
+    env, eval_env = envs()
+    model = ppo(env)
+    cb = ManagerCallback(
+        Slow(0.3),
+        run_dir=tmp_path,
+        eval_env=eval_env,
+        eval_freq=64,
+        n_eval_episodes=1,
+        async_decisions=True,
+        max_age=50,
+    )
+    start = time.perf_counter()
+    model.learn(1280, callback=cb)
+    records = read_audit(tmp_path)
+    decisions = [r for r in records if r.kind == "decision"]
+    assert decisions, "no async reply was applied"
+    first = decisions[0]
+    assert first.applied and "requested at evaluation 0" in first.message
+    assert first.evaluation_index >= 1  # applied at a later boundary than it was asked at
+    assert first.changes[0].after < first.changes[0].before
+    # 10 boundaries x 0.3 s of manager time would be >= 3 s if training waited on every reply
+    assert cb.counts["decisions"] < 10
+    assert [r.seq for r in records] == list(range(len(records)))
+    assert time.perf_counter() - start < 60
+
+
+def test_async_stale_and_abandoned_are_logged(tmp_path):
+    env, eval_env = envs()
+    model = ppo(env)
+    cb = ManagerCallback(
+        Slow(0.5), run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1, async_decisions=True, max_age=0
+    )
+    model.learn(1280, callback=cb)
+    kinds = [r.kind for r in read_audit(tmp_path)]
+    assert "decision" not in kinds  # with max_age 0 every reply arrives too late
+    assert "stale" in kinds
+    assert kinds[-1] == "abandoned"
+    assert cb.decider.closed
