@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout-episodes", type=int, default=30, help="final evaluation on seeds the manager never saw")
     p.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: <run>/tb)")
     p.add_argument("-f", "--log-folder", default="logs")
+    p.add_argument("--run-dir", default=None, help="exact run folder (default: a new one under the log folder)")
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="recipe overrides")
     p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: experiments/hyperparams/<algo>.yml)")
     p.add_argument("--manager", default="auto", choices=["none", "rule", "llm", "auto"])
@@ -241,8 +242,14 @@ def _main(args: argparse.Namespace) -> int:
         recipe.update(parse_overrides(args.hyperparams))
         manager_name, manager_line = choose_manager(args.manager)
         budget = args.n_timesteps or int(recipe["n_timesteps"] if args.full else recipe.get("quick_timesteps", 10_000))
-        run_dir = _run_dir(args, algo, env_id, RECIPE_ALIASES.get(args.recipe, args.recipe), manager_name)
-        run_dir.mkdir(parents=True)
+        run_dir = (
+            Path(args.run_dir)
+            if args.run_dir
+            else _run_dir(args, algo, env_id, RECIPE_ALIASES.get(args.recipe, args.recipe), manager_name)
+        )
+        if (run_dir / "config.yml").exists():
+            raise InputError(f"{run_dir} already holds a run: use --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "env_id": env_id,
             "algo": algo,

@@ -1,0 +1,48 @@
+"""``python -m rl_manager.compare`` on a tiny grid (real runs, tiny budgets)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("rliable", reason="needs the 'plots' extra")
+
+from rl_manager.compare import main  # noqa: E402
+
+GRID = """
+name: tiny
+seeds: [0]
+n_timesteps: 512
+eval_freq: 256
+eval_episodes: 1
+heldout_episodes: 1
+params: ["n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:{net_arch: [8]}"]
+arms:
+  - {name: fixed, env: PlanarReacher, algo: ppo, recipe: conservative, manager: none}
+  - {name: managed, env: PlanarReacher, algo: ppo, recipe: conservative, manager: rule}
+"""
+
+
+def test_compare_tiny_grid_then_skip_and_plot_only(tmp_path):
+    grid = tmp_path / "grid.yml"
+    grid.write_text(GRID)
+    out = tmp_path / "out"
+    assert main([str(grid), "-o", str(out), "--workers", "2"]) == 0
+    report = (out / "REPORT.md").read_text()
+    assert "| fixed |" in report and "| managed |" in report and "Probability of improvement" in report
+    assert (out / "learning_curves.png").exists()
+    for arm in ("fixed", "managed"):
+        summary = json.loads((out / "runs" / arm / "s0" / "summary.json").read_text())
+        assert summary["timesteps"] == 512 and summary["seed"] == 0
+    # a second call skips finished runs; --plot-only rebuilds and keeps a written discussion
+    (out / "REPORT.md").write_text(report.replace("(to be written)", "kept text"))
+    mtime = (out / "runs" / "fixed" / "s0" / "summary.json").stat().st_mtime
+    assert main([str(grid), "-o", str(out), "--workers", "2"]) == 0
+    assert (out / "runs" / "fixed" / "s0" / "summary.json").stat().st_mtime == mtime
+    assert main([str(grid), "-o", str(out), "--plot-only"]) == 0
+    assert "kept text" in (out / "REPORT.md").read_text()
+
+
+def test_invalid_grid_exits_2(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("arms: []\nn_timesteps: 10\n")
+    assert main([str(bad), "-o", str(tmp_path / "o")]) == 2
