@@ -351,9 +351,8 @@ def write_report(grid: Grid, out: Path, command: str) -> Path:
             point, interval = rly.get_interval_estimates(
                 {"p": (x, y)}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=2000
             )
-            lines.append(
-                f"| {arm.name} | {base.name} | {point['p'][0]:.3f} [{interval['p'][0, 0]:.3f}, {interval['p'][1, 0]:.3f}] |"
-            )
+            low, high = interval["p"][0, 0], interval["p"][1, 0]
+            lines.append(f"| {arm.name} | {base.name} | {point['p'][0]:.3f} [{low:.3f}, {high:.3f}] |")
         lines.append("")
     cells = sorted({k for rs in runs.values() for r in rs for k in r["heldout"]})
     if len(cells) > 2:
