@@ -103,3 +103,36 @@ def test_fallback_to_rules_then_noop():
     assert out.decision.action == "no_action" and out.fallback == "no_action"
     assert "endpoint down" in out.validation_errors[0]
     assert len(out.attempts) == 1  # a transport error is not re-asked
+
+
+def _intervention(knob, before, after, verdict, at=0):
+    return InterventionOutcome(
+        evaluation_index=at,
+        step=at,
+        action="adjust",
+        changes=[ResolvedChange(knob=knob, before=before, after=after)],
+        score_before=0.0,
+        scores_after=[0.0, 0.0, 0.0],
+        verdict=verdict,
+    )
+
+
+def test_undoes_a_change_measured_worse():
+    snap = flat_collapsed(interventions=[_intervention("learning_rate", 5e-4, 1e-3, "worse")])
+    out = decide(snap, RuleManager())
+    assert out.decision.action == "adjust"
+    assert [(c.knob, c.after) for c in out.changes] == [("learning_rate", 5e-4)]
+
+
+def test_never_reverses_a_neutral_change():
+    # the stuck rule wants the LR up, but the last LR move was down and not measured worse
+    rows = [HistoryRow(evaluation_index=i, step=i, score=0.0, success_rate=0.0) for i in range(4)]
+    snap = make_snapshot(
+        position=RunPosition(step=4, total_steps=100, evaluation_index=3),
+        history=rows,
+        best=None,
+        interventions=[_intervention("learning_rate", 4e-5, 2e-5, "neutral")],
+    )
+    snap.knobs[0].value = 2e-5
+    out = decide(snap, RuleManager())
+    assert not any(c.knob == "learning_rate" and c.after > c.before for c in out.changes)

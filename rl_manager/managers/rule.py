@@ -14,6 +14,7 @@ role that the menu offers, in menu order.
        best for 2 evaluations)                        conservative change), else rollback_to_best
  — while the latest intervention has < 2 measured evaluations after it, or fewer than
    ``min_evaluations`` evaluations exist: no_action (wait) —
+ 3b    the latest adjust was measured worse           move its knobs back toward their old values
  4     diverging: latest training loss > 5× the       LR ×0.5 (×0.25 past 20×)
        median of earlier ones, or PPO approx KL
        > 0.08
@@ -26,8 +27,8 @@ role that the menu offers, in menu order.
        or by half, action std < 0.1, or the
        exploration knob within ×2 of its floor)
        and success flat below target
- 8     stuck: success flat below 0.1 for 3            LR ×2 if LR sits in the lowest third of its
-       evaluations, no collapse signal                (log) range, else exploration ×1.5
+ 8     stuck: success flat below 0.1 for 3            LR ×2 if LR sits in the lower half of its
+       evaluations, no collapse signal                (log) range, else exploration ×1.5, else wait
  9     plateau: no new best for 4 evaluations,        LR ×0.5
        ≥ 30% of the budget used, below target
  10    otherwise (incl. a dip within the noise)       no_action
@@ -35,7 +36,8 @@ role that the menu offers, in menu order.
 
 Memory: a (knob, direction) pair whose past intervention was measured ``worse`` is never proposed
 again; the rule moves on to its next candidate knob, and to no_action when none is left. A pair
-measured ``neutral`` (no effect) is tried after the other knobs of the same role.
+measured ``neutral`` (no effect) is tried after the other knobs of the same role. A knob is never
+moved against its latest change unless that change was measured ``worse`` (no oscillation).
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ class RuleManager(Manager):
         ]
         self._worse = {move for move, verdict in moves if verdict == "worse"}
         self._neutral = {move for move, verdict in moves if verdict == "neutral"}
+        # the latest change of each knob: reversing it is allowed only once it was measured worse
+        self._last_move = {knob: (direction, verdict) for (knob, direction), verdict in moves}
         for rule in (self._non_finite, self._stop, self._regression):
             decision = rule(snapshot, menu)
             if decision is not None:
@@ -121,7 +125,15 @@ class RuleManager(Manager):
             return NoAction(reason=f"warm-up: fewer than {self.min_evaluations} evaluations")
         if self._waiting(snapshot):
             return NoAction(reason="waiting to measure the effect of the latest intervention")
-        for rule in (self._diverging, self._unsafe, self._overfitting, self._collapse, self._stuck, self._plateau):
+        for rule in (
+            self._undo_harm,
+            self._diverging,
+            self._unsafe,
+            self._overfitting,
+            self._collapse,
+            self._stuck,
+            self._plateau,
+        ):
             decision = rule(snapshot, menu)
             if decision is not None:
                 return decision
@@ -134,6 +146,9 @@ class RuleManager(Manager):
         """The option closest (in log space) to ``current × factor`` in ``direction``."""
         if (knob.name, direction) in self._worse:
             return None
+        last = self._last_move.get(knob.name)
+        if last is not None and last[0] != direction and last[1] != "worse":
+            return None  # no oscillation: do not undo a change that was not measured harmful
         base = knob.current if options is None or knob.best_value is None else knob.best_value
         options = knob.options if options is None else options
         moves = [o for o in options if (o.value > base if direction == "up" else o.value < base)]
@@ -238,6 +253,28 @@ class RuleManager(Manager):
             return None
         return self._rollback(menu, "the score stayed well below the best checkpoint")
 
+    def _undo_harm(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        last = next((i for i in reversed(s.interventions) if i.action == "adjust"), None)
+        if last is None or last.verdict != "worse" or "adjust" not in menu.actions:
+            return None
+        changes = []
+        for c in last.changes:
+            knob = menu.knob(c.knob)
+            if knob is None:
+                continue
+            back = "down" if c.after > c.before else "up"
+            moves = [o for o in knob.options if (o.value < knob.current if back == "down" else o.value > knob.current)]
+            if moves:
+                option = min(moves, key=lambda o: abs(o.value - c.before))
+                changes.append(KnobChange(knob=knob.name, value=option.value))
+        if not changes:
+            return None
+        return Adjust(
+            changes=changes[: menu.max_changes],
+            reason="the latest change was measured worse: move it back",
+            expected_outcome="the score recovers to its level before that change",
+        )
+
     def _diverging(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         losses = [r.train_loss for r in s.history if _finite(r.train_loss)]
         ratio = 0.0
@@ -332,7 +369,7 @@ class RuleManager(Manager):
         for knob in menu.knobs:
             if knob.role == "learning_rate" and knob.low > 0 and knob.current > 0:
                 span = math.log(knob.high / knob.low)
-                if span > 0 and math.log(knob.current / knob.low) < span / 3:
+                if span > 0 and math.log(knob.current / knob.low) < span / 2:
                     d = self._adjust(
                         menu,
                         [("learning_rate", "up", 2.0)],
@@ -341,7 +378,10 @@ class RuleManager(Manager):
                     )
                     if d is not None:
                         return d
-        return self._adjust(menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising")
+        decision = self._adjust(
+            menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising"
+        )
+        return decision or NoAction(reason="no progress, and no lever left to try now")
 
     def _plateau(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         best = s.best
