@@ -194,3 +194,15 @@ def test_async_stale_and_abandoned_are_logged(tmp_path):
     assert "stale" in kinds
     assert kinds[-1] == "abandoned"
     assert cb.decider.closed
+
+
+def test_checkpoint_boundary_uses_training_window(tmp_path):
+    env, _ = envs()
+    model = ppo(env)
+    cb = ManagerCallback("rule", run_dir=tmp_path, eval_freq=128, n_eval_episodes=1)  # no eval_env
+    model.learn(1024, callback=cb)
+    records = read_audit(tmp_path)
+    assert len(records) == 4
+    snap = records[-1].snapshot
+    assert snap.evaluation.n_episodes == 0 and snap.training.n_episodes > 0
+    assert snap.score_name.startswith("train_")
