@@ -303,6 +303,7 @@ class ManagerCallback(BaseCallback):
             safe_success_rate=m.safe_success_rate,
             mean_cost=m.mean_cost if m.n_episodes else t.mean_episode_cost,
             violation_rate=m.violation_rate,
+            train_episode_cost=t.mean_episode_cost,
             train_loss=train_loss,
             entropy=h.entropy,
         )

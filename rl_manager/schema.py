@@ -271,6 +271,7 @@ class HistoryRow(StrictModel):
     safe_success_rate: float | None = None
     mean_cost: float | None = None
     violation_rate: float | None = None
+    train_episode_cost: float | None = None
     train_loss: float | None = None
     val_loss: float | None = None
     entropy: float | None = None

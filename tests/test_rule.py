@@ -136,3 +136,14 @@ def test_never_reverses_a_neutral_change():
     snap.knobs[0].value = 2e-5
     out = decide(snap, RuleManager())
     assert not any(c.knob == "learning_rate" and c.after > c.before for c in out.changes)
+
+
+def test_unsafe_training_lowers_exploration_even_if_evaluation_is_safe():
+    rows = [
+        HistoryRow(evaluation_index=i, step=i, score=0.0, success_rate=0.0, mean_cost=0.0, train_episode_cost=9.0)
+        for i in range(4)
+    ]
+    snap = make_snapshot(position=RunPosition(step=4, total_steps=100, evaluation_index=3), history=rows, best=None)
+    snap.targets.cost_limit = 2.5
+    out = decide(snap, RuleManager())
+    assert [(c.knob, c.after < c.before) for c in out.changes] == [("ent_coef", True)]

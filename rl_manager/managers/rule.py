@@ -18,9 +18,9 @@ role that the menu offers, in menu order.
  4     diverging: latest training loss > 5× the       LR ×0.5 (×0.25 past 20×)
        median of earlier ones, or PPO approx KL
        > 0.08
- 5     unsafe on the last 2 evaluations: episode      exploration ×0.5 and cost penalty ×2 (those
-       cost over the limit, or violation rate over    that exist), else LR ×0.5
-       the target
+ 5     unsafe on the last 2 evaluations: evaluation   exploration ×0.5 and cost penalty ×2 (those
+       or training episode cost over the limit, or    that exist), else LR ×0.5
+       evaluation violation rate over the target
  6     overfitting: validation loss rose on the       regularisation up (×2 / next value) and
        last 2 evaluations while training loss fell    LR ×0.5
  7     exploration collapsed (entropy down ≥ 1 nat    exploration ×2
@@ -296,16 +296,22 @@ class RuleManager(Manager):
     def _unsafe(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         t = s.targets
 
-        def over(cost: float | None, rate: float | None) -> bool:
-            return (t.cost_limit is not None and _finite(cost) and cost > t.cost_limit) or (
-                t.max_violation_rate is not None and _finite(rate) and rate > t.max_violation_rate
+        def over(cost: float | None, rate: float | None, train_cost: float | None) -> bool:
+            limit = t.cost_limit
+            return (
+                (limit is not None and _finite(cost) and cost > limit)
+                or (limit is not None and _finite(train_cost) and train_cost > limit)
+                or (t.max_violation_rate is not None and _finite(rate) and rate > t.max_violation_rate)
             )
 
         rows = s.history[-2:]
-        if len(rows) < 2 or not all(over(r.mean_cost, r.violation_rate) for r in rows):
+        if len(rows) < 2 or not all(over(r.mean_cost, r.violation_rate, r.train_episode_cost) for r in rows):
             return None
         e = s.evaluation
-        reason = f"safety limits exceeded on 2 evaluations (cost {e.mean_cost}, violation rate {e.violation_rate})"
+        reason = (
+            f"safety limits exceeded on 2 evaluations (evaluation cost {e.mean_cost}, violation rate "
+            f"{e.violation_rate}, training episode cost {s.training.mean_episode_cost})"
+        )
         return self._adjust(
             menu, [("exploration", "down", 0.5), ("cost_penalty", "up", 2.0)], reason, "fewer safety violations"
         ) or self._adjust(menu, [("learning_rate", "down", 0.5)], reason, "fewer safety violations")

