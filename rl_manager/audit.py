@@ -4,7 +4,9 @@ Every record is flushed and fsynced before :meth:`AuditLog.append` returns, so a
 at most the line being written. :func:`read_audit` tolerates such a torn last line, and
 :class:`AuditLog` cuts it off before appending, so a resumed run continues the sequence.
 
-``python -m rl_manager.audit show RUN_DIR`` prints the decisions as a table.
+``python -m rl_manager.audit show RUN_DIR`` prints the decisions as a table;
+``python -m rl_manager.audit verify RUN_DIR`` re-judges every recorded reply with the guard against
+the menu recorded beside it and reports any verdict that differs from the log.
 """
 
 from __future__ import annotations
@@ -156,12 +158,38 @@ def format_table(records: list[AuditRecord]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+def verify(records: list[AuditRecord]) -> list[str]:
+    """Re-run the guard on every recorded attempt; return the mismatches (empty: the log replays)."""
+    from rl_manager.guard import Guard
+
+    guard, problems = Guard(), []
+    for r in records:
+        if r.kind != "decision" or r.menu is None:
+            continue
+        for i, a in enumerate(r.attempts):
+            if a.raw_reply is None or a.proposer == "guard":
+                continue
+            review = guard.review(a.raw_reply, r.menu)
+            truncated = a.finish_reason == "length"
+            if review.ok == bool(a.errors) and not truncated:
+                problems.append(
+                    f"seq {r.seq} attempt {i}: recorded errors {a.errors} but the guard now says {review.errors}"
+                )
+        if r.applied and r.decision is not None and r.decision.action in ("adjust", "rollback_and_consolidate"):
+            review = guard.review(r.decision, r.menu)
+            if not review.ok and not r.message.startswith("requested at"):
+                problems.append(f"seq {r.seq}: applied decision fails the guard now: {review.errors}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rl_manager.audit show RUN_DIR``."""
+    """``python -m rl_manager.audit show|verify RUN_DIR``."""
     parser = argparse.ArgumentParser(prog="python -m rl_manager.audit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print the decisions of a run as a table")
     show.add_argument("run_dir", help="run folder (or an audit.jsonl file)")
+    check = sub.add_parser("verify", help="re-judge every recorded reply with the guard")
+    check.add_argument("run_dir", help="run folder (or an audit.jsonl file)")
     args = parser.parse_args(argv)
     p = _path(args.run_dir)
     if not p.exists():
@@ -172,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     except AuditLogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "verify":
+        problems = verify(records)
+        for p in problems:
+            print(p)
+        print(f"{len(records)} records, {len(problems)} mismatches")
+        return 1 if problems else 0
     print(format_table(records))
     return 0
 

@@ -56,3 +56,48 @@ def test_show_cli(tmp_path):
         [sys.executable, "-m", "rl_manager.audit", "show", str(tmp_path / "nope")], capture_output=True
     )
     assert missing.returncode == 2
+
+
+def _log_decisions(tmp_path):
+    from rl_manager.core import decide
+    from rl_manager.managers import RuleManager
+    from tests.test_rule import flat_collapsed
+
+    log = AuditLog(tmp_path, run_id="r1")
+    snap = flat_collapsed()
+    out = decide(snap, RuleManager())
+    log.append(
+        evaluation_index=snap.position.evaluation_index,
+        snapshot=snap,
+        menu=out.menu,
+        attempts=out.attempts,
+        decision=out.decision,
+        applied=True,
+        changes=out.changes,
+    )
+    return snap, out
+
+
+def test_replay_manager_repeats_the_logged_decisions(tmp_path):
+    from rl_manager.core import decide
+    from rl_manager.managers.replay import ReplayManager
+
+    snap, original = _log_decisions(tmp_path)
+    replayed = decide(snap, ReplayManager(tmp_path))
+    assert replayed.decision == original.decision and replayed.changes == original.changes
+
+
+def test_verify_detects_a_tampered_log(tmp_path):
+    from rl_manager.audit import verify
+
+    _log_decisions(tmp_path)
+    assert verify(read_audit(tmp_path)) == []
+    path = tmp_path / "audit.jsonl"
+    record = json.loads(path.read_text())
+    change = record["attempts"][0]["raw_reply"]
+    record["attempts"][0]["raw_reply"] = change.replace('"adjust"', '"stop_training"')
+    path.write_text(json.dumps(record) + "\n")
+    problems = verify(read_audit(tmp_path))
+    assert problems and "seq 0" in problems[0]
+    out = subprocess.run([sys.executable, "-m", "rl_manager.audit", "verify", str(tmp_path)], capture_output=True)
+    assert out.returncode == 1
