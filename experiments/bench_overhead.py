@@ -20,12 +20,15 @@ import statistics
 import tempfile
 import time
 
+import rl_manager.envs  # noqa: F401
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-import rl_manager.envs  # noqa: F401
 from rl_manager.callback import ManagerCallback
+
+#: seconds spent in ManagerCallback.boundary (telemetry, decision, actuation, audit), evaluation excluded
+SELF_TIME: list[float] = []
 
 
 def run(arm: str, env_id: str, steps: int, eval_freq: int, episodes: int, seed: int) -> float:
@@ -39,9 +42,22 @@ def run(arm: str, env_id: str, steps: int, eval_freq: int, episodes: int, seed: 
             callback = EvalCallback(eval_env, eval_freq=freq, n_eval_episodes=episodes, verbose=0)
         elif arm == "managed":
             callback = ManagerCallback("rule", run_dir=tmp, eval_env=eval_env, eval_freq=freq, n_eval_episodes=episodes)
+            boundary = callback.boundary
+
+            def timed(metrics):
+                t0 = time.perf_counter()
+                try:
+                    return boundary(metrics)
+                finally:
+                    spent[0] += time.perf_counter() - t0
+
+            callback.boundary = timed
+        spent = [0.0]
         start = time.perf_counter()
         model.learn(steps, callback=callback)
         elapsed = time.perf_counter() - start
+        if arm == "managed":
+            SELF_TIME.append(spent[0] / elapsed)
     return model.num_timesteps / elapsed
 
 
@@ -63,6 +79,10 @@ def main() -> None:
         print(f"{arm:8s} steps/s median {med[arm]:8.1f}  runs {[round(x, 1) for x in v]}")
     print(f"ratio managed/eval  {med['managed'] / med['eval']:.3f}  (the manager's own overhead; target >= 0.99)")
     print(f"ratio managed/plain {med['managed'] / med['plain']:.3f}  (including evaluation episodes)")
+    share = statistics.median(SELF_TIME)
+    print(
+        f"manager self-time share {100 * share:.2f}% of training wall time (decision boundaries, evaluation excluded)"
+    )
 
 
 if __name__ == "__main__":
