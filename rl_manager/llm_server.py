@@ -21,7 +21,6 @@ faster than two.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib.metadata
 import logging
@@ -289,9 +288,8 @@ class LlamaServer:
                 )
             except OSError as exc:
                 raise LlamaServerError(f"could not execute {self.binary}: {exc}") from exc
-        # stops the process at interpreter exit if the owner forgot to (or was killed by an exception)
+        # stops the process when this object is collected or the interpreter exits, if nothing else did
         self._finalizer = weakref.finalize(self, _stop_process, self._proc)
-        atexit.register(self._finalizer)
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
@@ -331,7 +329,6 @@ class LlamaServer:
             logger.info("llama-server (pid %d) stopped with code %s", self._proc.pid, self._proc.returncode)
         if self._finalizer is not None:
             self._finalizer.detach()
-            atexit.unregister(self._finalizer)
             self._finalizer = None
         self._proc = None
         if self._own_log and not keep_log and self._log_file is not None:

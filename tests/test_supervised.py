@@ -247,3 +247,35 @@ def test_rule_manager_reacts_to_overfitting(tmp_path: Path) -> None:
     assert last.applied and last.decision.action == "adjust"
     assert {c.knob for c in last.changes} == {"dropout", "learning_rate"}
     assert model[2].p > 0 and opt.param_groups[0]["lr"] < 0.01
+
+
+def test_tinystories_script_tiny(tmp_path: Path) -> None:
+    """A tiny version of the TinyStories experiment: both arms, the benchmark and the summary."""
+    import importlib.util
+    import random as pyrandom
+
+    pytest.importorskip("matplotlib")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "tinystories" / "train_lm.py"
+    spec = importlib.util.spec_from_file_location("tinystories_train_lm", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = pyrandom.Random(0)
+    words = ["Lily", "Tom", "saw", "a", "big", "red", "ball", "and", "the", "dog", "ran", "to", "park", "happy"]
+    stories = [" ".join(rng.choice(words) for _ in range(60)) + "." for _ in range(40)]
+    data = tmp_path / "stories.txt"
+    data.write_text("<|endoftext|>".join(stories))
+    common = ["--data", str(data), "--train-fraction", "0.5", "--width", "32", "--layers", "1", "--heads", "2"]
+    common += ["--context", "16", "--batch-size", "8", "--eval-windows", "8", "--out", str(tmp_path / "out")]
+    for arm in ("baseline", "managed"):
+        mod.main(["train", "--arm", arm, "--steps", "30", "--eval-freq", "5", *common])
+    result = json.loads((tmp_path / "out" / "managed_s0" / "result.json").read_text())
+    assert result["steps"] == 30 and len(result["curve"]) == 6
+    records(tmp_path / "out" / "managed_s0")
+    mod.main(
+        ["bench", "--rounds", "1", "--segment-steps", "10", "--decision-low", "0.05", "--decision-high", "0.1", *common]
+    )
+    bench = json.loads((tmp_path / "out" / "bench" / "bench.json").read_text())
+    assert set(bench["tokens_per_s"]) == {"none", "async", "sync"}
+    mod.main(["summarize", "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "plot.png")])
+    assert (tmp_path / "plot.png").stat().st_size > 0
