@@ -170,14 +170,32 @@ class ManagerCallback(BaseCallback):
         abandoned = late.submitted_at if late is not None else self.decider.close()
         self.decider.close()
         if abandoned is not None:
+            outcome = late.value if late is not None and late.ok else None
             self.audit.append(
                 kind="abandoned",
                 step=self.num_timesteps,
                 evaluation_index=self.state.evaluation_index,
                 proposer=self.manager.name,
                 snapshot=self._requested,
+                **self._outcome_fields(outcome),
                 message=f"request from evaluation {abandoned} {'arrived' if late else 'pending'} after the end",
             )
+
+    @staticmethod
+    def _outcome_fields(outcome: Outcome | None) -> dict[str, Any]:
+        """Audit fields of an outcome that is logged but not applied (stale or abandoned)."""
+        if outcome is None:
+            return {}
+        return {
+            "menu": outcome.menu,
+            "attempts": outcome.attempts,
+            "validation_errors": outcome.validation_errors,
+            "fallback": outcome.fallback,
+            "decision": outcome.decision,
+            "latency_s": outcome.latency_s,
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+        }
 
     # ----------------------------------------------------------------------------- evaluation
     def _own_eval_metrics(self) -> EvalMetrics:
@@ -254,7 +272,7 @@ class ManagerCallback(BaseCallback):
                 evaluation_index=self.state.evaluation_index,
                 proposer=self.manager.name,
                 snapshot=self._requested,
-                decision=result.value.decision if result.ok else None,
+                **self._outcome_fields(result.value if result.ok else None),
                 message=f"reply to evaluation {result.submitted_at} arrived {result.age} boundaries later: discarded",
             )
         elif result is not None:

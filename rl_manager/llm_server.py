@@ -101,13 +101,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then a second SIGTERM after 3 s, then SIGKILL; always reaps the process.
+
+    ``llama-server`` treats the first signal as a graceful shutdown that waits for requests in
+    flight (a reply the client has already given up on, for instance) and a second as "now".
+    """
     if proc.poll() is not None:
         return
     proc.terminate()
     try:
+        proc.wait(timeout=3.0)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        logger.warning("llama-server (pid %d) ignored SIGTERM; killing it", proc.pid)
+        logger.warning("llama-server (pid %d) ignored SIGTERM twice; killing it", proc.pid)
         proc.kill()
         proc.wait(timeout=timeout_s)
 
@@ -320,7 +330,7 @@ class LlamaServer:
         )
 
     def stop(self, keep_log: bool = False) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s) and wait for it.
+        """Stop the server (SIGTERM, again after 3 s, SIGKILL 10 s later) and wait for it.
 
         :param keep_log: keep a temporary log file (it is kept anyway when the start failed).
         """

@@ -14,6 +14,7 @@ state and audit sequence) up to its budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -61,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="recipe overrides")
     p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: experiments/hyperparams/<algo>.yml)")
     p.add_argument("--manager", default="auto", choices=["none", "rule", "llm", "auto"])
+    p.add_argument(
+        "--llm-gguf",
+        default=None,
+        metavar="PATH",
+        help="start a local llama-server with this GGUF model for the LLM manager (extra: llm-local)",
+    )
     p.add_argument(
         "--decisions",
         default="auto",
@@ -241,6 +248,10 @@ def _main(args: argparse.Namespace) -> int:
         recipe = load_recipe(algo, env_id, args.recipe, args.hyperparams_file)
         recipe.update(parse_overrides(args.hyperparams))
         manager_name, manager_line = choose_manager(args.manager)
+        if args.llm_gguf:
+            if args.manager not in ("auto", "llm"):
+                raise InputError(f"--llm-gguf needs --manager llm (or auto), not {args.manager}")
+            manager_name, manager_line = "llm", f"llm: local llama-server with {args.llm_gguf}"
         budget = args.n_timesteps or int(recipe["n_timesteps"] if args.full else recipe.get("quick_timesteps", 10_000))
         run_dir = (
             Path(args.run_dir)
@@ -267,6 +278,7 @@ def _main(args: argparse.Namespace) -> int:
             "info_keywords": list(_info_keywords(env_id)),
             "async_decisions": args.decisions == "async" or (args.decisions == "auto" and manager_name == "llm"),
             "max_age": args.max_age,
+            "llm_gguf": args.llm_gguf,
         }
         (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
@@ -275,7 +287,17 @@ def _main(args: argparse.Namespace) -> int:
     print(f"run: {run_dir}  env: {config['env_id']}  algo: {config['algo']}  recipe: {config['recipe_name']}")
     mode = "async" if config.get("async_decisions") else "sync"
     print(f"budget: {config['n_timesteps']} steps, {mode} decision every {config['eval_freq']} steps")
-    return train(config, run_dir, resume=bool(args.resume), progress=args.progress, verbose=args.verbose)
+    with contextlib.ExitStack() as stack:
+        if config.get("llm_gguf"):
+            from rl_manager.llm_server import LlamaServer, LlamaServerError
+
+            try:
+                server = stack.enter_context(LlamaServer(config["llm_gguf"], log_path=run_dir / "llama_server.log"))
+            except LlamaServerError as exc:
+                raise InputError(str(exc)) from exc
+            os.environ["RL_MANAGER_BASE_URL"], os.environ["RL_MANAGER_MODEL"] = server.base_url, server.model
+            print(f"llama-server: {server.base_url} (model {server.model})")
+        return train(config, run_dir, resume=bool(args.resume), progress=args.progress, verbose=args.verbose)
 
 
 def train(

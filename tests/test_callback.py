@@ -189,9 +189,12 @@ def test_async_stale_and_abandoned_are_logged(tmp_path):
         Slow(0.5), run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1, async_decisions=True, max_age=0
     )
     model.learn(1280, callback=cb)
-    kinds = [r.kind for r in read_audit(tmp_path)]
+    records = read_audit(tmp_path)
+    kinds = [r.kind for r in records]
     assert "decision" not in kinds  # with max_age 0 every reply arrives too late
     assert "stale" in kinds
+    stale = next(r for r in records if r.kind == "stale")
+    assert stale.attempts and stale.attempts[0].raw_reply and stale.latency_s >= 0.5  # the discarded reply is kept
     assert kinds[-1] == "abandoned"
     assert cb.decider.closed
 
