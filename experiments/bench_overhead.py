@@ -1,6 +1,6 @@
 """Overhead of ``ManagerCallback`` (rule manager): env steps/s with and without it.
 
-Arms, run interleaved (A B C A B C ...) with the same seed and budget:
+Arms, run interleaved (the order rotated each round) with the same seed and budget:
 
 - ``plain``: no callback;
 - ``eval``: SB3 ``EvalCallback`` with the manager's evaluation schedule (the evaluation cost alone);
@@ -81,8 +81,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rates: dict[str, list[float]] = {"plain": [], "eval": [], "noop": [], "managed": []}
-    for _ in range(args.repeats):
-        for arm in rates:
+    arms = list(rates)
+    for r in range(args.repeats):
+        for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:  # rotate the order: no position bias
             rates[arm].append(run(arm, args.env, args.steps, args.eval_freq, args.eval_episodes, args.seed))
     med = {arm: statistics.median(v) for arm, v in rates.items()}
     for arm, v in rates.items():
