@@ -240,8 +240,15 @@ class ManagerCallback(BaseCallback):
         del state.history[:-20]
         self._update_best(score)
         snapshot = self.snapshot(metrics, training, health)
-        if self.decider is None:
-            outcome: Outcome | None = decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
+        if self.num_timesteps <= getattr(self.model, "learning_starts", 0):
+            # off-policy warm-up: actions are random and nothing has been learned yet
+            reason = f"learning has not started (learning_starts={self.model.learning_starts})"
+            outcome = Outcome(
+                NoAction(reason=reason), [], build_action_space(snapshot, self.gates), proposer="callback"
+            )
+            continue_training = self._apply(snapshot, outcome)
+        elif self.decider is None:
+            outcome = decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
             continue_training = self._apply(snapshot, outcome)
         else:
             outcome, continue_training = self._async_boundary(snapshot, metrics, training, health)

@@ -209,3 +209,16 @@ def test_checkpoint_boundary_uses_training_window(tmp_path):
     snap = records[-1].snapshot
     assert snap.evaluation.n_episodes == 0 and snap.training.n_episodes > 0
     assert snap.score_name.startswith("train_")
+
+
+def test_no_decisions_before_off_policy_learning_starts(tmp_path):
+    from stable_baselines3 import SAC
+
+    env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+    model = SAC("MlpPolicy", env, learning_starts=300, batch_size=32, policy_kwargs={"net_arch": [8]}, seed=0)
+    cb = ManagerCallback(
+        "rule", run_dir=tmp_path, eval_env=make_vec_env("Pendulum-v1"), eval_freq=100, n_eval_episodes=1
+    )
+    model.learn(400, callback=cb)
+    proposers = [r.proposer for r in read_audit(tmp_path)]
+    assert proposers == ["callback", "callback", "callback", "rule"]
