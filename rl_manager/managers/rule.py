@@ -11,7 +11,9 @@ role that the menu offers, in menu order.
                                                       rollback, else LR ×0.25
  2     stop gate open (target met twice)              stop_training
  3     rollback gate open (score ≥ margin below       rollback_and_consolidate (LR down, else any
-       best for 2 evaluations)                        conservative change), else rollback_to_best
+       best for 2 evaluations) and, for a rate,       conservative change), else rollback_to_best
+       the drop exceeds 2 standard errors of the
+       best (binomial, evaluation episodes)
  — while the latest intervention has < 2 measured evaluations after it, or fewer than
    ``min_evaluations`` evaluations exist: no_action (wait) —
  3b    the latest adjust was measured worse           move its knobs back toward their old values
@@ -249,8 +251,15 @@ class RuleManager(Manager):
         return None
 
     def _regression(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        if "rollback_to_best" not in menu.actions:
+        if "rollback_to_best" not in menu.actions or s.best is None:
             return None
+        # a rate measured on few episodes is noisy: the drop must also exceed 2 standard errors
+        n = s.evaluation.n_episodes
+        if s.score_name.endswith("rate") and n > 0 and 0.0 <= s.best.score <= 1.0:
+            noise = 2.0 * math.sqrt(s.best.score * (1.0 - s.best.score) / n)
+            latest = s.history[-1].score if s.history else None
+            if latest is not None and math.isfinite(latest) and s.best.score - latest < noise:
+                return None
         return self._rollback(menu, "the score stayed well below the best checkpoint")
 
     def _undo_harm(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
