@@ -234,6 +234,8 @@ class ManagerCallback(BaseCallback):
         health = algo_health(self.model, {**self.capture.latest, **self.model.logger.name_to_value})
         if state.score_name is None:
             state.score_name = choose_score(metrics, training)
+        if state.score_name in ("safe_success_rate", "success_rate") and metrics.n_episodes:
+            self.tracker.rate_episodes = metrics.n_episodes
         score = score_of(state.score_name, metrics, training)
         self.tracker.measure(state, score)
         state.history.append(self._history_row(metrics, training, health, score))

@@ -303,7 +303,9 @@ def write_report(grid: Grid, out: Path, command: str) -> Path:
         f"held-out evaluation on {grid.heldout_episodes} episodes with seeds the manager never saw.",
         "",
     ]
-    lines += [f"Software: {_versions()}", ""]
+    recorded = sorted({json.dumps(r["summary"].get("software"), sort_keys=True) for rs in runs.values() for r in rs})
+    software = "; ".join(recorded) if recorded and recorded != ["null"] else _versions() + " (this machine)"
+    lines += [f"Software (recorded by the runs): {software}", ""]
     lines += ["## Held-out results (deterministic policy)", ""]
     lines += [
         "Score = safe success rate where cost is measured, else success rate, else mean return. "

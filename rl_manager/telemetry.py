@@ -228,10 +228,14 @@ class InterventionTracker:
     :param k: evaluations measured after an intervention.
     :param tolerance: score change (scaled by ``max(1, |score before|)``) treated as noise.
     :param keep: interventions kept (and shown in snapshots).
+    :param rate_episodes: episodes per evaluation when the score is a rate; the noise threshold then
+        widens to two binomial standard errors of the difference (before vs. the mean after).
     """
 
-    def __init__(self, k: int = 3, tolerance: float = 0.05, keep: int = 4) -> None:
+    def __init__(self, k: int = 3, tolerance: float = 0.05, keep: int = 4, rate_episodes: int | None = None) -> None:
         self.k, self.tolerance, self.keep = k, tolerance, keep
+        #: evaluation episodes behind a rate score: the noise threshold widens to 2 standard errors
+        self.rate_episodes = rate_episodes
 
     def record(
         self, state: TelemetryState, action: str, changes: list[ResolvedChange], expected: str, step: int
@@ -264,4 +268,8 @@ class InterventionTracker:
                 continue
             delta = float(np.mean(measured)) - item.score_before
             thr = self.tolerance * max(1.0, abs(item.score_before))
+            n = self.rate_episodes
+            if n and 0.0 <= item.score_before <= 1.0:
+                p = min(0.95, max(0.05, item.score_before))
+                thr = max(thr, 2.0 * math.sqrt(p * (1 - p) * (1 / n + 1 / (n * len(measured)))))
             item.verdict = "improved" if delta > thr else "worse" if delta < -thr else "neutral"

@@ -216,6 +216,28 @@ def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[s
     return out
 
 
+def software_versions() -> dict[str, str]:
+    """Versions of Python and the packages a run depends on (for ``summary.json``)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in (
+        "rl_manager",
+        "stable-baselines3",
+        "sb3-contrib",
+        "gymnasium",
+        "gymnasium-robotics",
+        "mujoco",
+        "torch",
+    ):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -272,7 +294,9 @@ def _main(args: argparse.Namespace) -> int:
             "eval_freq": args.eval_freq or max(250, budget // 20),
             "eval_episodes": args.eval_episodes,
             "heldout_episodes": args.heldout_episodes,
-            "save_freq": args.save_freq or max(50_000, budget // 10),
+            # off-policy checkpoints carry the replay buffer (hundreds of MB): at most every 50k steps,
+            # but at least once mid-run so that short runs can be resumed too
+            "save_freq": args.save_freq or max(budget // 10, min(50_000, budget // 2)),
             "tensorboard_log": args.tensorboard_log or str(run_dir / "tb"),
             "device": args.device,
             "info_keywords": list(_info_keywords(env_id)),
@@ -371,6 +395,7 @@ def train(
         "manager": manager_cb.summary(),
         "last_evaluation": history[-1].model_dump(mode="json") if history else None,
         "heldout": heldout_evaluation(model, config, config["heldout_episodes"]),
+        "software": software_versions(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     held = summary["heldout"]["deterministic/all"]

@@ -4,7 +4,7 @@ from rl_manager.core import decide
 from rl_manager.managers import RuleManager, make_manager
 from rl_manager.managers.base import Manager, Proposal
 from rl_manager.menu import build_action_space
-from rl_manager.schema import HistoryRow, InterventionOutcome, ResolvedChange, RunPosition
+from rl_manager.schema import HistoryRow, InterventionOutcome, KnobSpec, ResolvedChange, RunPosition
 from tests.conftest import make_snapshot
 from tests.test_menu import regressed
 
@@ -165,3 +165,43 @@ def test_no_rollback_on_a_fluke_best_measured_on_few_episodes():
     assert "rollback" not in decide(snap, RuleManager()).decision.action  # ... but 1/10 vs 0/10 is noise
     snap.evaluation.n_episodes = 400  # the same rates measured on 400 episodes are a real drop
     assert decide(snap, RuleManager()).decision.action.startswith("rollback")
+
+
+def test_intervention_verdict_accounts_for_evaluation_noise():
+    from rl_manager.telemetry import InterventionTracker, TelemetryState
+
+    def verdict(rate_episodes):
+        tracker = InterventionTracker(rate_episodes=rate_episodes)
+        state = TelemetryState(evaluation_index=0, history=[HistoryRow(evaluation_index=0, step=0, score=0.3)])
+        tracker.record(state, "adjust", [ResolvedChange(knob="ent_coef", before=0.1, after=0.2)], "", step=0)
+        for i, score in enumerate([0.2, 0.2], start=1):
+            state.evaluation_index = i
+            tracker.measure(state, score)
+        return state.interventions[0].verdict
+
+    assert verdict(None) == "worse"  # a drop of 0.1 is beyond the fixed tolerance of 0.05 ...
+    assert verdict(20) == "neutral"  # ... but within the noise of 20-episode evaluations
+    assert verdict(2000) == "worse"
+
+
+def _unsafe_snapshot(successes, violations):
+    rows = [
+        HistoryRow(evaluation_index=i, step=i, score=s, success_rate=s, violation_rate=v)
+        for i, (s, v) in enumerate(zip(successes, violations, strict=True))
+    ]
+    snap = make_snapshot(
+        position=RunPosition(step=9, total_steps=100, evaluation_index=len(rows) - 1), history=rows, best=None
+    )
+    snap.knobs.append(
+        KnobSpec(name="collision_penalty", value=10.0, low=0.0, high=100.0, role="cost_penalty", conservative="up")
+    )
+    return snap
+
+
+def test_unsafe_raises_the_cost_penalty_first_and_waits_while_learning_safely():
+    stuck = decide(_unsafe_snapshot([0.0, 0.0, 0.0, 0.0], [0.4, 0.4, 0.4, 0.4]), RuleManager())
+    assert [(c.knob, c.after > c.before) for c in stuck.changes] == [("collision_penalty", True)]
+    learning = decide(_unsafe_snapshot([0.0, 0.1, 0.2, 0.3], [0.5, 0.4, 0.4, 0.3]), RuleManager())
+    assert not any(c.knob == "collision_penalty" for c in learning.changes)
+    riskier = decide(_unsafe_snapshot([0.0, 0.1, 0.2, 0.3], [0.3, 0.3, 0.4, 0.5]), RuleManager())
+    assert [c.knob for c in riskier.changes] == ["collision_penalty"]

@@ -19,10 +19,11 @@ role that the menu offers, in menu order.
  3b    the latest adjust was measured worse           move its knobs back toward their old values
  4     diverging: latest training loss > 5× the       LR ×0.5 (×0.25 past 20×)
        median of earlier ones, or PPO approx KL
-       > 0.08
- 5     unsafe on the last 2 evaluations: evaluation   exploration ×0.5 and cost penalty ×2 (those
-       or training episode cost over the limit, or    that exist), else LR ×0.5
-       evaluation violation rate over the target
+       > 0.08, while the score is below its best
+ 5     unsafe on the last 2 evaluations: evaluation   cost penalty ×2, else exploration ×0.5, else
+       or training episode cost over the limit, or    LR ×0.5
+       evaluation violation rate over the target,
+       unless success is rising and cost is not
  6     overfitting: validation loss rose on the       regularisation up (×2 / next value) and
        last 2 evaluations while training loss fell    LR ×0.5
  7     exploration collapsed (entropy down ≥ 1 nat    exploration ×2
@@ -208,6 +209,33 @@ class RuleManager(Manager):
             return RollbackToBest(reason=reason, expected_outcome="score returns to the best level")
         return None
 
+    def _improving(self, s: TelemetrySnapshot, n: int = 3, min_gain: float = 0.05) -> bool:
+        """Whether success (else the score) rose by ``min_gain`` over the last ``n`` evaluations."""
+        series = self._success_series(s, n) or [r.score for r in s.history[-n:] if _finite(r.score)]
+        if len(series) < n:
+            return False
+        scale = 1.0 if self._success_series(s, n) else max(1.0, abs(series[0]))
+        return series[-1] - series[0] >= min_gain * scale and series[-1] >= max(series[:-1])
+
+    @staticmethod
+    def _cost_rising(s: TelemetrySnapshot, n: int = 3) -> bool:
+        """Whether a cost signal (violation rate, evaluation or training cost) rose over the last ``n`` evaluations."""
+        rows = s.history[-n:]
+        for key in ("violation_rate", "mean_cost", "train_episode_cost"):
+            series = [getattr(r, key) for r in rows]
+            if len(series) == n and all(_finite(v) for v in series):
+                if series[-1] >= max(series[:-1]) and series[-1] > series[0]:
+                    return True
+        return False
+
+    @staticmethod
+    def _deteriorating(s: TelemetrySnapshot) -> bool:
+        """Whether the latest score is missing, non-finite or below the best one."""
+        latest = s.history[-1].score if s.history else None
+        if latest is None or not math.isfinite(latest) or s.best is None:
+            return True
+        return latest < s.best.score
+
     @staticmethod
     def _success_series(snapshot: TelemetrySnapshot, n: int = 3) -> list[float]:
         values = []
@@ -292,6 +320,8 @@ class RuleManager(Manager):
             if earlier > 0:
                 ratio = abs(losses[-1]) / earlier
         kl = s.health.approx_kl
+        if not self._deteriorating(s):
+            return None  # a loss jump while the score holds (e.g. after a reward-weight change) is not divergence
         if ratio > self.divergence_ratio or (_finite(kl) and kl > self.kl_limit):
             factor = 0.25 if ratio > 4 * self.divergence_ratio else 0.5
             moves = [("learning_rate", "down", factor)]
@@ -316,14 +346,19 @@ class RuleManager(Manager):
         rows = s.history[-2:]
         if len(rows) < 2 or not all(over(r.mean_cost, r.violation_rate, r.train_episode_cost) for r in rows):
             return None
+        if self._improving(s) and not self._cost_rising(s):
+            return None  # a policy still learning to succeed, no less safely, is not cut back yet
         e = s.evaluation
         reason = (
             f"safety limits exceeded on 2 evaluations (evaluation cost {e.mean_cost}, violation rate "
             f"{e.violation_rate}, training episode cost {s.training.mean_episode_cost})"
         )
-        return self._adjust(
-            menu, [("exploration", "down", 0.5), ("cost_penalty", "up", 2.0)], reason, "fewer safety violations"
-        ) or self._adjust(menu, [("learning_rate", "down", 0.5)], reason, "fewer safety violations")
+        expected = "fewer safety violations"
+        return (
+            self._adjust(menu, [("cost_penalty", "up", 2.0)], reason, expected)
+            or self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
+            or self._adjust(menu, [("learning_rate", "down", 0.5)], reason, expected)
+        )
 
     def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         rows = [r for r in s.history if _finite(r.val_loss) and _finite(r.train_loss)][-3:]
