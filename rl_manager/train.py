@@ -373,6 +373,8 @@ def train(
             progress_bar=progress,
             tb_log_name="run",
         )
+    else:
+        manager_cb.init_callback(model)  # nothing left to train: still load the manager state for the summary
     elapsed = time.time() - start
     save_last(model, run_dir)
     model.save(run_dir / "final_model.zip")
