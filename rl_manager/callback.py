@@ -186,16 +186,9 @@ class ManagerCallback(BaseCallback):
         """Audit fields of an outcome that is logged but not applied (stale or abandoned)."""
         if outcome is None:
             return {}
-        return {
-            "menu": outcome.menu,
-            "attempts": outcome.attempts,
-            "validation_errors": outcome.validation_errors,
-            "fallback": outcome.fallback,
-            "decision": outcome.decision,
-            "latency_s": outcome.latency_s,
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
-        }
+        fields = outcome.audit_fields()
+        del fields["proposer"]
+        return fields
 
     # ----------------------------------------------------------------------------- evaluation
     def _own_eval_metrics(self) -> EvalMetrics:
@@ -426,33 +419,19 @@ class ManagerCallback(BaseCallback):
             message = f"apply failed: {type(exc).__name__}: {exc}"
         if applied and decision.action != "no_action":
             self.tracker.record(self.state, decision.action, changes, decision.expected_outcome, self.num_timesteps)
-        self.counts["decisions"] += 1
-        self.counts["applied"] += int(applied and decision.action != "no_action")
-        self.counts["rejected_attempts"] += sum(1 for a in outcome.attempts if a.errors)
-        self.counts["fallbacks"] += int(outcome.fallback is not None)
-        self.latency_s += outcome.latency_s
-        self.tokens["prompt"] += outcome.prompt_tokens
-        self.tokens["completion"] += outcome.completion_tokens
+        self.latency_s += outcome.tally(self.counts, self.tokens, applied)
         assert self.audit is not None
         self.audit.append(
             kind="decision",
             step=self.num_timesteps,
             evaluation_index=self.state.evaluation_index,
-            proposer=outcome.proposer,
             snapshot=snapshot,
-            menu=outcome.menu,
-            attempts=outcome.attempts,
-            validation_errors=outcome.validation_errors,
-            fallback=outcome.fallback,
-            decision=decision,
             applied=applied,
             changes=changes,
             knobs_before=before,
             knobs_after={name: a.read(self.model) for name, a in self.actuators.items()},
-            latency_s=outcome.latency_s,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
             message="; ".join(m for m in (note, message) if m),
+            **outcome.audit_fields(),
         )
         if self.verbose:
             summary = json.dumps(

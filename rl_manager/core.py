@@ -55,6 +55,30 @@ class Outcome:
     def completion_tokens(self) -> int:
         return sum(a.completion_tokens or 0 for a in self.attempts)
 
+    def audit_fields(self) -> dict:
+        """The :class:`~rl_manager.schema.AuditRecord` fields this outcome fills."""
+        return {
+            "proposer": self.proposer,
+            "menu": self.menu,
+            "attempts": self.attempts,
+            "validation_errors": self.validation_errors,
+            "fallback": self.fallback,
+            "decision": self.decision,
+            "latency_s": self.latency_s,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+    def tally(self, counts: dict[str, int], tokens: dict[str, int], applied: bool) -> float:
+        """Add this outcome to decision counters and token totals; return its latency."""
+        counts["decisions"] += 1
+        counts["applied"] += int(applied and self.decision.action != "no_action")
+        counts["rejected_attempts"] += sum(1 for a in self.attempts if a.errors)
+        counts["fallbacks"] += int(self.fallback is not None)
+        tokens["prompt"] += self.prompt_tokens
+        tokens["completion"] += self.completion_tokens
+        return self.latency_s
+
     def knobs_after(self, snapshot: TelemetrySnapshot) -> dict[str, float]:
         """The recipe this decision leads to (a rollback restores the best checkpoint's knobs)."""
         knobs = snapshot.knob_values()

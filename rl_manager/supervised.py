@@ -583,32 +583,20 @@ class TorchManager:
                 }
             )
             logger.info("step %d: applied %s %s", self.step, decision.action, [c.model_dump() for c in done])
-        self.counts["decisions"] += 1
-        self.counts["applied"] += int(applied and decision.action != "no_action")
-        self.counts["rejected_attempts"] += sum(1 for a in outcome.attempts if a.errors)
-        self.counts["fallbacks"] += int(outcome.fallback is not None)
-        self.latency_s += outcome.latency_s
-        self.tokens["prompt"] += outcome.prompt_tokens
-        self.tokens["completion"] += outcome.completion_tokens
+        self.latency_s += outcome.tally(self.counts, self.tokens, applied)
+        fields = outcome.audit_fields()
+        fields.update(decision=decision, validation_errors=[*outcome.validation_errors, *extra_errors])
         self.audit.append(
             kind="decision",
             step=self.step,
             evaluation_index=self.state.evaluation_index,
-            proposer=outcome.proposer,
             snapshot=snapshot,
-            menu=outcome.menu,
-            attempts=outcome.attempts,
-            validation_errors=[*outcome.validation_errors, *extra_errors],
-            fallback=outcome.fallback,
-            decision=decision,
             applied=applied and decision.action != "no_action",
             changes=done,
             knobs_before=before,
             knobs_after=self.knob_values(),
-            latency_s=outcome.latency_s,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
             message=message,
+            **fields,
         )
 
     def _record_other(
