@@ -142,9 +142,7 @@ class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         self._obstacle_mocap = self.model.body_mocapid[
             mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "obstacle")
         ]
-        self._target_mocap = self.model.body_mocapid[
-            mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "target")
-        ]
+        self._target_mocap = self.model.body_mocapid[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "target")]
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-2.5, 2.5, shape=(16,), dtype=np.float32)
@@ -174,8 +172,11 @@ class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         :param collision_penalty: new collision penalty, or ``None`` to keep it.
         :return: ``{"progress_scale": ..., "success_bonus": ..., "collision_penalty": ...}``.
         """
-        updates = {"progress_scale": progress_scale, "success_bonus": success_bonus,
-                   "collision_penalty": collision_penalty}
+        updates = {
+            "progress_scale": progress_scale,
+            "success_bonus": success_bonus,
+            "collision_penalty": collision_penalty,
+        }
         checked = {k: _check_weight(k, v) for k, v in updates.items() if v is not None}
         for key, value in checked.items():
             setattr(self, key, value)
@@ -183,8 +184,11 @@ class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def reward_weights(self) -> dict[str, float]:
         """The reward weights in force."""
-        return {"progress_scale": self.progress_scale, "success_bonus": self.success_bonus,
-                "collision_penalty": self.collision_penalty}
+        return {
+            "progress_scale": self.progress_scale,
+            "success_bonus": self.success_bonus,
+            "collision_penalty": self.collision_penalty,
+        }
 
     # -- geometry ------------------------------------------------------------------------------
     def _forward(self, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,10 +275,16 @@ class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         tip = self.data.site_xpos[self._tip_site, :2]
         return np.array(
             [
-                math.cos(q[0]), math.sin(q[0]), math.cos(q[1]), math.sin(q[1]),
+                math.cos(q[0]),
+                math.sin(q[0]),
+                math.cos(q[1]),
+                math.sin(q[1]),
                 *(self._last_qvel / self.max_joint_speed),
-                *tip, *self.target, *(self.target - tip),
-                *self.obstacle, self.obstacle_radius,
+                *tip,
+                *self.target,
+                *(self.target - tip),
+                *self.obstacle,
+                self.obstacle_radius,
                 min(self._clearance, 2.0),
             ],
             dtype=np.float32,

@@ -118,8 +118,13 @@ def resolve_env_id(name: str, safe: bool = False) -> str:
         base = short.removeprefix("Safe")
         found = _newest(NAMESPACE, f"Safe{base}") if namespace in (None, NAMESPACE) else None
         if found is None:
-            safe_names = sorted({_short(s.namespace, s.name) for s in gym.registry.values()
-                                 if s.namespace == NAMESPACE and s.name.startswith("Safe")})
+            safe_names = sorted(
+                {
+                    _short(s.namespace, s.name)
+                    for s in gym.registry.values()
+                    if s.namespace == NAMESPACE and s.name.startswith("Safe")
+                }
+            )
             if _newest(namespace, short) is not None or _newest(NAMESPACE, short) is not None:
                 raise ValueError(f"{name!r} has no Safe variant; Safe variants: {safe_names}")
             raise ValueError(f"unknown environment {name!r}.{_did_you_mean(name)}")

@@ -110,9 +110,7 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._table_geom = model.geom_bodyid == table_body
         table_geoms = np.flatnonzero(self._table_geom)
         self._table_geom_id = int(table_geoms[0])
-        self._object_site = (
-            mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "object0") if self._has_object else -1
-        )
+        self._object_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "object0") if self._has_object else -1
 
         available = FETCH_COST_TERMS if self._has_object else ("table_contact", "ee_accel")
         if cost_terms is None:
@@ -183,9 +181,7 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self.env.unwrapped.compute_reward(achieved_goal, desired_goal, info)
 
     # -- gymnasium API -------------------------------------------------------------------------
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._prev_vel = self.ee_velocity()
         self.last_ee_accel = 0.0

@@ -160,8 +160,11 @@ def main() -> None:
         for policy, noise in runs:
             label = policy if noise == 0 else f"scripted+N(0,{noise})"
             res = run(env_id, policy, args.episodes, args.seed, noise)
-            print(f"{env_id:40s} {label:22s} " + " ".join(f"{k}={v if isinstance(v, tuple) else round(v, 3)}"
-                                                          for k, v in res.items()), flush=True)
+            print(
+                f"{env_id:40s} {label:22s} "
+                + " ".join(f"{k}={v if isinstance(v, tuple) else round(v, 3)}" for k, v in res.items()),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
