@@ -29,7 +29,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rl_manager.actuators import Actuator, KnobBounds, discover_actuators
 from rl_manager.async_runner import AsyncDecider, revalidate
 from rl_manager.audit import AuditLog
-from rl_manager.core import Outcome, decide
+from rl_manager.core import DecisionLedger, Outcome, decide
 from rl_manager.managers import Manager, make_manager
 from rl_manager.menu import GateConfig, build_action_space
 from rl_manager.schema import (
@@ -131,9 +131,7 @@ class ManagerCallback(BaseCallback):
         self.audit: AuditLog | None = None
         self.capture = LoggerCapture()
         self.best_params: dict[str, Any] | None = None
-        self.counts = {"decisions": 0, "applied": 0, "rejected_attempts": 0, "fallbacks": 0, "stale": 0}
-        self.latency_s = 0.0
-        self.tokens = {"prompt": 0, "completion": 0}
+        self.ledger = DecisionLedger()
         self.stopped = False
         self.last_eval: EvalResult | None = None
         self.decider = AsyncDecider(max_age=max_age) if async_decisions else None
@@ -267,7 +265,7 @@ class ManagerCallback(BaseCallback):
         result = self.decider.poll(self.state.evaluation_index)
         outcome, continue_training = None, True
         if result is not None and result.stale:
-            self.counts["stale"] += 1
+            self.ledger.counts["stale"] += 1
             self.audit.append(
                 kind="stale",
                 step=self.num_timesteps,
@@ -419,7 +417,7 @@ class ManagerCallback(BaseCallback):
             message = f"apply failed: {type(exc).__name__}: {exc}"
         if applied and decision.action != "no_action":
             self.tracker.record(self.state, decision.action, changes, decision.expected_outcome, self.num_timesteps)
-        self.latency_s += outcome.tally(self.counts, self.tokens, applied)
+        self.ledger.add(outcome, applied)
         assert self.audit is not None
         self.audit.append(
             kind="decision",
@@ -447,7 +445,7 @@ class ManagerCallback(BaseCallback):
         rec("manager/rejected_attempts_total", self.counts["rejected_attempts"])
         rec("manager/latency_s", outcome.latency_s if outcome else 0.0)
         rec("manager/stale_total", self.counts["stale"])
-        rec("manager/tokens_total", self.tokens["prompt"] + self.tokens["completion"])
+        rec("manager/tokens_total", self.ledger.prompt_tokens + self.ledger.completion_tokens)
         if self.state.history and self.state.history[-1].score is not None:
             rec("manager/score", self.state.history[-1].score)
         for name, a in self.actuators.items():
@@ -470,9 +468,7 @@ class ManagerCallback(BaseCallback):
         data = {
             "run_id": self.run_id,
             "telemetry": self.state.model_dump(mode="json"),
-            "counts": self.counts,
-            "latency_s": self.latency_s,
-            "tokens": self.tokens,
+            "ledger": dataclasses.asdict(self.ledger),
             "knobs": {name: a.read(self.model) for name, a in self.actuators.items()},
         }
         tmp = self.run_dir / (STATE_FILENAME + ".tmp")
@@ -486,9 +482,7 @@ class ManagerCallback(BaseCallback):
         data = json.loads(path.read_text())
         self.run_id = self.run_id or data.get("run_id")
         self.state = TelemetryState.model_validate(data["telemetry"])
-        self.counts.update(data.get("counts", {}))
-        self.latency_s = data.get("latency_s", 0.0)
-        self.tokens.update(data.get("tokens", {}))
+        self.ledger = DecisionLedger(**data.get("ledger", {}))
         # env-side knobs (reward weights) are not saved with the model: re-apply every saved value
         for name, value in data.get("knobs", {}).items():
             if name in self.actuators and self.actuators[name].read(self.model) != value:
@@ -500,16 +494,18 @@ class ManagerCallback(BaseCallback):
             self.best_params = copy.deepcopy(self.model.get_parameters())
             self.model.set_parameters(current, exact_match=True, device=self.model.device)
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Decision counters (see :class:`~rl_manager.core.DecisionLedger`)."""
+        return self.ledger.counts
+
     def summary(self) -> dict[str, Any]:
         """Counters for ``summary.json``."""
         return {
             "run_id": self.run_id,
             "manager": self.manager.name,
-            **self.counts,
+            **self.ledger.summary(),
             "stopped_by_manager": self.stopped,
-            "latency_s_total": round(self.latency_s, 6),
-            "prompt_tokens": self.tokens["prompt"],
-            "completion_tokens": self.tokens["completion"],
             "evaluations": self.state.evaluation_index + 1,
             "best": self.state.best.model_dump(mode="json") if self.state.best else None,
             "knobs_final": {name: a.read(self.model) for name, a in self.actuators.items()},

@@ -69,16 +69,6 @@ class Outcome:
             "completion_tokens": self.completion_tokens,
         }
 
-    def tally(self, counts: dict[str, int], tokens: dict[str, int], applied: bool) -> float:
-        """Add this outcome to decision counters and token totals; return its latency."""
-        counts["decisions"] += 1
-        counts["applied"] += int(applied and self.decision.action != "no_action")
-        counts["rejected_attempts"] += sum(1 for a in self.attempts if a.errors)
-        counts["fallbacks"] += int(self.fallback is not None)
-        tokens["prompt"] += self.prompt_tokens
-        tokens["completion"] += self.completion_tokens
-        return self.latency_s
-
     def knobs_after(self, snapshot: TelemetrySnapshot) -> dict[str, float]:
         """The recipe this decision leads to (a rollback restores the best checkpoint's knobs)."""
         knobs = snapshot.knob_values()
@@ -86,6 +76,46 @@ class Outcome:
             knobs.update({k: v for k, v in snapshot.best.knobs.items() if k in knobs})
         knobs.update({c.knob: c.after for c in self.changes})
         return knobs
+
+
+#: counters every integration keeps; an integration may add its own (e.g. ``rollbacks``)
+LEDGER_COUNTS = ("decisions", "applied", "rejected_attempts", "fallbacks", "stale")
+
+
+@dataclass
+class DecisionLedger:
+    """Decision counters, manager latency and token totals of one run (summary, TensorBoard, resume).
+
+    :param counts: counters by name; those of :data:`LEDGER_COUNTS` always exist.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for name in LEDGER_COUNTS:
+            self.counts.setdefault(name, 0)
+
+    def add(self, outcome: Outcome, applied: bool) -> None:
+        """Count one decision point."""
+        self.counts["decisions"] += 1
+        self.counts["applied"] += int(applied and outcome.decision.action != "no_action")
+        self.counts["rejected_attempts"] += sum(1 for a in outcome.attempts if a.errors)
+        self.counts["fallbacks"] += int(outcome.fallback is not None)
+        self.latency_s += outcome.latency_s
+        self.prompt_tokens += outcome.prompt_tokens
+        self.completion_tokens += outcome.completion_tokens
+
+    def summary(self) -> dict[str, float | int]:
+        """The counters and totals as written to ``summary.json``."""
+        return {
+            **self.counts,
+            "latency_s_total": round(self.latency_s, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
 
 
 def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, guard: Guard, feedback: str | None):

@@ -50,7 +50,7 @@ from torch import nn
 
 from rl_manager.async_runner import AsyncDecider, AsyncResult, revalidate
 from rl_manager.audit import AuditLog
-from rl_manager.core import Outcome, decide
+from rl_manager.core import DecisionLedger, Outcome, decide
 from rl_manager.guard import Guard
 from rl_manager.managers import Manager, make_manager
 from rl_manager.menu import GateConfig
@@ -340,18 +340,7 @@ class TorchManager:
         self.step = 0
         self.stopped = False
         self.closed = False
-        self.counts = {
-            "decisions": 0,
-            "applied": 0,
-            "rejected_attempts": 0,
-            "fallbacks": 0,
-            "stale": 0,
-            "abandoned": 0,
-            "revalidation_rejected": 0,
-            "rollbacks": 0,
-        }
-        self.latency_s = 0.0
-        self.tokens = {"prompt": 0, "completion": 0}
+        self.ledger = DecisionLedger(counts={"abandoned": 0, "revalidation_rejected": 0, "rollbacks": 0})
         #: (step, evaluation index, action, changes) of every applied intervention, for plots
         self.interventions: list[dict[str, Any]] = []
         self._window = _Window()
@@ -583,7 +572,7 @@ class TorchManager:
                 }
             )
             logger.info("step %d: applied %s %s", self.step, decision.action, [c.model_dump() for c in done])
-        self.latency_s += outcome.tally(self.counts, self.tokens, applied)
+        self.ledger.add(outcome, applied)
         fields = outcome.audit_fields()
         fields.update(decision=decision, validation_errors=[*outcome.validation_errors, *extra_errors])
         self.audit.append(
@@ -648,17 +637,19 @@ class TorchManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Decision counters (see :class:`~rl_manager.core.DecisionLedger`)."""
+        return self.ledger.counts
+
     def summary(self) -> dict[str, Any]:
         """Counters, best checkpoint and final knobs."""
         return {
             "run_id": self.run_id,
             "manager": self.manager.name,
             "async": self.decider is not None,
-            **self.counts,
+            **self.ledger.summary(),
             "stopped_by_manager": self.stopped,
-            "latency_s_total": round(self.latency_s, 6),
-            "prompt_tokens": self.tokens["prompt"],
-            "completion_tokens": self.tokens["completion"],
             "evaluations": self.state.evaluation_index + 1,
             "best": self.state.best.model_dump(mode="json") if self.state.best else None,
             "knobs_final": self.knob_values(),
