@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -63,6 +64,31 @@ logger = logging.getLogger(__name__)
 #: numeric codes of actions for TensorBoard (``manager/action``)
 ACTION_CODES = {"no_action": 0, "adjust": 1, "rollback_to_best": 2, "rollback_and_consolidate": 3, "stop_training": 4}
 STATE_FILENAME = "manager_state.json"
+
+
+class LastCheckpoint(BaseCallback):
+    """Saves ``last_model.zip`` (+ the replay buffer of off-policy algorithms) every ``save_freq`` steps.
+
+    :param run_dir: the run folder.
+    :param save_freq: env steps between checkpoints (what ``--resume`` continues from).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, save_freq: int) -> None:
+        super().__init__()
+        self.run_dir, self.save_freq, self._last = Path(run_dir), save_freq, 0
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last >= self.save_freq:
+            self._last = self.num_timesteps
+            save_last(self.model, self.run_dir)
+        return True
+
+
+def save_last(model, run_dir: str | os.PathLike) -> None:
+    """Write ``last_model.zip`` and, for off-policy algorithms, ``last_replay_buffer.pkl``."""
+    model.save(Path(run_dir) / "last_model.zip")
+    if hasattr(model, "save_replay_buffer"):
+        model.save_replay_buffer(Path(run_dir) / "last_replay_buffer.pkl")
 
 
 class ManagerCallback(BaseCallback):
@@ -169,24 +195,22 @@ class ManagerCallback(BaseCallback):
         self.decider.close()
         if abandoned is not None:
             outcome = late.value if late is not None and late.ok else None
-            self.audit.append(
-                kind="abandoned",
-                step=self.num_timesteps,
-                evaluation_index=self.state.evaluation_index,
-                proposer=self.manager.name,
-                snapshot=self._requested,
-                **self._outcome_fields(outcome),
-                message=f"request from evaluation {abandoned} {'arrived' if late else 'pending'} after the end",
-            )
+            message = f"request from evaluation {abandoned} {'arrived' if late else 'pending'} after the end"
+            self._log_unapplied("abandoned", outcome, message)
 
-    @staticmethod
-    def _outcome_fields(outcome: Outcome | None) -> dict[str, Any]:
-        """Audit fields of an outcome that is logged but not applied (stale or abandoned)."""
-        if outcome is None:
-            return {}
-        fields = outcome.audit_fields()
-        del fields["proposer"]
-        return fields
+    def _log_unapplied(self, kind: str, outcome: Outcome | None, message: str) -> None:
+        """Audit an async reply that is not applied (``stale`` or ``abandoned``), keeping its attempts."""
+        assert self.audit is not None
+        fields = outcome.audit_fields() if outcome is not None else {}
+        fields["proposer"] = self.manager.name
+        self.audit.append(
+            kind=kind,
+            step=self.num_timesteps,
+            evaluation_index=self.state.evaluation_index,
+            snapshot=self._requested,
+            message=message,
+            **fields,
+        )
 
     # ----------------------------------------------------------------------------- evaluation
     def _own_eval_metrics(self) -> EvalMetrics:
@@ -266,15 +290,8 @@ class ManagerCallback(BaseCallback):
         outcome, continue_training = None, True
         if result is not None and result.stale:
             self.ledger.counts["stale"] += 1
-            self.audit.append(
-                kind="stale",
-                step=self.num_timesteps,
-                evaluation_index=self.state.evaluation_index,
-                proposer=self.manager.name,
-                snapshot=self._requested,
-                **self._outcome_fields(result.value if result.ok else None),
-                message=f"reply to evaluation {result.submitted_at} arrived {result.age} boundaries later: discarded",
-            )
+            message = f"reply to evaluation {result.submitted_at} arrived {result.age} boundaries later: discarded"
+            self._log_unapplied("stale", result.value if result.ok else None, message)
         elif result is not None:
             requested = self._requested or snapshot
             if not result.ok:
@@ -328,7 +345,7 @@ class ManagerCallback(BaseCallback):
 
     def _update_best(self, score: float | None) -> None:
         best = self.state.best
-        if score is None or score != score or score in (float("inf"), float("-inf")):
+        if score is None or not math.isfinite(score):
             return
         if best is None or score > best.score:
             self.state.best = BestCheckpoint(

@@ -29,12 +29,10 @@ import argparse
 import concurrent.futures
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from pydantic import Field, ValidationError
 from rl_manager.audit import read_audit
 from rl_manager.io import InputError, load_data, validation_summary
 from rl_manager.schema import StrictModel
+from rl_manager.train import software_versions
 
 
 class Arm(StrictModel):
@@ -284,14 +283,9 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
 
 
 def _versions() -> str:
-    names = ["rl_manager", "stable-baselines3", "sb3-contrib", "gymnasium", "gymnasium-robotics", "mujoco", "torch"]
-    parts = []
-    for n in names:
-        try:
-            parts.append(f"{n} {metadata.version(n)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{n} (missing)")
-    return f"Python {platform.python_version()}; " + ", ".join(parts)
+    versions = software_versions()
+    python = versions.pop("python")
+    return f"Python {python}; " + ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
 def write_report(grid: Grid, out: Path, command: str, keep_provenance: bool = False) -> Path:

@@ -174,29 +174,6 @@ def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | N
     )
 
 
-class _LastCheckpoint:
-    """Saves ``last_model.zip`` (+ replay buffer) every ``save_freq`` steps, for ``--resume``."""
-
-    def __new__(cls, run_dir: Path, save_freq: int):
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        class LastCheckpoint(BaseCallback):
-            def _on_step(self) -> bool:
-                if self.num_timesteps - getattr(self, "_last", 0) >= save_freq:
-                    self._last = self.num_timesteps
-                    save_last(self.model, run_dir)
-                return True
-
-        return LastCheckpoint()
-
-
-def save_last(model, run_dir: Path) -> None:
-    """Write ``last_model.zip`` and, for off-policy algorithms, ``last_replay_buffer.pkl``."""
-    model.save(run_dir / "last_model.zip")
-    if hasattr(model, "save_replay_buffer"):
-        model.save_replay_buffer(run_dir / "last_replay_buffer.pkl")
-
-
 def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[str, Any]:
     """Deterministic and stochastic evaluation on seeds the manager never saw."""
     from stable_baselines3.common.env_util import make_vec_env
@@ -332,7 +309,7 @@ def train(
     from stable_baselines3.common.env_util import make_vec_env
 
     from rl_manager.actuators import KnobBounds
-    from rl_manager.callback import ManagerCallback
+    from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last
     from rl_manager.schema import Targets
 
     recipe = config["recipe"]
@@ -368,7 +345,7 @@ def train(
     if remaining > 0:
         model.learn(
             remaining,
-            callback=CallbackList([manager_cb, _LastCheckpoint(run_dir, config["save_freq"])]),
+            callback=CallbackList([manager_cb, LastCheckpoint(run_dir, config["save_freq"])]),
             reset_num_timesteps=not resume,
             progress_bar=progress,
             tb_log_name="run",

@@ -211,10 +211,11 @@ class RuleManager(Manager):
 
     def _improving(self, s: TelemetrySnapshot, n: int = 3, min_gain: float = 0.05) -> bool:
         """Whether success (else the score) rose by ``min_gain`` over the last ``n`` evaluations."""
-        series = self._success_series(s, n) or [r.score for r in s.history[-n:] if _finite(r.score)]
+        success = self._success_series(s, n)
+        series = success or [r.score for r in s.history[-n:] if _finite(r.score)]
         if len(series) < n:
             return False
-        scale = 1.0 if self._success_series(s, n) else max(1.0, abs(series[0]))
+        scale = 1.0 if success else max(1.0, abs(series[0]))
         return series[-1] - series[0] >= min_gain * scale and series[-1] >= max(series[:-1])
 
     @staticmethod
