@@ -96,15 +96,20 @@ def train_step(model: CharTransformer, opt: th.optim.Optimizer, corpus: Corpus, 
 
 
 # ---------------------------------------------------------------------------------------------- train
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+def _setup(args: argparse.Namespace):
+    """Set the torch threads and load the corpus as the command line asks."""
     th.set_num_threads(args.threads)
-    corpus = load_corpus(
+    return load_corpus(
         args.data,
         val_fraction=args.val_fraction,
         train_fraction=args.train_fraction,
         seed=args.split_seed,
         tokenizer=args.tokenizer,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    corpus = _setup(args)
     model, opt = build(args, corpus)
     vx, vy = eval_windows(corpus.val, args.context, args.eval_windows)
     run_dir = Path(args.out) / f"{args.arm}_s{args.seed}"
@@ -181,14 +186,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved segments of ``none`` / ``async`` / ``sync`` training; tokens/s of each."""
-    th.set_num_threads(args.threads)
-    corpus = load_corpus(
-        args.data,
-        val_fraction=args.val_fraction,
-        train_fraction=args.train_fraction,
-        seed=args.split_seed,
-        tokenizer=args.tokenizer,
-    )
+    corpus = _setup(args)
     vx, vy = eval_windows(corpus.val, args.context, args.eval_windows)
     arms = ["none", "async", "sync"]
     setups = {}
