@@ -275,6 +275,9 @@ class ManagerCallback(BaseCallback):
 
     def _request(self, snapshot: TelemetrySnapshot) -> None:
         assert self.decider is not None
+        # the worker (and the audit record of this request) must not see later edits of the shared
+        # state, e.g. the intervention tracker filling in measured scores
+        snapshot = snapshot.model_copy(deep=True)
         manager, fallback, gates = self.manager, self.fallback, self.gates
         if self.decider.submit(
             lambda: decide(snapshot, manager, gates=gates, fallback=fallback), snapshot.position.evaluation_index

@@ -180,6 +180,9 @@ def test_async_decisions_do_not_block_and_apply_later(tmp_path):
     assert cb.counts["decisions"] < 10
     assert [r.seq for r in records] == list(range(len(records)))
     assert time.perf_counter() - start < 60
+    # the pending request holds its own copy of the telemetry, not the live intervention records
+    assert cb.state.interventions and cb._requested.interventions
+    assert all(a is not b for a, b in zip(cb._requested.interventions, cb.state.interventions, strict=False))
 
 
 def test_async_stale_and_abandoned_are_logged(tmp_path):
