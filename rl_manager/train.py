@@ -244,6 +244,7 @@ def _main(args: argparse.Namespace) -> int:
         algo = (args.algo or next((a for k, a in DEFAULT_ALGO.items() if k in short), "ppo")).lower()
         if algo not in algo_classes():
             raise InputError(f"unknown algo {algo!r}; choose from {sorted(algo_classes())}")
+        recipe_name = RECIPE_ALIASES.get(args.recipe, args.recipe)
         recipe = load_recipe(algo, env_id, args.recipe, args.hyperparams_file)
         recipe.update(parse_overrides(args.hyperparams))
         manager_name, manager_line = choose_manager(args.manager)
@@ -252,18 +253,14 @@ def _main(args: argparse.Namespace) -> int:
                 raise InputError(f"--llm-gguf needs --manager llm (or auto), not {args.manager}")
             manager_name, manager_line = "llm", f"llm: local llama-server with {args.llm_gguf}"
         budget = args.n_timesteps or int(recipe["n_timesteps"] if args.full else recipe.get("quick_timesteps", 10_000))
-        run_dir = (
-            Path(args.run_dir)
-            if args.run_dir
-            else _run_dir(args, algo, env_id, RECIPE_ALIASES.get(args.recipe, args.recipe), manager_name)
-        )
+        run_dir = Path(args.run_dir) if args.run_dir else _run_dir(args, algo, env_id, recipe_name, manager_name)
         if (run_dir / "config.yml").exists():
             raise InputError(f"{run_dir} already holds a run: use --resume {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         config = {
             "env_id": env_id,
             "algo": algo,
-            "recipe_name": RECIPE_ALIASES.get(args.recipe, args.recipe),
+            "recipe_name": recipe_name,
             "recipe": recipe,
             "manager": manager_name,
             "seed": args.seed,
