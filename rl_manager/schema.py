@@ -217,8 +217,32 @@ class RunPosition(StrictModel):
         return None if self.total_steps is None else min(1.0, self.step / self.total_steps)
 
 
+class RateInterval(StrictModel):
+    """A 95% Wilson score interval of a rate measured on ``n`` episodes."""
+
+    low: float = Field(ge=0, le=1)
+    high: float = Field(ge=0, le=1)
+
+
+class EvalCell(StrictModel):
+    """Evaluation results of one cell (a difficulty, or the stochastic policy) of a paired scene set."""
+
+    name: str
+    n_episodes: int = Field(default=0, ge=0)
+    mean_return: float | None = None
+    success_rate: float | None = None
+    safe_success_rate: float | None = None
+    violation_rate: float | None = None
+    mean_cost: float | None = None
+
+
 class EvalMetrics(StrictModel):
-    """Evaluation results. ``None`` means the metric is absent for this task."""
+    """Evaluation results. ``None`` means the metric is absent for this task.
+
+    With a paired scene set (the same evaluation seeds at every boundary) ``paired`` is true and
+    the rates carry Wilson intervals; ``cells`` break the figures down per difficulty and
+    ``stochastic`` holds the same scenes played with the stochastic policy.
+    """
 
     n_episodes: int = Field(default=0, ge=0)
     mean_return: float | None = None
@@ -229,6 +253,12 @@ class EvalMetrics(StrictModel):
     safe_success_rate: float | None = None
     mean_ep_length: float | None = None
     val_loss: float | None = None
+    paired: bool = False
+    success_ci: RateInterval | None = None
+    safe_success_ci: RateInterval | None = None
+    violation_ci: RateInterval | None = None
+    cells: list[EvalCell] = Field(default_factory=list)
+    stochastic: EvalCell | None = None
 
 
 class TrainWindow(StrictModel):
@@ -258,6 +288,7 @@ class AlgoHealth(StrictModel):
     clip_fraction: float | None = None
     explained_variance: float | None = None
     grad_norm: float | None = None
+    clipped_action_fraction: float | None = None
 
 
 class HistoryRow(StrictModel):
@@ -275,6 +306,14 @@ class HistoryRow(StrictModel):
     train_loss: float | None = None
     val_loss: float | None = None
     entropy: float | None = None
+    value_loss: float | None = None
+    approx_kl: float | None = None
+    clip_fraction: float | None = None
+    action_std: float | None = None
+    explained_variance: float | None = None
+    clipped_action_fraction: float | None = None
+    stochastic_safe_success_rate: float | None = None
+    score_ci: RateInterval | None = None
 
 
 class BestCheckpoint(StrictModel):
@@ -301,6 +340,8 @@ class InterventionOutcome(StrictModel):
     expected_outcome: str = ""
     score_before: float | None = None
     scores_after: list[float | None] = Field(default_factory=list)
+    cost_before: float | None = None
+    costs_after: list[float | None] = Field(default_factory=list)
     verdict: Literal["improved", "worse", "neutral", "pending"] = "pending"
 
 
