@@ -436,6 +436,8 @@ class AuditRecord(StrictModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     message: str = ""
+    #: evaluation index at which an async decision was requested (``None``: decided synchronously)
+    requested_at: int | None = None
 
 
 #: Models whose JSON schemas ``python -m rl_manager.schema`` prints.
