@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from rl_manager.core import decide
 from rl_manager.managers import RuleManager, make_manager
 from rl_manager.managers.base import Manager, Proposal
@@ -198,10 +200,74 @@ def _unsafe_snapshot(successes, violations):
     return snap
 
 
-def test_unsafe_raises_the_cost_penalty_first_and_waits_while_learning_safely():
-    stuck = decide(_unsafe_snapshot([0.0, 0.0, 0.0, 0.0], [0.4, 0.4, 0.4, 0.4]), RuleManager())
-    assert [(c.knob, c.after > c.before) for c in stuck.changes] == [("collision_penalty", True)]
-    learning = decide(_unsafe_snapshot([0.0, 0.1, 0.2, 0.3], [0.5, 0.4, 0.4, 0.3]), RuleManager())
+def test_unsafe_only_once_the_task_is_being_solved_and_waits_while_learning_safely():
+    not_solving = decide(_unsafe_snapshot([0.0, 0.0, 0.0, 0.0], [0.4, 0.4, 0.4, 0.4]), RuleManager())
+    assert not any(c.knob == "collision_penalty" for c in not_solving.changes)  # collisions of a novice
+    stuck = decide(_unsafe_snapshot([0.4, 0.4, 0.4, 0.4], [0.4, 0.4, 0.4, 0.4]), RuleManager())
+    assert (stuck.changes[0].knob, stuck.changes[0].after > stuck.changes[0].before) == ("collision_penalty", True)
+    learning = decide(_unsafe_snapshot([0.3, 0.4, 0.5, 0.6], [0.5, 0.4, 0.4, 0.3]), RuleManager())
     assert not any(c.knob == "collision_penalty" for c in learning.changes)
-    riskier = decide(_unsafe_snapshot([0.0, 0.1, 0.2, 0.3], [0.3, 0.3, 0.4, 0.5]), RuleManager())
-    assert [c.knob for c in riskier.changes] == ["collision_penalty"]
+    riskier = decide(_unsafe_snapshot([0.3, 0.4, 0.5, 0.6], [0.3, 0.3, 0.4, 0.5]), RuleManager())
+    assert riskier.changes[0].knob == "collision_penalty"
+
+
+def _with_weights(snap, penalty: float, bonus: float):
+    snap.knobs = [k for k in snap.knobs if k.role != "cost_penalty"] + [
+        KnobSpec(name="collision_penalty", value=penalty, low=0.0, high=100.0, role="cost_penalty", conservative="up"),
+        KnobSpec(name="success_bonus", value=bonus, low=0.0, high=50.0, role="loss_weight", scale="linear"),
+    ]
+    return snap
+
+
+def test_unsafe_penalty_never_exceeds_max_ratio_times_the_bonus():
+    capped = decide(_with_weights(_unsafe_snapshot([0.4] * 4, [0.4] * 4), 10.0, 5.0), RuleManager())
+    assert not any(c.knob == "collision_penalty" and c.after > c.before for c in capped.changes)
+    cheap = decide(_with_weights(_unsafe_snapshot([0.4] * 4, [0.4] * 4), 1.0, 10.0), RuleManager())
+    moved = {c.knob: (c.before, c.after) for c in cheap.changes}
+    assert moved["collision_penalty"][1] > 1.0 and moved["success_bonus"][1] < 10.0  # toward balance
+    assert moved["collision_penalty"][1] <= 2.0 * moved["success_bonus"][1]
+
+
+def _ppo_snapshot(kl: float, clip: float, successes, action_std=None, stds=None):
+    rows = [
+        HistoryRow(
+            evaluation_index=i,
+            step=i,
+            score=s,
+            success_rate=s,
+            approx_kl=kl,
+            clip_fraction=clip,
+            action_std=None if stds is None else stds[i],
+        )
+        for i, s in enumerate(successes)
+    ]
+    snap = make_snapshot(position=RunPosition(step=9, total_steps=100, evaluation_index=len(rows) - 1), history=rows)
+    snap.health.approx_kl, snap.health.clip_fraction, snap.health.action_std = kl, clip, action_std
+    snap.evaluation.n_episodes = 100
+    return snap
+
+
+def test_starved_makes_one_bold_combined_move_with_reward_balance():
+    snap = _with_weights(_ppo_snapshot(0.0003, 0.002, [0.0, 0.0, 0.01, 0.0]), 25.0, 2.5)
+    out = decide(snap, RuleManager())
+    moved = {c.knob: (c.before, c.after) for c in out.changes}
+    assert moved["learning_rate"][1] / moved["learning_rate"][0] >= 2.0  # bold, not x1.5
+    assert moved["collision_penalty"][1] < 25.0
+    assert moved.get("success_bonus", (2.5, 2.5))[1] >= 2.5
+    healthy = decide(_ppo_snapshot(0.008, 0.05, [0.2, 0.3, 0.4, 0.5]), RuleManager())
+    assert healthy.decision.action == "no_action"  # learning, KL near its target
+
+
+def test_under_stepping_raises_the_lr_by_1_5():
+    out = decide(_ppo_snapshot(0.003, 0.03, [0.5, 0.5, 0.51, 0.5]), RuleManager())
+    assert [c.knob for c in out.changes] == ["learning_rate"]
+    assert out.changes[0].after / out.changes[0].before == pytest.approx(1.5)
+
+
+def test_exploding_exploration_is_cut_at_once():
+    snap = _ppo_snapshot(0.01, 0.1, [0.1, 0.1, 0.1, 0.1], action_std=4.0, stds=[0.5, 1.0, 2.0, 4.0])
+    snap.knobs.append(
+        KnobSpec(name="action_std", value=4.0, low=0.05, high=4.0, role="exploration", conservative="down")
+    )
+    out = decide(snap, RuleManager())
+    assert any(c.knob == "action_std" and c.after < c.before for c in out.changes)

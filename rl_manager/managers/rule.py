@@ -1,41 +1,62 @@
 """The deterministic rule manager: the offline default and the fallback of the LLM manager.
 
-Rules are checked in this order; the first that fires decides. "Exploration", "regularisation"
-and so on are knob *roles* (:data:`~rl_manager.schema.KnobRole`); a rule uses the knobs of that
-role that the menu offers, in menu order.
+The manager first diagnoses the run's *state* from low-noise signals (paired evaluations with
+their Wilson intervals, PPO approx KL and clip fraction of the last update, the action std's history,
+loss ratios), then acts on it. States are checked in this order; the first that fires decides.
+"Exploration", "cost penalty" and so on are knob *roles* (:data:`~rl_manager.schema.KnobRole`); a
+rule uses the knobs of that role that the menu offers, in menu order.
 
-=====  ============================================  =============================================
- #     condition (from the snapshot)                  decision
-=====  ============================================  =============================================
- 1     a loss, return or score is NaN/inf             rollback + consolidate (LR down), else
-                                                      rollback, else LR ×0.25
- 2     stop gate open (target met twice)              stop_training
- 3     rollback gate open (score ≥ margin below       rollback_and_consolidate (LR down, else any
-       best for 2 evaluations) and, for a rate,       conservative change), else rollback_to_best
-       the drop exceeds 2 standard errors of the
-       best (binomial, evaluation episodes)
- — while the latest intervention has < 2 measured evaluations after it, or fewer than
-   ``min_evaluations`` evaluations exist: no_action (wait) —
- 3b    the latest adjust was measured worse           move its knobs back toward their old values
- 4     diverging: latest training loss > 5× the       LR ×0.5 (×0.25 past 20×)
-       median of earlier ones, or PPO approx KL
-       > 0.08, while the score is below its best
- 5     unsafe on the last 2 evaluations: evaluation   cost penalty ×2, else exploration ×0.5, else
-       or training episode cost over the limit, or    LR ×0.5
-       evaluation violation rate over the target,
-       unless success is rising and cost is not
- 6     overfitting: validation loss rose on the       regularisation up (×2 / next value) and
-       last 2 evaluations while training loss fell    LR ×0.5
- 7     exploration collapsed (entropy down ≥ 1 nat    exploration ×2
-       or by half, action std < 0.1, or the
-       exploration knob within ×2 of its floor)
-       and success flat below target
- 8     stuck: success flat below 0.1 for 3            LR ×2 if LR sits in the lower half of its
-       evaluations, no collapse signal                (log) range, else exploration ×1.5, else wait
- 9     plateau: no new best for 4 evaluations,        LR ×0.5
-       ≥ 30% of the budget used, below target
- 10    otherwise (incl. a dip within the noise)       no_action
-=====  ============================================  =============================================
+=====  ==============  ======================================  ==========================================
+ #     state           condition (from the snapshot)           decision
+=====  ==============  ======================================  ==========================================
+ 1     non-finite      a loss, return or score is NaN/inf      rollback + consolidate (LR down), else
+                                                               rollback, else LR ×0.25
+ 2     solved          stop gate open (target met twice)       stop_training
+ 3     exploding       action std ≥ ``explode_ratio`` × its    exploration down at once (action std to
+       exploration     first recorded value (and > 1), or      the option nearest its start, entropy
+                       ≥ ``std_ceiling``                       bonus down), no waiting
+ 4     regressed       rollback gate open and the drop         rollback_and_consolidate (LR down), else
+                       exceeds the noise (the best's           rollback_to_best (the controller keeps the
+                       interval, or 2 binomial s.e.)           current recipe)
+ — warm-up (< ``min_evaluations`` evaluations) or the latest intervention still on probation
+   (< ``min_measured`` evaluations measured after it): no_action —
+ 4b    harmed          the latest adjust was measured worse    move its knobs back toward their old values
+ 5     diverging       approx KL > ``diverge_kl_factor`` ×     LR ×0.5 (×0.25 past 20× loss), clip down
+                       target KL, or training loss > 5× the    on a KL blow-up
+                       median of earlier ones, while the
+                       score is below its best
+ 6     starved         PPO: approx KL < target/4 and clip      one bold combined move: LR ×``bold_lr``,
+                       fraction < ``starved_clip`` (updates    reward weights back toward balance (cost
+                       far smaller than the trust region),     penalty down when it is > ``max_ratio`` ×
+                       success not significantly rising        the success bonus; success bonus up when
+                                                               the penalty outweighs it), exploration up
+                                                               when it sits at its floor
+ 7     unsafe          the task is being solved (success ≥     cost penalty up (×2), capped at
+                       ``solving_success``) and violations     ``max_ratio`` × the success bonus, else
+                       are high for the run: violation rate    success bonus down toward the penalty,
+                       above the target and ≥ half the         else exploration down, else LR ×0.5
+                       success rate, on the last 2
+                       evaluations, and not falling
+ 8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
+                       evaluations while training loss fell
+ 9     learning        success (or score) rose significantly   no_action
+                       over the last 3 evaluations (rise
+                       above 2 s.e. of the difference)
+ 10    collapsed       entropy down ≥ 1 nat or by half,        exploration ×2
+                       action std < 0.1, or the exploration
+                       knob near its floor; success flat
+ 11    under-stepping  PPO: approx KL < target/2               LR ×1.5 (rl_games' KL-adaptive rule)
+ 12    stuck           success flat below 0.1 for 3            LR ×2 if LR sits in the lower half of its
+                       evaluations                             (log) range, else exploration ×1.5
+ 13    plateau         no new best for ``plateau_evals``       LR ×0.5
+                       evaluations, ≥ 50% of the budget used,
+                       success flat (no significant rise)
+ 14    otherwise       (incl. a dip within the noise)          no_action
+=====  ==============  ======================================  ==========================================
+
+The cost-penalty/success-bonus ratio is kept within [1/``max_ratio``, ``max_ratio``]: the manager
+never rebuilds the lopsided reward of a too-cautious recipe (a penalty 10× the bonus teaches the
+policy not to move), and it moves a lopsided reward back toward balance.
 
 Memory: a (knob, direction) pair whose past intervention was measured ``worse`` is never proposed
 again; the rule moves on to its next candidate knob, and to no_action when none is left. A pair
@@ -82,7 +103,15 @@ class RuleManager(Manager):
 
     :param divergence_ratio: training-loss ratio (latest / median of earlier) that counts as
         diverging.
-    :param kl_limit: PPO approx KL above which the LR is lowered.
+    :param target_kl: PPO approx KL per update that the learning rate aims at (the under-stepping
+        rule raises the LR below half of it, as KL-adaptive schedules do).
+    :param diverge_kl_factor: approx KL above ``diverge_kl_factor × target_kl`` counts as diverging.
+    :param starved_clip: clip fraction under which (with approx KL < target/4) a PPO run is starved.
+    :param bold_lr: LR factor of the starved state's combined move.
+    :param max_ratio: largest cost-penalty/success-bonus ratio (and its inverse) the manager builds.
+    :param solving_success: (unsafe) success rate from which the task counts as being solved.
+    :param explode_ratio: action std this many times its first recorded value counts as exploding.
+    :param std_ceiling: action std above which exploration counts as exploding in any case.
     :param plateau_evals: evaluations without a new best that count as a plateau.
     :param min_measured: measured evaluations needed after the latest intervention before a
         non-urgent rule may act again.
@@ -94,14 +123,28 @@ class RuleManager(Manager):
     def __init__(
         self,
         divergence_ratio: float = 5.0,
-        kl_limit: float = 0.08,
+        target_kl: float = 0.01,
+        diverge_kl_factor: float = 8.0,
+        starved_clip: float = 0.01,
+        bold_lr: float = 3.0,
+        max_ratio: float = 2.0,
+        solving_success: float = 0.2,
+        explode_ratio: float = 3.0,
+        std_ceiling: float = 3.0,
         plateau_evals: int = 4,
         min_measured: int = 2,
         min_evaluations: int = 3,
     ) -> None:
         self.min_evaluations = min_evaluations
         self.divergence_ratio = divergence_ratio
-        self.kl_limit = kl_limit
+        self.target_kl = target_kl
+        self.kl_limit = diverge_kl_factor * target_kl
+        self.starved_clip = starved_clip
+        self.bold_lr = bold_lr
+        self.max_ratio = max_ratio
+        self.solving_success = solving_success
+        self.explode_ratio = explode_ratio
+        self.std_ceiling = std_ceiling
         self.plateau_evals = plateau_evals
         self.min_measured = min_measured
 
@@ -120,31 +163,46 @@ class RuleManager(Manager):
         self._neutral = {move for move, verdict in moves if verdict == "neutral"}
         # the latest change of each knob: reversing it is allowed only once it was measured worse
         self._last_move = {knob: (direction, verdict) for (knob, direction), verdict in moves}
-        for rule in (self._non_finite, self._stop, self._regression):
+        for rule in (self._non_finite, self._stop, self._exploding, self._regression):
             decision = rule(snapshot, menu)
             if decision is not None:
                 return decision
         if len(snapshot.history) < self.min_evaluations:
             return NoAction(reason=f"warm-up: fewer than {self.min_evaluations} evaluations")
-        if self._waiting(snapshot):
-            return NoAction(reason="waiting to measure the effect of the latest intervention")
-        for rule in (
-            self._undo_harm,
-            self._diverging,
-            self._unsafe,
-            self._overfitting,
-            self._collapse,
-            self._stuck,
-            self._plateau,
-        ):
+        # (rule, evaluations that must be measured after the latest intervention before it may act):
+        # rules on low-noise signals (approx KL) wait one interval, rules on success rates wait longer
+        rules = (
+            (self._undo_harm, self.min_measured),
+            (self._diverging, 1),
+            (self._starved, 1),
+            (self._unsafe, self.min_measured),
+            (self._overfitting, self.min_measured),
+            (self._collapse, self.min_measured),
+            (self._under_stepping, 1),
+            (self._learning, 0),
+            (self._stuck, self.min_measured),
+            (self._plateau, self.min_measured),
+        )
+        waiting = False
+        for rule, measured in rules:
+            if self._waiting(snapshot, measured):
+                waiting = True
+                continue
             decision = rule(snapshot, menu)
             if decision is not None:
                 return decision
+        if waiting:
+            return NoAction(reason="waiting to measure the effect of the latest intervention")
         return NoAction(reason="no rule fired: keep the recipe", expected_outcome="training continues as it is")
 
     # --------------------------------------------------------------------------- helpers
     def _option(
-        self, knob: KnobMenu, direction: str, factor: float, options: list[KnobOption] | None = None
+        self,
+        knob: KnobMenu,
+        direction: str,
+        factor: float,
+        options: list[KnobOption] | None = None,
+        base: float | None = None,
     ) -> KnobOption | None:
         """The option closest (in log space) to ``current × factor`` in ``direction``."""
         if (knob.name, direction) in self._worse:
@@ -152,7 +210,8 @@ class RuleManager(Manager):
         last = self._last_move.get(knob.name)
         if last is not None and last[0] != direction and last[1] != "worse":
             return None  # no oscillation: do not undo a change that was not measured harmful
-        base = knob.current if options is None or knob.best_value is None else knob.best_value
+        if base is None:
+            base = knob.current if options is None or knob.best_value is None else knob.best_value
         options = knob.options if options is None else options
         moves = [o for o in options if (o.value > base if direction == "up" else o.value < base)]
         if not moves:
@@ -163,12 +222,15 @@ class RuleManager(Manager):
         target = base * factor
         return min(moves, key=lambda o: abs(o.value - target))
 
-    def _change(self, menu: ActionSpace, role: str, direction: str, factor: float) -> KnobChange | None:
+    def _change(
+        self, menu: ActionSpace, role: str, direction: str, factor: float, cap: float | None = None
+    ) -> KnobChange | None:
         # a lever whose last use changed nothing is tried after the others
         knobs = sorted(menu.knobs, key=lambda k: (k.name, direction) in self._neutral)
         for knob in knobs:
             if knob.role == role:
-                option = self._option(knob, direction, factor)
+                options = None if cap is None else [o for o in knob.options if o.value <= cap * (1 + 1e-9)]
+                option = self._option(knob, direction, factor, options, base=knob.current)
                 if option is not None:
                     return KnobChange(knob=knob.name, value=option.value)
         return None
@@ -335,31 +397,207 @@ class RuleManager(Manager):
 
     def _unsafe(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         t = s.targets
-
-        def over(cost: float | None, rate: float | None, train_cost: float | None) -> bool:
-            limit = t.cost_limit
-            return (
-                (limit is not None and _finite(cost) and cost > limit)
-                or (limit is not None and _finite(train_cost) and train_cost > limit)
-                or (t.max_violation_rate is not None and _finite(rate) and rate > t.max_violation_rate)
-            )
-
         rows = s.history[-2:]
-        if len(rows) < 2 or not all(over(r.mean_cost, r.violation_rate, r.train_episode_cost) for r in rows):
+        if len(rows) < 2:
+            return None
+
+        def over_limit(r) -> bool:  # an explicit episode-cost constraint (Safety-Gymnasium's EpCost <= d)
+            limit = t.cost_limit
+            return limit is not None and any(_finite(c) and c > limit for c in (r.mean_cost, r.train_episode_cost))
+
+        n = s.evaluation.n_episodes
+
+        def high_for_run(r) -> bool:  # violations beyond the target's noise, on a task being solved
+            rate, success, target = r.violation_rate, r.success_rate, t.max_violation_rate
+            if not (_finite(rate) and target is not None):
+                return False
+            noise = 2.0 * math.sqrt(max(target, 0.05) * (1 - target) / n) if n else 0.0
+            if rate <= target + noise:
+                return False
+            return not _finite(success) or success >= self.solving_success
+
+        if not (all(over_limit(r) for r in rows) or all(high_for_run(r) for r in rows)):
             return None
         if self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
         e = s.evaluation
         reason = (
-            f"safety limits exceeded on 2 evaluations (evaluation cost {e.mean_cost}, violation rate "
-            f"{e.violation_rate}, training episode cost {s.training.mean_episode_cost})"
+            f"unsafe for this run on 2 evaluations (evaluation cost {e.mean_cost}, violation rate "
+            f"{e.violation_rate} at success {e.success_rate}, training episode cost {s.training.mean_episode_cost})"
         )
-        expected = "fewer safety violations"
-        return (
-            self._adjust(menu, [("cost_penalty", "up", 2.0)], reason, expected)
-            or self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
-            or self._adjust(menu, [("learning_rate", "down", 0.5)], reason, expected)
+        expected = "fewer safety violations at a similar success rate"
+        penalty, bonus = self._weights(s)
+        changes: list[KnobChange] = []
+        if penalty is not None:
+            cap = self.max_ratio * bonus.value if bonus is not None and bonus.value > 0 else None
+            change = self._change(menu, "cost_penalty", "up", 2.0 if bonus is None or cap is None else 3.0, cap=cap)
+            if change is not None:
+                changes.append(change)
+            if bonus is not None and penalty.value < bonus.value:  # a cheap violation next to a large bonus
+                floor = penalty.value / self.max_ratio
+                option = self._named_option(menu, bonus.name, "down", 0.5, floor=floor)
+                if option is not None:
+                    changes.append(KnobChange(knob=bonus.name, value=option.value))
+        high_bonus = self._change(menu, "exploration", "down", 0.5) if self._high_exploration(s) else None
+        if high_bonus is not None:
+            changes.append(high_bonus)
+        if changes and "adjust" in menu.actions:
+            return Adjust(changes=changes[: menu.max_changes], reason=reason, expected_outcome=expected)
+        return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected) or self._adjust(
+            menu, [("learning_rate", "down", 0.5)], reason, expected
         )
+
+    # --------------------------------------------------------------------------- new states
+    @staticmethod
+    def _weights(s: TelemetrySnapshot):
+        """The cost-penalty and success-bonus knob specs, if the recipe exposes them."""
+        penalty = next((k for k in s.knobs if k.role == "cost_penalty"), None)
+        bonus = next((k for k in s.knobs if k.name == "success_bonus"), None)
+        return penalty, bonus
+
+    @staticmethod
+    def _high_exploration(s: TelemetrySnapshot) -> bool:
+        """An entropy bonus well above the usual range (> 0.01) or an action std above 1."""
+        for k in s.knobs:
+            if k.role == "exploration" and (
+                (k.name == "ent_coef" and k.value > 0.01) or (k.name == "action_std" and k.value > 1.0)
+            ):
+                return True
+        return False
+
+    def _named_option(
+        self,
+        menu: ActionSpace,
+        name: str,
+        direction: str,
+        factor: float,
+        floor: float | None = None,
+        cap: float | None = None,
+    ) -> KnobOption | None:
+        knob = menu.knob(name)
+        if knob is None or "adjust" not in menu.actions:
+            return None
+        options = [
+            o
+            for o in knob.options
+            if (floor is None or o.value >= floor * (1 - 1e-9)) and (cap is None or o.value <= cap * (1 + 1e-9))
+        ]
+        return self._option(knob, direction, factor, options, base=knob.current)
+
+    def _kl(self, s: TelemetrySnapshot, n: int = 2) -> list[float]:
+        """The approx KL of the last update at the latest ``n`` boundaries (history rows, else health)."""
+        values = [r.approx_kl for r in s.history[-n:] if _finite(r.approx_kl)]
+        if not values and _finite(s.health.approx_kl):
+            values = [s.health.approx_kl]
+        return values
+
+    def _rising(self, s: TelemetrySnapshot, n: int = 3) -> bool:
+        """Whether success (else the score) rose by more than 2 s.e. of the difference over ``n`` evaluations."""
+        series = self._success_series(s, n)
+        rate = bool(series)
+        series = series or [r.score for r in s.history[-n:] if _finite(r.score)]
+        if len(series) < n:
+            return False
+        episodes = s.evaluation.n_episodes
+        if rate and episodes:
+            p0, p1 = series[0], series[-1]
+            noise = 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / episodes)
+            return p1 - p0 > max(noise, 0.02)
+        return series[-1] - series[0] >= 0.05 * max(1.0, abs(series[0])) and series[-1] >= max(series[:-1])
+
+    def _exploding(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        stds = [r.action_std for r in s.history if _finite(r.action_std)]
+        latest = s.health.action_std if _finite(s.health.action_std) else (stds[-1] if stds else None)
+        if latest is None:
+            return None
+        start = stds[0] if stds else latest
+        if not (latest >= self.std_ceiling or (latest > 1.0 and latest >= self.explode_ratio * start)):
+            return None
+        changes = []
+        std_knob = menu.knob("action_std")
+        if std_knob is not None and "adjust" in menu.actions:
+            downs = [o for o in std_knob.options if o.value < std_knob.current]
+            if downs:
+                target = math.log(max(start, 1e-6))
+                changes.append(
+                    KnobChange(knob="action_std", value=min(downs, key=lambda o: abs(math.log(o.value) - target)).value)
+                )
+        ent = menu.knob("ent_coef")
+        if ent is not None and "adjust" in menu.actions:
+            downs = [o for o in ent.options if o.value < ent.current]
+            if downs:
+                changes.append(KnobChange(knob="ent_coef", value=min(downs, key=lambda o: o.value).value))
+        reason = f"exploration is exploding: action std {latest:.3g} (started at {start:.3g})"
+        if changes:
+            return Adjust(
+                changes=changes, reason=reason, expected_outcome="action std back near its start, purposeful actions"
+            )
+        return self._adjust(menu, [("exploration", "down", 0.25)], reason, "exploration back to its start")
+
+    def _starved(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        kl = self._kl(s)
+        clip = s.health.clip_fraction
+        if not kl or max(kl) >= self.target_kl / 4 or not (_finite(clip) and clip < self.starved_clip):
+            return None
+        if self._rising(s):
+            return None
+        if "adjust" not in menu.actions:
+            return None
+        reason = (
+            f"starved: approx KL {max(kl):.2g} < target/4 and clip fraction {clip:.2g}: updates far smaller "
+            f"than the trust region allows"
+        )
+        changes: list[KnobChange] = []
+        lr = self._change(menu, "learning_rate", "up", self.bold_lr)
+        if lr is not None:
+            changes.append(lr)
+        changes += self._rebalance(s, menu)
+        if len(changes) < menu.max_changes:
+            for spec in s.knobs:  # exploration off its floor
+                if spec.role == "exploration" and spec.value <= max(2 * spec.low, 1e-12):
+                    change = self._change(menu, "exploration", "up", 2.0)
+                    if change is not None:
+                        changes.append(change)
+                    break
+        if not changes:
+            return None
+        return Adjust(
+            changes=changes[: menu.max_changes],
+            reason=reason,
+            expected_outcome="larger policy updates (KL toward its target) and rising success",
+        )
+
+    def _rebalance(self, s: TelemetrySnapshot, menu: ActionSpace) -> list[KnobChange]:
+        """Reward weights back toward balance when the cost penalty outweighs the success bonus > max_ratio×."""
+        penalty, bonus = self._weights(s)
+        if penalty is None or bonus is None or bonus.value <= 0 or penalty.value <= self.max_ratio * bonus.value:
+            return []
+        changes = []
+        option = self._named_option(menu, penalty.name, "down", 0.25, floor=bonus.value)
+        if option is not None:
+            changes.append(KnobChange(knob=penalty.name, value=option.value))
+        new_penalty = option.value if option is not None else penalty.value
+        if new_penalty > self.max_ratio * bonus.value:
+            up = self._named_option(menu, bonus.name, "up", 2.0, cap=new_penalty)
+            if up is not None:
+                changes.append(KnobChange(knob=bonus.name, value=up.value))
+        return changes
+
+    def _under_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        kl = self._kl(s, 1)
+        if not kl or kl[-1] >= self.target_kl / 2:
+            return None
+        return self._adjust(
+            menu,
+            [("learning_rate", "up", 1.5)],
+            f"approx KL {kl[-1]:.2g} below half its target {self.target_kl:g}: the learning rate under-steps",
+            "approx KL closer to its target, faster progress",
+        )
+
+    def _learning(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        if self._rising(s):
+            return NoAction(reason="learning: success rose beyond the noise", expected_outcome="keep improving")
+        return None
 
     def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         rows = [r for r in s.history if _finite(r.val_loss) and _finite(r.train_loss)][-3:]
@@ -376,13 +614,15 @@ class RuleManager(Manager):
             "validation loss stops rising",
         )
 
-    def _waiting(self, s: TelemetrySnapshot) -> bool:
-        if not s.interventions:
+    @staticmethod
+    def _waiting(s: TelemetrySnapshot, measured: int) -> bool:
+        """Whether the latest intervention has fewer than ``measured`` evaluations measured after it."""
+        if not s.interventions or measured <= 0:
             return False
         last = s.interventions[-1]
         if last.action == "no_action":
             return False
-        return last.verdict == "pending" and len(last.scores_after) < self.min_measured
+        return last.verdict == "pending" and len(last.scores_after) < measured
 
     def _collapsed(self, s: TelemetrySnapshot, menu: ActionSpace) -> bool:
         entropies = [r.entropy for r in s.history if _finite(r.entropy)]
