@@ -32,12 +32,19 @@ _REACHER_IDS: dict[str, str] = {
     f"{NAMESPACE}/PlanarReacherHard-v0": "hard",
 }
 
+_PAPER_REACHER_IDS: dict[str, str] = {
+    f"{NAMESPACE}/PaperReacher-v0": "train",
+    f"{NAMESPACE}/PaperReacherEasy-v0": "easy",
+    f"{NAMESPACE}/PaperReacherMedium-v0": "medium",
+    f"{NAMESPACE}/PaperReacherHard-v0": "hard",
+}
+
 _FULL_ID = re.compile(r"-v\d+$")
 
 
 def registered_ids() -> list[str]:
     """All ids this package registers, in a stable order."""
-    return [*_SAFE_FETCH_IDS, *_REACHER_IDS]
+    return [*_SAFE_FETCH_IDS, *_REACHER_IDS, *_PAPER_REACHER_IDS]
 
 
 def register_all() -> None:
@@ -58,6 +65,15 @@ def register_all() -> None:
             gym.register(
                 id=env_id,
                 entry_point="rl_manager.envs.reacher:PlanarReacherEnv",
+                kwargs={"difficulty": difficulty},
+                max_episode_steps=REACHER_MAX_EPISODE_STEPS,
+            )
+    # the paper's reacher has no internal step counter: the 120-step cap is this TimeLimit alone
+    for env_id, difficulty in _PAPER_REACHER_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point="rl_manager.envs.paper_reacher:PaperReacherEnv",
                 kwargs={"difficulty": difficulty},
                 max_episode_steps=REACHER_MAX_EPISODE_STEPS,
             )
@@ -92,7 +108,7 @@ def resolve_env_id(name: str, safe: bool = False) -> str:
 
     ``"FetchPickAndPlace"`` resolves to the newest registered version (``"FetchPickAndPlace-v4"``),
     or, with ``safe=True``, to the Safe variant ``"rl_manager/SafeFetchPickAndPlace-v0"``. Names of
-    this package's envs resolve without the namespace (``"PlanarReacher"``). Full ids
+    this package's envs resolve without the namespace (``"PlanarReacher"``, ``"PaperReacher"``). Full ids
     (``"...-vN"``) that are registered pass through unchanged.
 
     :param name: a short name or a full id.
