@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.keep_best import KeepBestManager
+from rl_manager.managers.kl_adaptive import KLAdaptiveManager
+from rl_manager.managers.lagrangian import LagrangianManager
 from rl_manager.managers.llm import LLMManager
 from rl_manager.managers.none import NoneManager
 from rl_manager.managers.rule import RuleManager
 
 #: managers that can be built by name without further configuration
-MANAGERS: dict[str, type[Manager]] = {"rule": RuleManager, "none": NoneManager, "llm": LLMManager}
+MANAGERS: dict[str, type[Manager]] = {
+    "rule": RuleManager,
+    "none": NoneManager,
+    "llm": LLMManager,
+    "kl_adaptive": KLAdaptiveManager,
+    "lagrangian": LagrangianManager,
+    "keep_best": KeepBestManager,
+}
 
 
 def make_manager(name: str) -> Manager:
@@ -22,4 +32,15 @@ def make_manager(name: str) -> Manager:
         raise ValueError(f"unknown manager {name!r}; choose from {sorted(MANAGERS)}") from None
 
 
-__all__ = ["MANAGERS", "LLMManager", "Manager", "NoneManager", "Proposal", "RuleManager", "make_manager"]
+__all__ = [
+    "MANAGERS",
+    "KLAdaptiveManager",
+    "KeepBestManager",
+    "LLMManager",
+    "LagrangianManager",
+    "Manager",
+    "NoneManager",
+    "Proposal",
+    "RuleManager",
+    "make_manager",
+]
