@@ -130,9 +130,10 @@ class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
     :param collision_penalty: penalty on a colliding step.
     :param success_bonus: reward on a safe success.
     :param progress_scale: weight of the per-step decrease in hand–target distance.
+    :param render_mode: ``None`` or ``"rgb_array"`` (a 256x256 top-down sketch drawn with numpy).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
 
     def __init__(
         self,
@@ -140,10 +141,15 @@ class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         collision_penalty: float = 5.0,
         success_bonus: float = 5.0,
         progress_scale: float = 3.0,
+        render_mode: str | None = None,
     ) -> None:
         super().__init__()
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            modes = self.metadata["render_modes"]
+            raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
+        self.render_mode = render_mode
         self.difficulty = difficulty
         self.collision_penalty = _check_weight("collision_penalty", collision_penalty)
         self.success_bonus = _check_weight("success_bonus", success_bonus)
@@ -174,6 +180,8 @@ class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         collision_penalty: float | None = None,
     ) -> dict[str, float]:
         """Change reward weights in place (validated, all or nothing); return the weights in force.
+
+        The new weights apply from the next step on (an episode in progress continues with them).
 
         :param progress_scale: new progress weight, or ``None`` to keep it.
         :param success_bonus: new success bonus, or ``None`` to keep it.
@@ -400,3 +408,20 @@ class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
             colliding, reached, math.sqrt(norm2), r_progress, r_success, r_collision, r_action, r_clearance, cost
         )
         return self._obs(), reward, terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """Top-down RGB sketch (``render_mode="rgb_array"``): target disc, obstacle, both links; else ``None``."""
+        if self.render_mode != "rgb_array":
+            return None
+        size, extent = 256, 1.3
+        axis = np.linspace(-extent, extent, size)
+        xs, ys = np.meshgrid(axis, axis[::-1])
+        frame = np.full((size, size, 3), 240, dtype=np.uint8)
+        frame[np.hypot(xs - self.target_x, ys - self.target_y) <= SUCCESS_RADIUS] = (70, 180, 70)
+        frame[np.hypot(xs - self.obstacle_x, ys - self.obstacle_y) <= self.obstacle_radius] = (200, 50, 50)
+        ex, ey, hx, hy = forward_kinematics(self.q1, self.q2)
+        for ax, ay, bx, by in ((0.0, 0.0, ex, ey), (ex, ey, hx, hy)):
+            dx, dy = bx - ax, by - ay
+            t = np.clip(((xs - ax) * dx + (ys - ay) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+            frame[np.hypot(ax + t * dx - xs, ay + t * dy - ys) <= 0.012] = (40, 70, 160)
+        return frame

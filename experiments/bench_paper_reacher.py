@@ -13,7 +13,6 @@ import argparse
 import time
 
 import numpy as np
-
 from rl_manager.envs.paper_reacher import PaperReacherEnv
 
 EPISODE_CAP = 120
@@ -38,7 +37,6 @@ def bench_raw(difficulty: str, steps: int, seed: int = 0) -> tuple[float, int]:
 def bench_made(env_id: str, steps: int, seed: int = 0) -> float:
     """Steps/s through ``gym.make`` (TimeLimit, OrderEnforcing, PassiveEnvChecker)."""
     import gymnasium as gym
-
     import rl_manager.envs  # noqa: F401
 
     env = gym.make(env_id)
@@ -74,7 +72,9 @@ def main() -> None:
             f"{difficulty:>6}: raw env {rate:,.0f} steps/s ({episodes} episodes), "
             f"resets {bench_resets(difficulty, args.resets):,.0f}/s"
         )
-    print(f"gym.make('rl_manager/PaperReacher-v0'): {bench_made('rl_manager/PaperReacher-v0', args.steps):,.0f} steps/s")
+    print(
+        f"gym.make('rl_manager/PaperReacher-v0'): {bench_made('rl_manager/PaperReacher-v0', args.steps):,.0f} steps/s"
+    )
 
 
 if __name__ == "__main__":
