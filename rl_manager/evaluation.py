@@ -3,8 +3,8 @@
 :class:`PairedEvaluator` plays the same scenes at every decision boundary: episode ``i`` of cell
 ``c`` is always reset with the seed ``base_seed + c * seed_stride + i``, so two boundaries (or two
 runs) are compared on identical scenes and their difference is not sampling noise of the scenes.
-All episodes of a cell run as one batch: one ``model.predict`` call per step for the episodes
-still running, each on its own plain Gymnasium env (no VecEnv: its auto-reset would reseed
+All episodes (of every cell) run as one batch: one ``model.predict`` call per step for the
+episodes still running, each on its own plain Gymnasium env (no VecEnv: its auto-reset would reseed
 nothing and break the pairing). An optional stochastic pass replays the same scenes with the
 stochastic policy under a fixed torch seed, inside :func:`torch.random.fork_rng`, so it is paired
 too and leaves the training RNG streams untouched.
@@ -285,26 +285,34 @@ class PairedEvaluator:
         self._envs.clear()
 
     # ------------------------------------------------------------------------------------ play
-    def play_cell(self, model: Any, cell_index: int, deterministic: bool = True) -> EpisodeResults:
-        """Play every episode of one cell as one batch (the caller handles RNG isolation).
+    def play_batch(self, model: Any, cell_indices: Sequence[int], deterministic: bool = True) -> list[EpisodeResults]:
+        """Play every episode of the given cells as one batch (the caller handles RNG isolation).
+
+        Each step makes one ``predict`` call on the stacked observations of the episodes still
+        running and steps each of their envs; an episode ends at ``terminated`` or ``truncated``.
 
         :param model: anything with SB3's ``predict(obs, deterministic=...)``; observations are
             normalised with ``model.get_vec_normalize_env()`` when it has one.
-        :param cell_index: index of the cell.
+        :param cell_indices: indices of the cells to play.
         :param deterministic: deterministic actions.
+        :return: per-episode results of each cell, in the order of ``cell_indices``.
         """
-        cell = self.cells[cell_index]
-        envs = self.envs(cell)
+        envs: list[gym.Env] = []
+        owner: list[int] = []  # position in cell_indices of each episode
+        obs: list[Any] = []
+        for pos, k in enumerate(cell_indices):
+            cell = self.cells[k]
+            for env, seed in zip(self.envs(cell), self.seeds(k), strict=True):
+                first, _ = env.reset(seed=seed, options=cell.reset_options)
+                envs.append(env)
+                owner.append(pos)
+                obs.append(first)
         n = len(envs)
         normalizer = model.get_vec_normalize_env() if hasattr(model, "get_vec_normalize_env") else None
-        obs: list[Any] = [None] * n
-        for i, (env, seed) in enumerate(zip(envs, self.seeds(cell_index), strict=True)):
-            obs[i], _ = env.reset(seed=seed, options=cell.reset_options)
         returns, lengths, costs = np.zeros(n), np.zeros(n, dtype=int), np.zeros(n)
-        success = np.zeros(n, dtype=bool)
-        safe = np.zeros(n, dtype=bool)
+        success, safe, episode_cost = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n)
         seen = {"success": False, "cost": False, "episode_cost": False, "safe": False}
-        episode_cost = np.zeros(n)
+        cost_key, cap = self.cost_key, self.max_episode_steps
         active = list(range(n))
         while active:
             batch = _stack([obs[i] for i in active])
@@ -316,33 +324,39 @@ class PairedEvaluator:
                 obs[i], reward, terminated, truncated, info = envs[i].step(actions[j])
                 returns[i] += float(reward)
                 lengths[i] += 1
-                if self.cost_key in info:
+                if cost_key in info:
                     seen["cost"] = True
-                    costs[i] += float(info[self.cost_key])
-                if terminated or truncated or lengths[i] >= self.max_episode_steps:
-                    if self.success_key in info:
-                        seen["success"] = True
-                        success[i] = float(info[self.success_key]) > 0
-                    if self.safe_success_key in info:
-                        seen["safe"] = True
-                        safe[i] = float(info[self.safe_success_key]) > 0
-                    if self.episode_cost_key in info:
-                        seen["episode_cost"] = True
-                        episode_cost[i] = float(info[self.episode_cost_key])
-                else:
+                    costs[i] += float(info[cost_key])
+                if not (terminated or truncated or lengths[i] >= cap):
                     still.append(i)
+                    continue
+                if self.success_key in info:
+                    seen["success"] = True
+                    success[i] = float(info[self.success_key]) > 0
+                if self.safe_success_key in info:
+                    seen["safe"] = True
+                    safe[i] = float(info[self.safe_success_key]) > 0
+                if self.episode_cost_key in info:
+                    seen["episode_cost"] = True
+                    episode_cost[i] = float(info[self.episode_cost_key])
             active = still
         cost_values = costs if seen["cost"] else episode_cost if seen["episode_cost"] else None
-        return EpisodeResults(
-            returns=returns.tolist(),
-            lengths=lengths.tolist(),
-            successes=success.tolist() if seen["success"] else None,
-            costs=cost_values.tolist() if cost_values is not None else None,
-            safe=safe.tolist() if seen["safe"] else None,
-        )
+        out = []
+        for pos in range(len(cell_indices)):
+            idx = [i for i in range(n) if owner[i] == pos]
+            out.append(
+                EpisodeResults(
+                    returns=returns[idx].tolist(),
+                    lengths=lengths[idx].tolist(),
+                    successes=success[idx].tolist() if seen["success"] else None,
+                    costs=cost_values[idx].tolist() if cost_values is not None else None,
+                    safe=safe[idx].tolist() if seen["safe"] else None,
+                )
+            )
+        return out
 
     def play(self, model: Any, deterministic: bool = True) -> list[EpisodeResults]:
-        """Play every cell; the global torch, numpy and ``random`` states are restored afterwards.
+        """Play every cell in one batch; the global torch, numpy and ``random`` states are restored.
 
         A stochastic pass is seeded with :attr:`stochastic_seed` so it is repeatable.
         """
@@ -354,7 +368,7 @@ class PairedEvaluator:
                     th.manual_seed(self.stochastic_seed)
                     np.random.seed(self.stochastic_seed % 2**32)
                     random.seed(self.stochastic_seed)
-                return [self.play_cell(model, k, deterministic) for k in range(len(self.cells))]
+                return self.play_batch(model, range(len(self.cells)), deterministic)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
