@@ -231,6 +231,9 @@ class PairedEvaluator:
         self.max_episode_steps = max_episode_steps
         self.seed_stride = seed_stride
         self._envs: dict[str, list[gym.Env]] = {}
+        #: per-episode results of the latest :meth:`evaluate` (deterministic pass, one per cell, seed
+        #: order): what a per-episode paired test (e.g. McNemar) between two boundaries needs
+        self.last_results: list[EpisodeResults] | None = None
 
     @classmethod
     def for_difficulties(
@@ -388,6 +391,7 @@ class PairedEvaluator:
         finally:
             if training is not None:  # SB3's predict switches the policy to eval mode
                 model.policy.set_training_mode(training)
+        self.last_results = results
         metrics = _concat(results).metrics()
         cells = [r.cell(c.name) for c, r in zip(self.cells, results, strict=True)]
         return metrics.model_copy(update={"paired": True, "cells": cells, "stochastic": stochastic})

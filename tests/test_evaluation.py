@@ -115,6 +115,9 @@ def test_per_episode_reading_and_per_cell_aggregation():
     k = sum(all_s)
     assert m.success_ci == wilson_interval(k, 12)
     assert m.stochastic is None
+    assert [len(r.returns) for r in ev.last_results] == [7, 5] and ev.last_results[1].lengths == expected(ev.seeds(1))[
+        0
+    ]
 
 
 def test_episode_cost_fallback_and_missing_keys():
