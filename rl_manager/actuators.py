@@ -1,7 +1,7 @@
 """Actuators: read and write knob values on a live SB3 algorithm.
 
-SB3 silently undoes naive edits (see ``shared/ANCHORS.md``), so each actuator writes where the
-algorithm reads the value during ``train()``:
+SB3 silently undoes naive edits (``tests/test_actuators.py`` catches each of them), so each
+actuator writes where the algorithm reads the value during ``train()``:
 
 - learning rate: replace ``model.lr_schedule`` (SB3 resets optimiser LRs from it every ``train()``);
 - PPO/A2C ``ent_coef``: the float read in ``train()``;
@@ -15,86 +15,25 @@ algorithm reads the value during ``train()``:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 import torch as th
-from pydantic import Field
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.utils import ConstantSchedule, update_learning_rate
 
-from rl_manager.schema import DEFAULT_MULTIPLIERS, KnobRole, KnobSpec, StrictModel
+from rl_manager.knobs import Knob, KnobBounds, ManagerError
+from rl_manager.schema import KnobRole
+
+__all__ = ["DEFAULT_BOUNDS", "Actuator", "Knob", "KnobBounds", "ManagerError", "discover_actuators"]
 
 
-class KnobBounds(StrictModel):
-    """User overrides of a knob's bounds and moves (from a recipe's ``manager_knobs``)."""
-
-    low: float | None = None
-    high: float | None = None
-    multipliers: tuple[float, ...] | None = None
-    values: tuple[float, ...] | None = None
-    cooldown: int | None = Field(default=None, ge=0)
-    enabled: bool = True
+#: the SB3 knobs are plain :class:`~rl_manager.knobs.Knob` subclasses (the old name is kept)
+Actuator = Knob
 
 
-class Actuator(ABC):
-    """Reads and writes one knob of a live algorithm.
-
-    :param low: absolute lower bound.
-    :param high: absolute upper bound.
-    """
-
-    name: str = ""
-    role: KnobRole = "other"
-    conservative: str | None = None
-    scale: str = "log"
-    multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
-    values: tuple[float, ...] = ()
-    cooldown: int = 2
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high = float(low), float(high)
-
-    def read(self, model: BaseAlgorithm) -> float:
-        """The value in force (what the next ``train()`` uses)."""
-        return float(self._read(model))
-
-    def write(self, model: BaseAlgorithm, value: float) -> float:
-        """Set the knob (clamped into the bounds); return the value read back."""
-        if not math.isfinite(value):
-            raise ValueError(f"{self.name}: refusing non-finite value {value}")
-        self._write(model, min(self.high, max(self.low, float(value))))
-        return self.read(model)
-
-    @abstractmethod
-    def _read(self, model: BaseAlgorithm) -> float: ...
-
-    @abstractmethod
-    def _write(self, model: BaseAlgorithm, value: float) -> None: ...
-
-    def spec(self, model: BaseAlgorithm, last_changed_at: int | None = None, description: str = "") -> KnobSpec:
-        """The knob's :class:`~rl_manager.schema.KnobSpec` now (bounds widened to hold the value)."""
-        value = self.read(model)
-        doc_lines = (self.__doc__ or "").strip().splitlines()
-        return KnobSpec(
-            name=self.name,
-            value=value,
-            low=min(self.low, value),
-            high=max(self.high, value),
-            multipliers=self.multipliers,
-            values=self.values,
-            scale=self.scale,  # type: ignore[arg-type]
-            role=self.role,
-            conservative=self.conservative,  # type: ignore[arg-type]
-            cooldown=self.cooldown,
-            last_changed_at=last_changed_at,
-            description=description or (doc_lines[0] if doc_lines else self.name),
-        )
-
-
-class LearningRate(Actuator):
+class LearningRate(Knob):
     """Optimiser learning rate (all algorithms; a constant schedule from now on)."""
 
     name, role, conservative = "learning_rate", "learning_rate", "down"
@@ -113,7 +52,7 @@ class LearningRate(Actuator):
                 update_learning_rate(obj, value)
 
 
-class OnPolicyEntCoef(Actuator):
+class OnPolicyEntCoef(Knob):
     """Entropy bonus coefficient of the PPO/A2C loss."""
 
     name, role, conservative, scale = "ent_coef", "exploration", "down", "linear"
@@ -126,7 +65,7 @@ class OnPolicyEntCoef(Actuator):
         model.ent_coef = value
 
 
-class FixedEntCoef(Actuator):
+class FixedEntCoef(Knob):
     """Fixed entropy coefficient of SAC/TQC (``ent_coef_tensor``)."""
 
     name, role, conservative = "ent_coef", "exploration", "down"
@@ -141,7 +80,7 @@ class FixedEntCoef(Actuator):
         model.ent_coef = value
 
 
-class TargetEntropy(Actuator):
+class TargetEntropy(Knob):
     """Target entropy of SAC/TQC automatic entropy tuning (higher: more exploration).
 
     The default bounds, ``[4 * h, h / 4]`` around SB3's heuristic ``h = -dim(action space)``, depend
@@ -166,7 +105,7 @@ def _noises(model: BaseAlgorithm) -> list[ActionNoise]:
     return list(noise.noises) if isinstance(noise, VectorizedActionNoise) else [noise]
 
 
-class NoiseSigma(Actuator):
+class NoiseSigma(Knob):
     """Standard deviation of the exploration action noise (TD3/DDPG, or SAC/TQC given one)."""
 
     name, role, conservative = "noise_sigma", "exploration", "down"
@@ -183,11 +122,10 @@ class NoiseSigma(Actuator):
             n._sigma = sigma * (value / mean) if mean > 0 else np.full(sigma.shape, value, dtype=np.float64)
 
 
-class ActionStd(Actuator):
+class ActionStd(Knob):
     """Mean standard deviation of a Gaussian PPO/A2C policy (shifts ``log_std``)."""
 
     name, role, conservative = "action_std", "exploration", "down"
-    cooldown = 2
 
     def _read(self, model: BaseAlgorithm) -> float:
         return float(model.policy.log_std.detach().exp().mean().item())
@@ -197,7 +135,7 @@ class ActionStd(Actuator):
             model.policy.log_std.add_(math.log(value) - math.log(self._read(model)))
 
 
-class ClipRange(Actuator):
+class ClipRange(Knob):
     """PPO clip range (a constant schedule from now on)."""
 
     name, role, conservative, scale = "clip_range", "clip_range", "down", "linear"
@@ -211,7 +149,7 @@ class ClipRange(Actuator):
         model.clip_range = ConstantSchedule(value)
 
 
-class RewardWeight(Actuator):
+class RewardWeight(Knob):
     """A reward weight of the training env (through ``set_reward_weights``)."""
 
     scale = "linear"
@@ -298,20 +236,8 @@ def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | 
     for name, o in (overrides or {}).items():
         if name not in found:
             raise ValueError(f"manager_knobs: {model.__class__.__name__} has no knob {name!r}; has {sorted(found)}")
-        a = found[name]
-        if not o.enabled:
+        if o.enabled:
+            found[name].configure(o)
+        else:
             del found[name]
-            continue
-        a.low = a.low if o.low is None else o.low
-        a.high = a.high if o.high is None else o.high
-        if a.low > a.high:
-            raise ValueError(f"manager_knobs.{name}: low {a.low} > high {a.high}")
-        if o.multipliers is not None:
-            a.multipliers = tuple(o.multipliers)
-        if o.values is not None:
-            a.values = tuple(o.values)
-        if o.cooldown is not None:
-            a.cooldown = o.cooldown
-        if not a.multipliers and not a.values:
-            raise ValueError(f"manager_knobs.{name}: needs multipliers or listed values")
     return found

@@ -1,24 +1,26 @@
 """Asynchronous decisions: a request never blocks training.
 
 :class:`AsyncDecider` runs one decision request at a time (a callable, usually
-``lambda: decide(snapshot, manager, ...)``) on one background thread. The training loop submits a
-request at a boundary (an evaluation) and polls at the following boundaries:
+``lambda: decide(snapshot, manager, ...)``) on a :class:`~concurrent.futures.ThreadPoolExecutor`
+with one worker; the training loop submits a request at a boundary (an evaluation) and polls the
+:class:`~concurrent.futures.Future` at the following boundaries:
 
 - :meth:`AsyncDecider.poll` returns the finished result once, with its age in boundaries; a
   result older than ``max_age`` boundaries is marked ``stale`` (the caller discards and logs it);
 - a fresh result must be re-validated against the *current* menu before it is applied, since the
   run moved on while the request was pending: :func:`revalidate`;
-- :meth:`AsyncDecider.close` abandons a request still pending (the caller logs it).
+- :meth:`AsyncDecider.close` abandons a request not collected yet (the caller logs it). A request
+  already running finishes on its thread (an LLM call has its own timeout); its result is dropped.
 
-Same runner for SB3 and for a plain PyTorch loop; it knows nothing about either.
+It knows nothing about SB3 or PyTorch; :class:`~rl_manager.controller.Controller` drives it.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,42 +68,35 @@ class AsyncResult:
 class AsyncDecider:
     """Runs at most one decision request at a time on a background thread.
 
+    Meant to be driven from one thread (the training loop).
+
     :param max_age: results collected more than this many boundaries after submission are stale.
-    :param name: name of the worker thread.
+    :param name: name prefix of the worker thread.
     """
 
     def __init__(self, max_age: int = 2, name: str = "rl_manager-decider") -> None:
         if max_age < 0:
             raise ValueError(f"max_age must be >= 0, got {max_age}")
         self.max_age = max_age
-        self._name = name
-        self._cond = threading.Condition()
-        self._queue: queue.SimpleQueue[tuple[int, Callable[[], Any]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._token = 0  # id of the current request; a result with another id is dropped
-        self._submitted_at: int | None = None  # boundary of the request not yet collected
-        self._finished: tuple[Any, BaseException | None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._future: Future | None = None
+        self._submitted_at = 0
         self._closed = False
 
-    # -------------------------------------------------------------------------------- state
     @property
     def busy(self) -> bool:
         """Whether a request was submitted and its result not yet collected."""
-        with self._cond:
-            return self._submitted_at is not None
+        return self._future is not None
 
     @property
     def pending(self) -> bool:
         """Whether a request is still running (submitted, not finished)."""
-        with self._cond:
-            return self._submitted_at is not None and self._finished is None
+        return self._future is not None and not self._future.done()
 
     @property
     def closed(self) -> bool:
-        with self._cond:
-            return self._closed
+        return self._closed
 
-    # -------------------------------------------------------------------------------- API
     def submit(self, request: Callable[[], Any], boundary_index: int) -> bool:
         """Start ``request`` in the background without waiting for it.
 
@@ -110,18 +105,11 @@ class AsyncDecider:
         :return: ``False`` (nothing submitted) while another request is not collected yet.
         :raises RuntimeError: after :meth:`close`.
         """
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("AsyncDecider is closed")
-            if self._submitted_at is not None:
-                return False
-            self._token += 1
-            self._submitted_at = boundary_index
-            self._finished = None
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                self._thread.start()
-            self._queue.put((self._token, request))
+        if self._closed:
+            raise RuntimeError("AsyncDecider is closed")
+        if self._future is not None:
+            return False
+        self._future, self._submitted_at = self._executor.submit(request), boundary_index
         return True
 
     def poll(self, boundary_index: int) -> AsyncResult | None:
@@ -130,13 +118,13 @@ class AsyncDecider:
         :param boundary_index: the current boundary.
         :return: the result (once), possibly marked stale, or ``None`` if none is ready.
         """
-        with self._cond:
-            if self._finished is None or self._submitted_at is None:
-                return None
-            value, error = self._finished
-            result = AsyncResult(value, error, self._submitted_at, boundary_index, self.max_age)
-            self._finished = None
-            self._submitted_at = None
+        future = self._future
+        if future is None or not future.done():
+            return None
+        self._future = None
+        error = future.exception()
+        value = None if error else future.result()
+        result = AsyncResult(value, error, self._submitted_at, boundary_index, self.max_age)
         if result.stale:
             logger.info("decision submitted at %d collected at %d is stale", result.submitted_at, boundary_index)
         return result
@@ -147,26 +135,24 @@ class AsyncDecider:
         :param timeout: seconds to wait at most (``None``: no limit).
         :return: whether a finished result is ready.
         """
-        with self._cond:
-            self._cond.wait_for(lambda: self._finished is not None or self._submitted_at is None, timeout)
-            return self._finished is not None
+        if self._future is None:
+            return False
+        wait_futures([self._future], timeout)
+        return self._future.done()
 
     def close(self) -> int | None:
         """Stop the worker; a request not collected yet is abandoned (its result will be dropped).
 
         :return: the boundary at which the abandoned request was submitted, or ``None``.
         """
-        with self._cond:
-            if self._closed:
-                return None
-            self._closed = True
-            abandoned = self._submitted_at
-            self._submitted_at = None
-            self._finished = None
-            self._token += 1  # whatever is running now will be dropped
-            if self._thread is not None:
-                self._queue.put(None)
-            self._cond.notify_all()
+        if self._closed:
+            return None
+        self._closed = True
+        abandoned = self._submitted_at if self._future is not None else None
+        if self._future is not None:
+            self._future.cancel()
+        self._future = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
         if abandoned is not None:
             logger.info("decision request submitted at %d abandoned", abandoned)
         return abandoned
@@ -176,22 +162,6 @@ class AsyncDecider:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -------------------------------------------------------------------------------- worker
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            token, request = job
-            try:
-                value, error = request(), None
-            except Exception as exc:  # reported to the caller through poll()
-                value, error = None, exc
-            with self._cond:
-                if token == self._token and not self._closed:
-                    self._finished = (value, error)
-                self._cond.notify_all()
 
 
 def revalidate(

@@ -4,7 +4,7 @@ Every record is flushed and fsynced before :meth:`AuditLog.append` returns, so a
 at most the line being written. :func:`read_audit` tolerates such a torn last line, and
 :class:`AuditLog` cuts it off before appending, so a resumed run continues the sequence.
 
-``python -m rl_manager.audit show RUN_DIR`` prints the decisions as a table;
+``python -m rl_manager.audit show RUN_DIR`` prints the decisions as a ``rich`` table;
 ``python -m rl_manager.audit verify RUN_DIR`` re-judges every recorded reply with the guard against
 the menu recorded beside it and reports any verdict that differs from the log.
 """
@@ -12,11 +12,13 @@ the menu recorded beside it and reports any verdict that differs from the log.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -122,40 +124,47 @@ def _describe(record: AuditRecord) -> str:
     return ""
 
 
-def format_table(records: list[AuditRecord]) -> str:
-    """Render records as a plain-text table (one row a record)."""
-    header = (
-        "seq",
-        "step",
-        "eval",
-        "kind",
-        "proposer",
-        "action",
-        "changes",
-        "applied",
-        "errors",
-        "fallback",
-        "latency_s",
-    )
-    rows = [header]
-    for r in records:
-        rows.append(
-            (
-                str(r.seq),
-                str(r.step),
-                str(r.evaluation_index),
-                r.kind,
-                r.proposer or "-",
-                r.decision.action if r.decision else "-",
-                _describe(r),
-                "yes" if r.applied else "no",
-                str(len(r.validation_errors)),
-                r.fallback or "-",
-                f"{r.latency_s:.3f}",
-            )
+#: columns of ``audit show``
+COLUMNS = ("seq", "step", "eval", "kind", "proposer", "action", "changes", "applied", "errors", "fallback", "latency_s")
+
+
+def table_rows(records: list[AuditRecord]) -> list[tuple[str, ...]]:
+    """One row of :data:`COLUMNS` a record."""
+    return [
+        (
+            str(r.seq),
+            str(r.step),
+            str(r.evaluation_index),
+            r.kind,
+            r.proposer or "-",
+            r.decision.action if r.decision else "-",
+            _describe(r),
+            "yes" if r.applied else "no",
+            str(len(r.validation_errors)),
+            r.fallback or "-",
+            f"{r.latency_s:.3f}",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+        for r in records
+    ]
+
+
+def _table(records: list[AuditRecord], **kwargs: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(*COLUMNS, **kwargs)
+    for row in table_rows(records):
+        table.add_row(*row)
+    return table
+
+
+def format_table(records: list[AuditRecord], width: int = 200) -> str:
+    """Render records as a plain-text table (``rich``, one row a record)."""
+    from rich import box
+    from rich.console import Console
+
+    console = Console(width=width, no_color=True, file=io.StringIO(), record=True)
+    console.print(_table(records, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()).strip("\n")
 
 
 def verify(records: list[AuditRecord]) -> list[str]:
@@ -177,7 +186,7 @@ def verify(records: list[AuditRecord]) -> list[str]:
                 )
         if r.applied and r.decision is not None and r.decision.action in ("adjust", "rollback_and_consolidate"):
             review = guard.review(r.decision, r.menu)
-            if not review.ok and not r.message.startswith("requested at"):
+            if not review.ok and r.requested_at is None:  # an async reply was judged on its request's menu
                 problems.append(f"seq {r.seq}: applied decision fails the guard now: {review.errors}")
     return problems
 
@@ -206,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             print(p)
         print(f"{len(records)} records, {len(problems)} mismatches")
         return 1 if problems else 0
-    print(format_table(records))
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(_table(records, title=f"{p} ({len(records)} records)"))
+    else:
+        print(format_table(records))
     return 0
 
 

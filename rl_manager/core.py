@@ -1,7 +1,7 @@
 """One decision, end to end: propose → guard → (one re-ask) → fallback.
 
-:func:`decide` is what every integration (the SB3 callback, the supervised loop, the decide CLI,
-the async runner) calls; it returns a :class:`~rl_manager.schema.AuditRecord`-ready
+:func:`decide` is what the :class:`~rl_manager.controller.Controller` (behind the SB3 callback and the
+PyTorch loop), the decide CLI and the benchmarks call; it returns a :class:`~rl_manager.schema.AuditRecord`-ready
 :class:`Outcome` and never raises on a manager's failure.
 """
 
@@ -78,8 +78,17 @@ class Outcome:
         return knobs
 
 
-#: counters every integration keeps; an integration may add its own (e.g. ``rollbacks``)
-LEDGER_COUNTS = ("decisions", "applied", "rejected_attempts", "fallbacks", "stale")
+#: counters every integration keeps (see :class:`~rl_manager.controller.Controller`)
+LEDGER_COUNTS = (
+    "decisions",
+    "applied",
+    "rejected_attempts",
+    "fallbacks",
+    "stale",
+    "abandoned",
+    "rollbacks",
+    "revalidation_rejected",
+)
 
 
 @dataclass

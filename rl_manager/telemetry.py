@@ -1,10 +1,10 @@
-"""Telemetry: collect raw signals of a live SB3 run into a :class:`~rl_manager.schema.TelemetrySnapshot`.
+"""Telemetry: observe a live SB3 run (what :class:`~rl_manager.callback.ManagerCallback` reports).
 
 Sources: evaluation episodes (return, success and cost from ``info``), ``ep_info_buffer`` /
 ``ep_success_buffer`` (Monitor ``info_keywords`` carry ``episode_cost``), the values the algorithm
-logs under ``train/*`` (captured by a :class:`LoggerCapture` output format), an entropy estimate
-for SAC/TQC from the actor's log-probabilities on replay-buffer observations, the evaluation
-history, the best checkpoint and the measured effect of past interventions.
+logs under ``train/*`` (captured by a :class:`LoggerCapture` output format) and an entropy estimate
+for SAC/TQC from the actor's log-probabilities on replay-buffer observations. What is remembered
+across evaluations (history, best, interventions) lives in :mod:`rl_manager.state`.
 
 Users' envs name things differently: the info keys meaning success and cost are settings; a
 missing key leaves the metric ``None`` (absent) instead of failing.
@@ -12,28 +12,20 @@ missing key leaves the metric ``None`` (absent) instead of failing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch as th
-from pydantic import Field
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import KVWriter
 from stable_baselines3.common.vec_env import VecEnv
 
-from rl_manager.schema import (
-    AlgoHealth,
-    BestCheckpoint,
-    EvalMetrics,
-    HistoryRow,
-    InterventionOutcome,
-    ResolvedChange,
-    StrictModel,
-    TrainWindow,
-)
+from rl_manager.schema import AlgoHealth, EvalMetrics, TrainWindow
+
+# the run state moved to the SB3-free :mod:`rl_manager.state`; these names stay importable here
+from rl_manager.state import InterventionTracker, TelemetryState, choose_score, score_of  # noqa: E402,F401
 
 
 def _mean(values: list[float] | None) -> float | None:
@@ -189,87 +181,3 @@ def algo_health(model: BaseAlgorithm, logged: dict[str, Any]) -> AlgoHealth:
         clip_fraction=get("clip_fraction"),
         explained_variance=get("explained_variance"),
     )
-
-
-# ------------------------------------------------------------------------------------ state
-class TelemetryState(StrictModel):
-    """What the collector remembers across evaluations (saved for ``--resume``)."""
-
-    evaluation_index: int = -1
-    history: list[HistoryRow] = Field(default_factory=list)
-    best: BestCheckpoint | None = None
-    interventions: list[InterventionOutcome] = Field(default_factory=list)
-    last_rollback_at: int | None = None
-    knob_last_changed: dict[str, int] = Field(default_factory=dict)
-    score_name: str | None = None
-
-
-def choose_score(metrics: EvalMetrics, training: TrainWindow) -> str:
-    """The run's score: safe success if cost and success are measured, else success, else return."""
-    if metrics.safe_success_rate is not None:
-        return "safe_success_rate"
-    if metrics.success_rate is not None:
-        return "success_rate"
-    if metrics.n_episodes == 0 and training.success_rate is not None:
-        return "train_success_rate"
-    return "mean_return" if metrics.n_episodes else "train_mean_return"
-
-
-def score_of(name: str, metrics: EvalMetrics, training: TrainWindow) -> float | None:
-    """Read the named score from evaluation or training metrics."""
-    if name.startswith("train_"):
-        return getattr(training, name[len("train_") :])
-    return getattr(metrics, name)
-
-
-class InterventionTracker:
-    """Measures the score change after each applied intervention over the next ``k`` evaluations.
-
-    :param k: evaluations measured after an intervention.
-    :param tolerance: score change (scaled by ``max(1, |score before|)``) treated as noise.
-    :param keep: interventions kept (and shown in snapshots).
-    :param rate_episodes: episodes per evaluation when the score is a rate; the noise threshold then
-        widens to two binomial standard errors of the difference (before vs. the mean after).
-    """
-
-    def __init__(self, k: int = 3, tolerance: float = 0.05, keep: int = 4, rate_episodes: int | None = None) -> None:
-        self.k, self.tolerance, self.keep = k, tolerance, keep
-        #: evaluation episodes behind a rate score: the noise threshold widens to 2 standard errors
-        self.rate_episodes = rate_episodes
-
-    def record(
-        self, state: TelemetryState, action: str, changes: list[ResolvedChange], expected: str, step: int
-    ) -> None:
-        """Remember an applied intervention taken at the current evaluation."""
-        before = state.history[-1].score if state.history else None
-        state.interventions.append(
-            InterventionOutcome(
-                evaluation_index=state.evaluation_index,
-                step=step,
-                action=action,  # type: ignore[arg-type]
-                changes=changes,
-                expected_outcome=expected,
-                score_before=before,
-            )
-        )
-        del state.interventions[: -self.keep]
-
-    def measure(self, state: TelemetryState, score: float | None) -> None:
-        """Add a new evaluation's score to every intervention still being measured."""
-        for item in state.interventions:
-            if item.evaluation_index >= state.evaluation_index or len(item.scores_after) >= self.k:
-                continue
-            item.scores_after = [*item.scores_after, score]
-            measured = [s for s in item.scores_after if s is not None and math.isfinite(s)]
-            if len(item.scores_after) < 2 or item.score_before is None or not math.isfinite(item.score_before):
-                continue
-            if not measured:
-                item.verdict = "worse"  # non-finite scores after a change
-                continue
-            delta = float(np.mean(measured)) - item.score_before
-            thr = self.tolerance * max(1.0, abs(item.score_before))
-            n = self.rate_episodes
-            if n and 0.0 <= item.score_before <= 1.0:
-                p = min(0.95, max(0.05, item.score_before))
-                thr = max(thr, 2.0 * math.sqrt(p * (1 - p) * (1 / n + 1 / (n * len(measured)))))
-            item.verdict = "improved" if delta > thr else "worse" if delta < -thr else "neutral"

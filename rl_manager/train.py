@@ -1,7 +1,8 @@
 """``python -m rl_manager.train``: train an SB3 agent with (or without) the bounded manager.
 
 Flags follow rl-zoo3 (``--env --algo -n --seed --eval-freq --eval-episodes -tb -f -params``).
-Recipes are zoo-style YAML under ``experiments/hyperparams/<algo>.yml``. Each run gets a folder::
+Recipes are zoo-style YAML, ``experiments/hyperparams/<algo>.yml``, shipped in the wheel as
+``rl_manager/hyperparams/<algo>.yml`` (see :data:`HYPERPARAMS_DIRS`). Each run gets a folder::
 
     <log-folder>/<algo>/<EnvName>_<recipe>_<manager>_s<seed>[_<n>]/
         config.yml command.txt audit.jsonl manager_state.json evaluations.npz
@@ -27,10 +28,25 @@ import numpy as np
 import yaml
 
 from rl_manager.io import InputError, load_data
+from rl_manager.schema import HistoryRow
 
 logger = logging.getLogger("rl_manager.train")
 
-HYPERPARAMS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "hyperparams"
+#: where ``<algo>.yml`` recipes are looked up, in order (as rl-zoo3 does): the package data of an
+#: installed wheel (``experiments/hyperparams`` ships as ``rl_manager/hyperparams``), then the
+#: ``experiments/hyperparams`` folder of a source checkout (editable installs)
+HYPERPARAMS_DIRS = (
+    Path(__file__).resolve().parent / "hyperparams",
+    Path(__file__).resolve().parents[1] / "experiments" / "hyperparams",
+)
+
+
+def recipe_file(algo: str) -> Path:
+    """The recipe YAML of ``algo``: the first of :data:`HYPERPARAMS_DIRS` that has one."""
+    candidates = [d / f"{algo}.yml" for d in HYPERPARAMS_DIRS]
+    return next((c for c in candidates if c.is_file()), candidates[-1])
+
+
 DEFAULT_ALGO = {"Fetch": "tqc", "PlanarReacher": "ppo"}
 RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
 #: keys of a recipe that are not algorithm constructor arguments
@@ -60,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-f", "--log-folder", default="logs")
     p.add_argument("--run-dir", default=None, help="exact run folder (default: a new one under the log folder)")
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="recipe overrides")
-    p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: experiments/hyperparams/<algo>.yml)")
+    p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: the packaged <algo>.yml)")
     p.add_argument("--manager", default="auto", choices=["none", "rule", "llm", "auto"])
     p.add_argument(
         "--llm-gguf",
@@ -97,7 +113,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def load_recipe(algo: str, env_id: str, recipe: str, path: str | None) -> dict[str, Any]:
     """The recipe for ``algo`` on ``env_id`` (looked up by the env's short name, Safe prefix dropped)."""
-    file = Path(path) if path else HYPERPARAMS_DIR / f"{algo}.yml"
+    file = Path(path) if path else recipe_file(algo)
     if not file.is_file():
         raise InputError(f"no hyperparams file {file} for algo {algo!r}")
     table = load_data(file) or {}
@@ -171,6 +187,21 @@ def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | N
         device=config["device"],
         verbose=0,
         **kwargs,
+    )
+
+
+def write_evaluations(path: Path, history: list[HistoryRow]) -> None:
+    """Write the learning curve (every evaluation of the run) to ``evaluations.npz``."""
+
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if getattr(r, name) is None else getattr(r, name) for r in history], dtype=float)
+
+    np.savez(
+        path,
+        timesteps=np.array([r.step for r in history], dtype=np.int64),
+        scores=column("score"),
+        returns=column("mean_return"),
+        costs=column("mean_cost"),
     )
 
 
@@ -305,8 +336,8 @@ def train(
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
-    from rl_manager.actuators import KnobBounds
     from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last
+    from rl_manager.knobs import KnobBounds
     from rl_manager.schema import Targets
 
     recipe = config["recipe"]
@@ -353,13 +384,7 @@ def train(
     save_last(model, run_dir)
     model.save(run_dir / "final_model.zip")
     history = manager_cb.state.history
-    np.savez(
-        run_dir / "evaluations.npz",
-        timesteps=np.array([r.step for r in history]),
-        scores=np.array([np.nan if r.score is None else r.score for r in history], dtype=float),
-        returns=np.array([np.nan if r.mean_return is None else r.mean_return for r in history], dtype=float),
-        costs=np.array([np.nan if r.mean_cost is None else r.mean_cost for r in history], dtype=float),
-    )
+    write_evaluations(run_dir / "evaluations.npz", history)
     summary = {
         "env_id": config["env_id"],
         "algo": config["algo"],

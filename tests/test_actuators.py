@@ -40,7 +40,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from rl_manager.actuators import DEFAULT_BOUNDS, Actuator, KnobBounds, discover_actuators
+from rl_manager.actuators import DEFAULT_BOUNDS, Actuator, KnobBounds, ManagerError, discover_actuators
 from rl_manager.schema import KnobSpec
 
 REACHER = "rl_manager/PlanarReacher-v0"
@@ -566,7 +566,7 @@ def test_non_finite_write_raises(case: str, bad: float) -> None:
     h = CASES[case].harness()
     for name, act in discover_actuators(h.model).items():
         before = act.read(h.model)
-        with pytest.raises(ValueError, match="non-finite"):
+        with pytest.raises(ManagerError, match="non-finite"):
             act.write(h.model, bad)
         assert act.read(h.model) == pytest.approx(before), f"{name} changed by a refused write"
 

@@ -51,7 +51,7 @@ def test_show_cli(tmp_path):
     )
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["seq", "step", "eval"]
-    assert "no_action" in lines[1] and "rule" in lines[1]
+    assert "no_action" in lines[2] and "rule" in lines[2]  # lines[1] rules off the header
     missing = subprocess.run(
         [sys.executable, "-m", "rl_manager.audit", "show", str(tmp_path / "nope")], capture_output=True
     )

@@ -5,7 +5,7 @@ import pytest
 import rl_manager.envs  # noqa: F401
 import torch as th
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from rl_manager.audit import read_audit
@@ -88,19 +88,19 @@ def test_rollback_restores_best_weights_and_knobs(tmp_path):
     model = ppo(env)
     cb = ManagerCallback("none", run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1)
     model.learn(256, callback=cb)
-    best = {k: v.clone() for k, v in cb.best_params["policy"].items()}
+    best = {k: v.clone() for k, v in cb.controller.best_checkpoint["policy"].items()}
     best_lr = cb.state.best.knobs["learning_rate"]
     cb.actuators["learning_rate"].write(model, 2e-3)
     with th.no_grad():
         for p in model.policy.parameters():
             p.add_(1.0)
-    changes = cb._rollback()
+    changes = cb.controller.rollback()
     for k, v in model.policy.state_dict().items():
         assert th.equal(v, best[k]), k
     assert cb.actuators["learning_rate"].read(model) == pytest.approx(best_lr)
     assert any(c.knob == "learning_rate" for c in changes)
     # optimiser state restored too: its step counters match the best checkpoint's
-    opt_best = cb.best_params["policy.optimizer"]["state"]
+    opt_best = cb.controller.best_checkpoint["policy.optimizer"]["state"]
     opt_now = model.policy.optimizer.state_dict()["state"]
     assert all(th.equal(opt_now[i]["exp_avg"], opt_best[i]["exp_avg"]) for i in opt_best)
 
@@ -181,25 +181,41 @@ def test_async_decisions_do_not_block_and_apply_later(tmp_path):
     assert [r.seq for r in records] == list(range(len(records)))
     assert time.perf_counter() - start < 60
     # the pending request holds its own copy of the telemetry, not the live intervention records
-    assert cb.state.interventions and cb._requested.interventions
-    assert all(a is not b for a, b in zip(cb._requested.interventions, cb.state.interventions, strict=False))
+    requested = cb.controller._requested
+    assert cb.state.interventions and requested.interventions
+    assert all(a is not b for a, b in zip(requested.interventions, cb.state.interventions, strict=False))
+
+
+class WaitForReply(BaseCallback):
+    """Waits, after every step, until the pending async reply has arrived: no timing in the test."""
+
+    def __init__(self, managed: ManagerCallback) -> None:
+        super().__init__()
+        self.managed = managed
+
+    def _on_step(self) -> bool:
+        decider = self.managed.controller.decider
+        assert decider is not None
+        decider.wait(10)
+        return True
 
 
 def test_async_stale_and_abandoned_are_logged(tmp_path):
     env, eval_env = envs()
     model = ppo(env)
     cb = ManagerCallback(
-        Slow(0.5), run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1, async_decisions=True, max_age=0
+        Slow(0.0), run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1, async_decisions=True, max_age=0
     )
-    model.learn(1280, callback=cb)
+    model.learn(1280, callback=CallbackList([cb, WaitForReply(cb)]))
     records = read_audit(tmp_path)
     kinds = [r.kind for r in records]
-    assert "decision" not in kinds  # with max_age 0 every reply arrives too late
-    assert "stale" in kinds
-    stale = next(r for r in records if r.kind == "stale")
-    assert stale.attempts and stale.attempts[0].raw_reply and stale.latency_s >= 0.5  # the discarded reply is kept
-    assert kinds[-1] == "abandoned"
-    assert cb.decider.closed
+    # with max_age 0 every reply is collected too late: 10 boundaries, 9 stale replies, the last abandoned
+    assert kinds == ["stale"] * 9 + ["abandoned"]
+    assert cb.counts["stale"] == 9 and cb.counts["abandoned"] == 1 and cb.counts["decisions"] == 0
+    stale = records[0]
+    assert stale.attempts and stale.attempts[0].raw_reply and stale.requested_at == 0  # the discarded reply is kept
+    assert records[-1].requested_at == 9 and "arrived after the end" in records[-1].message
+    assert cb.controller.decider.closed
 
 
 def test_checkpoint_boundary_uses_training_window(tmp_path):
@@ -224,4 +240,4 @@ def test_no_decisions_before_off_policy_learning_starts(tmp_path):
     )
     model.learn(400, callback=cb)
     proposers = [r.proposer for r in read_audit(tmp_path)]
-    assert proposers == ["callback", "callback", "callback", "rule"]
+    assert proposers == ["controller", "controller", "controller", "rule"]

@@ -52,3 +52,15 @@ def test_bench_decisions_on_visible_suite():
     assert int(fields["scenarios"]) >= 30
     assert float(fields["invalid_rate"]) == 0.0
     assert 0.0 <= float(fields["accuracy"]) <= 1.0
+
+
+def test_console_script_dispatches_to_the_tools(capsys):
+    from rl_manager.cli import COMMANDS, main
+
+    assert set(COMMANDS) == {"train", "compare", "audit", "decide", "bench", "schema"}
+    assert main(["schema"]) == 0 and "TelemetrySnapshot" in capsys.readouterr().out
+    assert main(["decide", "--snapshot", str(SNAPSHOTS[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["proposer"] == "rule"
+    assert main(["nope"]) == 2 and main([]) == 2
+    out = run("rl_manager.cli", "audit", "show", str(ROOT / "missing"))
+    assert out.returncode == 2

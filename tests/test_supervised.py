@@ -183,7 +183,7 @@ def test_async_report_does_not_block_and_applies_at_next_boundary(tmp_path: Path
     slowest = max(slowest, time.perf_counter() - t)
     assert slowest < 0.25
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
-    assert tm.decider is not None and tm.decider.wait(5)
+    assert tm.controller.decider is not None and tm.controller.decider.wait(5)
     tm.report(15, train_loss=0.8, val_loss=0.8)  # boundary 2: applied, re-validated
     assert opt.param_groups[0]["lr"] == pytest.approx(0.005)
     tm.close()
@@ -199,7 +199,7 @@ def test_async_stale_reply_discarded_and_logged(tmp_path: Path) -> None:
     for i in range(3):
         tm.report(i, train_loss=1.0, val_loss=1.0 + 0.01 * i)
     release.set()
-    assert tm.decider is not None and tm.decider.wait(5)
+    assert tm.controller.decider is not None and tm.controller.decider.wait(5)
     tm.report(3, train_loss=1.0, val_loss=1.0)  # age 3 > max_age 1
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)  # not applied
     tm.close()
@@ -215,11 +215,14 @@ def test_async_revalidation_rejects_outdated_reply(tmp_path: Path) -> None:
     tm.report(0, train_loss=1.0, val_loss=1.0)
     opt.param_groups[0]["lr"] = 0.005  # the recipe moved on while the request was pending
     release.set()
-    assert tm.decider is not None and tm.decider.wait(5)
+    assert tm.controller.decider is not None and tm.controller.decider.wait(5)
     tm.report(1, train_loss=1.0, val_loss=1.0)
     tm.close()
     rec = records(tmp_path, "decision")[0]
-    assert not rec.applied and any(e.startswith("revalidation:") for e in rec.validation_errors)
+    assert not rec.applied and rec.decision.action == "no_action" and rec.requested_at == 0
+    guard = rec.attempts[-1]  # the guard's errors are an extra attempt, as on the SB3 side
+    assert guard.proposer == "guard" and guard.errors[0].startswith("revalidation at evaluation 1:")
+    assert guard.errors[0] in rec.validation_errors
     assert tm.counts["revalidation_rejected"] == 1
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import yaml
 
 from rl_manager.audit import read_audit
@@ -37,6 +38,7 @@ def test_train_cli_reacher_then_resume(tmp_path, capsys):
     assert list(run.glob("*.monitor.csv")) and list((run / "tb").rglob("events.out.tfevents*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timesteps"] == 1024 and summary["manager"]["decisions"] == 4
+    assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [256, 512, 768, 1024]
     assert {"deterministic/easy", "stochastic/hard"} <= set(summary["heldout"])
     # resume to a larger budget: the audit sequence continues without gaps or duplicates
     config = yaml.safe_load((run / "config.yml").read_text())
@@ -85,3 +87,19 @@ def test_plug_in_three_lines(tmp_path):
     model.learn(256, callback=manager)
     # ---
     assert len(read_audit(tmp_path)) == 2
+
+
+def test_evaluations_npz_keeps_every_evaluation(tmp_path):
+    """60 evaluations: all 60 rows reach ``evaluations.npz`` (the state is not trimmed)."""
+    import numpy as np
+
+    from rl_manager.train import write_evaluations
+    from tests.fakes import make_controller, observation
+
+    ctl, _ = make_controller(tmp_path)
+    for i in range(60):
+        ctl.boundary(observation(1000 * (i + 1), i / 100))
+    write_evaluations(tmp_path / "evaluations.npz", ctl.state.history)
+    data = np.load(tmp_path / "evaluations.npz")
+    assert data["timesteps"].tolist() == [1000 * (i + 1) for i in range(60)]
+    assert data["scores"].shape == (60,) and data["scores"][0] == 0.0

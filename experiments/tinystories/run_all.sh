@@ -3,7 +3,7 @@
 # (one torch thread each), then the interleaved throughput benchmark, then the table and plot.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PY:-/work/venv/bin/python}
+PY=${PY:-python}  # the interpreter of the active environment
 OUT=${OUT:-experiments/results/tinystories}
 SEED=${SEED:-0}
 STEPS=${STEPS:-700}

@@ -1,0 +1,172 @@
+"""The controller's protocol, once, against a fake adapter: sync, async, stale, abandoned,
+re-validation, a failed request, rollback, stop, resume and persistence. No timing: gated
+managers and ``AsyncDecider.wait`` make every async case deterministic."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import rl_manager.controller as controller_module
+from rl_manager.audit import read_audit
+from rl_manager.controller import STATE_FILENAME, Controller
+from rl_manager.knobs import ManagerError
+from rl_manager.menu import GateConfig
+from rl_manager.schema import Targets
+from tests.fakes import FakeAdapter, Scripted, adjust, make_controller, observation
+
+
+def test_sync_adjust_is_applied_and_audited(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)]))
+    assert ctl.boundary(observation(1000, 0.2, cost=3.0))
+    assert adapter.values["learning_rate"] == pytest.approx(5e-4)
+    (rec,) = read_audit(tmp_path)
+    assert rec.applied and rec.requested_at is None and rec.changes[0].before == pytest.approx(1e-3)
+    assert ctl.state.interventions[0].cost_before == 3.0
+    ctl.boundary(observation(2000, 0.3, cost=1.0))
+    assert ctl.state.interventions[0].costs_after == [1.0]
+    assert ctl.counts["applied"] == 1 and ctl.counts["decisions"] == 2
+
+
+def test_history_is_untrimmed_and_saved(tmp_path: Path) -> None:
+    ctl, _ = make_controller(tmp_path, history_len=10)
+    for i in range(60):
+        ctl.boundary(observation(1000 * (i + 1), i / 100))
+    assert len(ctl.state.history) == 60 and len(ctl.snapshot().history) == 10
+    saved = json.loads((tmp_path / STATE_FILENAME).read_text())
+    assert len(saved["telemetry"]["history"]) == 60
+    assert not (tmp_path / (STATE_FILENAME + ".tmp")).exists()
+
+
+def test_best_checkpoint_and_rollback(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, best_file="best.json")
+    adapter.weights["w"] = 1.0
+    ctl.boundary(observation(1000, 0.5))  # best
+    adapter.weights["w"], adapter.values["learning_rate"] = 2.0, 5e-3
+    ctl.boundary(observation(2000, 0.1))
+    changes = ctl.rollback()
+    assert adapter.weights == {"w": 1.0} and adapter.values["learning_rate"] == pytest.approx(1e-3)
+    assert [(c.knob, c.before, c.after) for c in changes] == [("learning_rate", 5e-3, 1e-3)]
+    assert ctl.counts["rollbacks"] == 1 and ctl.state.last_rollback_at == 1
+    assert adapter.saved == [tmp_path / "best.json"]
+
+
+def test_rollback_without_best_raises(tmp_path: Path) -> None:
+    ctl, _ = make_controller(tmp_path)
+    with pytest.raises(ManagerError):
+        ctl.rollback()
+    with pytest.raises(ManagerError):
+        Controller(FakeAdapter(), "none", run_dir=tmp_path).boundary(observation(1, 0.0))  # not started
+
+
+def test_stop_ends_and_end_on_best(tmp_path: Path) -> None:
+    gates = GateConfig(stop_patience=2)
+    ctl, adapter = make_controller(
+        tmp_path,
+        Scripted([{"action": "stop_training"}] * 3),
+        gates=gates,
+        targets=Targets(success_rate=0.5, max_violation_rate=None),
+        end_on_best=True,
+    )
+    adapter.weights["w"] = 1.0
+    results = [ctl.boundary(observation(1000 * i, s)) for i, s in enumerate([0.9, 0.8], start=1)]
+    assert results == [True, False] and ctl.stopped
+    adapter.weights["w"] = 5.0
+    summary = ctl.close()
+    assert adapter.weights == {"w": 1.0}  # ended on the best checkpoint
+    assert summary["stopped_by_manager"] and read_audit(tmp_path)[-1].kind == "note"
+
+
+def test_async_reply_applied_at_next_boundary(tmp_path: Path) -> None:
+    gate = threading.Event()
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)], gate=gate), async_decisions=True)
+    ctl.boundary(observation(1000, 0.2))
+    assert ctl.pending and adapter.values["learning_rate"] == 1e-3  # never waits for the manager
+    gate.set()
+    assert ctl.decider is not None and ctl.decider.wait(10)
+    ctl.boundary(observation(2000, 0.2))
+    assert adapter.values["learning_rate"] == pytest.approx(5e-4)
+    rec = read_audit(tmp_path)[0]
+    assert rec.applied and rec.requested_at == 0 and rec.evaluation_index == 1
+    assert rec.snapshot.position.evaluation_index == 0  # audited with the snapshot it was asked on
+
+
+def test_async_stale_and_abandoned(tmp_path: Path) -> None:
+    ctl, _ = make_controller(tmp_path, Scripted(), async_decisions=True, max_age=0)
+    for i in range(3):
+        ctl.boundary(observation(1000 * (i + 1), 0.2))
+        assert ctl.decider is not None and ctl.decider.wait(10)
+    ctl.close()
+    records = read_audit(tmp_path)
+    assert [r.kind for r in records] == ["stale", "stale", "abandoned"]
+    assert [r.requested_at for r in records] == [0, 1, 2]
+    assert records[0].attempts and records[0].proposer == "scripted"
+    assert ctl.counts["stale"] == 2 and ctl.counts["abandoned"] == 1 and ctl.counts["decisions"] == 0
+
+
+def test_async_pending_request_abandoned(tmp_path: Path) -> None:
+    gate = threading.Event()
+    ctl, _ = make_controller(tmp_path, Scripted(gate=gate), async_decisions=True)
+    ctl.boundary(observation(1000, 0.2))
+    ctl.close()
+    gate.set()
+    (rec,) = read_audit(tmp_path)
+    assert rec.kind == "abandoned" and "pending after the end" in rec.message and rec.snapshot is not None
+
+
+def test_async_reply_rejected_on_revalidation(tmp_path: Path) -> None:
+    gate = threading.Event()
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)], gate=gate), async_decisions=True)
+    ctl.boundary(observation(1000, 0.2))
+    adapter.values["learning_rate"] = 5e-4  # the recipe moved on while the request was pending
+    gate.set()
+    assert ctl.decider is not None and ctl.decider.wait(10)
+    ctl.boundary(observation(2000, 0.2))
+    rec = read_audit(tmp_path)[0]
+    assert not rec.applied and rec.decision.action == "no_action" and rec.fallback == "no_action"
+    assert rec.attempts[-1].proposer == "guard" and rec.attempts[-1].errors
+    assert ctl.counts["revalidation_rejected"] == 1
+
+
+def test_async_failed_request_is_a_noop_decision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("endpoint down")
+
+    monkeypatch.setattr(controller_module, "decide", boom)
+    ctl, _ = make_controller(tmp_path, Scripted(), async_decisions=True)
+    ctl.boundary(observation(1000, 0.2))
+    assert ctl.decider is not None and ctl.decider.wait(10)
+    ctl.boundary(observation(2000, 0.2))
+    rec = read_audit(tmp_path)[0]
+    assert rec.kind == "decision" and rec.decision.action == "no_action" and not rec.applied
+    assert "endpoint down" in rec.attempts[0].errors[0]
+
+
+def test_resume_continues_state_audit_and_best(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)]), best_file="best.json")
+    adapter.weights["w"] = 1.0
+    ctl.boundary(observation(1000, 0.5))
+    ctl.boundary(observation(2000, 0.1))
+    ctl.close()
+    fresh = FakeAdapter()  # a new process: knob values are re-applied from the saved state
+    again = Controller(fresh, "none", run_dir=tmp_path, knobs=fresh.knobs(), fallback=None, best_file="best.json")
+    again.start()
+    assert again.run_id == ctl.run_id and again.state.evaluation_index == 1
+    assert fresh.values["learning_rate"] == pytest.approx(5e-4)
+    again.boundary(observation(3000, 0.2))
+    assert [r.seq for r in read_audit(tmp_path)] == [0, 1, 2]
+    fresh.weights["w"] = 9.0
+    again.rollback()
+    assert fresh.weights == {"w": 1.0}  # the best checkpoint came back from its file
+
+
+def test_hold_is_audited_without_asking(tmp_path: Path) -> None:
+    manager = Scripted()
+    ctl, _ = make_controller(tmp_path, manager)
+    obs = observation(100, 0.0)
+    obs.hold = "warming up"
+    ctl.boundary(obs)
+    assert manager.calls == 0 and read_audit(tmp_path)[0].proposer == "controller"
