@@ -36,6 +36,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import Schedule
 
@@ -72,6 +73,8 @@ class SplitLRActorCriticPolicy(ActorCriticPolicy):
     :param lr_schedule: the algorithm's learning-rate schedule (drives the actor group).
     :param critic_lr: absolute learning rate of the critic group, kept across SB3's LR updates;
         ``None`` lets the critic follow the schedule like the actor (plain SB3 behaviour, two groups).
+    :param squash_mean: Gaussian mean ``tanh(action_net(latent))`` instead of linear (the paper's
+        actor; Box actions only, without gSDE). Samples are not squashed: the env clips them.
     :param kwargs: passed to ``ActorCriticPolicy``.
     """
 
@@ -82,11 +85,15 @@ class SplitLRActorCriticPolicy(ActorCriticPolicy):
         lr_schedule: Schedule,
         *args: Any,
         critic_lr: float | None = None,
+        squash_mean: bool = False,
         **kwargs: Any,
     ) -> None:
         # read by _build, which ActorCriticPolicy.__init__ calls
         self._initial_critic_lr = None if critic_lr is None else _check_lr(critic_lr)
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+        if squash_mean and not isinstance(self.action_dist, DiagGaussianDistribution):
+            raise ValueError(f"squash_mean needs a diagonal Gaussian policy, got {type(self.action_dist).__name__}")
+        self.squash_mean = bool(squash_mean)
 
     def _critic_modules(self) -> list[th.nn.Module]:
         extractor_value_net = getattr(self.mlp_extractor, "value_net", None)
@@ -111,9 +118,15 @@ class SplitLRActorCriticPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(groups, lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         self.optimizer.register_step_pre_hook(apply_fixed_lr)
 
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
+        if not self.squash_mean:
+            return super()._get_action_dist_from_latent(latent_pi)
+        mean_actions = th.tanh(self.action_net(latent_pi))
+        return self.action_dist.proba_distribution(mean_actions, self.log_std)  # type: ignore[call-arg]
+
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data["critic_lr"] = self.critic_lr
+        data.update(critic_lr=self.critic_lr, squash_mean=self.squash_mean)
         return data
 
     def param_group(self, name: str) -> dict[str, Any]:

@@ -382,3 +382,16 @@ def test_renders_rgb_array() -> None:
     assert PaperReacherEnv().render() is None
     with pytest.raises(ValueError):
         PaperReacherEnv(render_mode="human")
+
+
+def test_split_lr_policy_squash_mean() -> None:
+    import torch as th
+
+    model = _tiny_ppo(critic_lr=1e-3, squash_mean=True)
+    policy = model.policy
+    with th.no_grad():
+        policy.action_net.weight.mul_(1e3)  # a linear mean far outside [-1, 1]
+        obs = th.as_tensor(np.stack([model.get_env().observation_space.sample() for _ in range(8)]))
+        mean = policy.get_distribution(obs).distribution.mean
+    assert float(mean.abs().max()) <= 1.0 and policy._get_constructor_parameters()["squash_mean"] is True
+    assert not _tiny_ppo().policy.squash_mean
