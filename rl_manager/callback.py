@@ -26,12 +26,11 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from rl_manager.actuators import KnobBounds, discover_actuators
-from rl_manager.controller import ACTION_CODES, Controller, Observation
+from rl_manager.controller import ACTION_CODES, Controlled, Controller, Observation
 from rl_manager.knobs import Knob
 from rl_manager.managers import Manager
 from rl_manager.menu import GateConfig
 from rl_manager.schema import EvalMetrics, Targets
-from rl_manager.state import TelemetryState
 from rl_manager.telemetry import EvalResult, LoggerCapture, algo_health, evaluate, train_window
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def save_last(model, run_dir: str | os.PathLike) -> None:
         model.save_replay_buffer(Path(run_dir) / "last_replay_buffer.pkl")
 
 
-class ManagerCallback(BaseCallback):
+class ManagerCallback(BaseCallback, Controlled):
     """Bounded closed-loop control of an SB3 run.
 
     :param manager: a :class:`~rl_manager.managers.Manager` or a registered name (``"rule"``).
@@ -112,20 +111,13 @@ class ManagerCallback(BaseCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
+        # fmt: off
         self.controller = Controller(
-            self,
-            manager,
-            run_dir=run_dir,
-            fallback=fallback,
-            gates=gates,
-            targets=targets,
-            async_decisions=async_decisions,
-            max_age=max_age,
-            run_id=run_id,
-            best_file="best_model.zip",
-            end_on_best=end_on_best,
+            self, manager, run_dir=run_dir, fallback=fallback, gates=gates, targets=targets, run_id=run_id,
+            async_decisions=async_decisions, max_age=max_age, best_file="best_model.zip", end_on_best=end_on_best,
             verbose=verbose,
         )
+        # fmt: on
         self.eval_env = eval_env
         self.eval_freq = int(eval_freq)
         self.n_eval_episodes = n_eval_episodes
@@ -250,27 +242,7 @@ class ManagerCallback(BaseCallback):
             if value is not None:
                 rec(key, value)
 
-    # ----------------------------------------------------------------------------- views
     @property
     def actuators(self) -> dict[str, Knob]:
         """The knobs discovered on the model."""
         return self.controller.knobs
-
-    @property
-    def state(self) -> TelemetryState:
-        """The run state (evaluation log, best, interventions)."""
-        return self.controller.state
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Decision counters (see :class:`~rl_manager.core.DecisionLedger`)."""
-        return self.controller.counts
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the manager stopped training."""
-        return self.controller.stopped
-
-    def summary(self) -> dict[str, Any]:
-        """Counters for ``summary.json``."""
-        return self.controller.summary()

@@ -539,3 +539,32 @@ class Controller:
             "knobs_final": self.knob_values(),
             "interventions": self.interventions,
         }
+
+
+class Controlled:
+    """Views of an adapter's :attr:`controller`, the same on every integration."""
+
+    controller: Controller
+
+    @property
+    def state(self) -> TelemetryState:
+        """The run state (evaluation log, best, interventions)."""
+        return self.controller.state
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Decision counters (see :class:`~rl_manager.core.DecisionLedger`)."""
+        return self.controller.counts
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the manager stopped training."""
+        return self.controller.stopped
+
+    def knob_values(self) -> dict[str, float]:
+        """Current value of every knob."""
+        return self.controller.knob_values()
+
+    def summary(self) -> dict[str, Any]:
+        """Counters, best checkpoint, final knobs and applied interventions (``summary.json``)."""
+        return self.controller.summary()

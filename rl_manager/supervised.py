@@ -42,12 +42,12 @@ from typing import Any
 import torch as th
 from torch import nn
 
-from rl_manager.controller import Controller, Observation
+from rl_manager.controller import Controlled, Controller, Observation
 from rl_manager.knobs import FnKnob, Knob, ManagerError
 from rl_manager.managers import Manager
 from rl_manager.menu import GateConfig
 from rl_manager.schema import EvalMetrics, ResolvedChange, Targets, TrainWindow
-from rl_manager.state import NEG_VAL_LOSS, TelemetryState
+from rl_manager.state import NEG_VAL_LOSS
 
 #: name of the score of a supervised run: the negated validation loss (higher is better)
 SCORE_NAME = NEG_VAL_LOSS
@@ -151,7 +151,7 @@ def default_knobs(optimizer: th.optim.Optimizer, model: nn.Module | None) -> lis
 
 
 # ---------------------------------------------------------------------------------------------- manager
-class TorchManager:
+class TorchManager(Controlled):
     """Bounded closed-loop control of a plain PyTorch training loop.
 
     :param optimizer: the optimiser whose ``param_groups`` hold the learning rate and weight decay.
@@ -301,26 +301,9 @@ class TorchManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def knob_values(self) -> dict[str, float]:
-        """Current value of every knob."""
-        return self.controller.knob_values()
-
     @property
     def knobs(self) -> dict[str, Knob]:
         return self.controller.knobs
-
-    @property
-    def state(self) -> TelemetryState:
-        return self.controller.state
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Decision counters (see :class:`~rl_manager.core.DecisionLedger`)."""
-        return self.controller.counts
-
-    @property
-    def stopped(self) -> bool:
-        return self.controller.stopped
 
     @property
     def pending(self) -> bool:
@@ -331,7 +314,3 @@ class TorchManager:
     def best_state(self) -> dict[str, Any] | None:
         """The in-memory best checkpoint."""
         return self.controller.best_checkpoint
-
-    def summary(self) -> dict[str, Any]:
-        """Counters, best checkpoint, final knobs and applied interventions."""
-        return self.controller.summary()
