@@ -6,6 +6,7 @@ Importing :mod:`rl_manager.envs` calls :func:`register_all`, which is idempotent
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 
 import gymnasium as gym
@@ -39,6 +40,7 @@ _PAPER_REACHER_IDS: dict[str, str] = {
     f"{NAMESPACE}/PaperReacherHard-v0": "hard",
 }
 
+logger = logging.getLogger(__name__)
 _FULL_ID = re.compile(r"-v\d+$")
 
 
@@ -48,10 +50,17 @@ def registered_ids() -> list[str]:
 
 
 def register_all() -> None:
-    """Register Gymnasium-Robotics and the ``rl_manager/`` ids (safe to call more than once)."""
-    import gymnasium_robotics
+    """Register Gymnasium-Robotics and the ``rl_manager/`` ids (safe to call more than once).
 
-    gym.register_envs(gymnasium_robotics)
+    Without ``gymnasium_robotics`` (a machine that only runs the numpy reacher, say) the Fetch ids are
+    still registered; making one fails then with gymnasium-robotics' import error.
+    """
+    try:
+        import gymnasium_robotics
+    except ImportError as exc:  # pragma: no cover - the package is a dependency
+        logger.warning("gymnasium-robotics is not importable (%s): Fetch environments will not work", exc)
+    else:
+        gym.register_envs(gymnasium_robotics)
     for env_id, task in _SAFE_FETCH_IDS.items():
         if env_id not in gym.registry:
             gym.register(

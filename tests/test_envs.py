@@ -30,7 +30,7 @@ def _cost_wrapper(env: gym.Env) -> FetchSafetyCost:
 
 # -- registration and checkers -----------------------------------------------------------------
 def test_registered_ids_exist_and_register_is_idempotent() -> None:
-    assert len(registered_ids()) == 8
+    assert len(registered_ids()) == 12
     register_all()
     register_all()
     for env_id in registered_ids():
