@@ -21,8 +21,11 @@ COMMANDS: dict[str, str] = {
     "schema": "rl_manager.schema",
 }
 
-USAGE = "usage: rl-manager {" + ",".join(COMMANDS) + "} [ARGS ...]\n\n" + "\n".join(
-    f"  {name:<8} python -m {module}" for name, module in COMMANDS.items()
+USAGE = (
+    "usage: rl-manager {"
+    + ",".join(COMMANDS)
+    + "} [ARGS ...]\n\n"
+    + "\n".join(f"  {name:<8} python -m {module}" for name, module in COMMANDS.items())
 )
 
 
