@@ -41,6 +41,7 @@ from rl_manager.core import DecisionLedger, Outcome, decide
 from rl_manager.knobs import Knob, ManagerError
 from rl_manager.managers import Manager, make_manager
 from rl_manager.menu import GateConfig, build_action_space
+from rl_manager.probation import Probation, Trial
 from rl_manager.schema import (
     ActionName,
     AlgoHealth,
@@ -150,6 +151,10 @@ class Controller:
     :param best_file: file name in ``run_dir`` the best checkpoint is also written to (``None``: memory only).
     :param resume: load ``manager_state.json`` from ``run_dir`` at :meth:`start` if there is one.
     :param end_on_best: at :meth:`close`, restore the best checkpoint (weights and knobs).
+    :param probation: judges every applied ``adjust`` on the paired scores after it and reverts it
+        (pre-change checkpoint and knobs) when it made the run significantly worse; the move is then
+        recorded as ``worse`` so that no manager repeats it. Default :class:`Probation()`; set
+        ``controller.probation = None`` to switch verification off.
     :param verbose: 1 prints each decision.
     """
 
@@ -173,6 +178,7 @@ class Controller:
         best_file: str | None = None,
         resume: bool = True,
         end_on_best: bool = False,
+        probation: Probation | None = None,
         verbose: int = 0,
     ) -> None:
         self.adapter = adapter
@@ -188,6 +194,7 @@ class Controller:
         self.run_id = run_id
         self.history_len, self.best_file = history_len, best_file
         self.resume, self.end_on_best, self.verbose = resume, end_on_best, verbose
+        self.probation: Probation | None = probation if probation is not None else Probation()
         self.state = TelemetryState(score_name=score_name)
         self.tracker = InterventionTracker()
         self.ledger = DecisionLedger()
@@ -286,7 +293,14 @@ class Controller:
         return score
 
     def on_score(self, score: float | None) -> None:
-        """Process the measured score of this boundary (the hook for probation); keeps the best checkpoint."""
+        """Process the measured score of this boundary: judge the change on probation, keep the best checkpoint."""
+        if self.probation is not None and self.probation.active is not None:
+            n = self.observation.evaluation.n_episodes if self._rate_score() else None
+            verdict = self.probation.judge(score, n)
+            if verdict == "revert":
+                self._revert()
+            elif verdict == "kept":
+                self.probation.close()
         best = self.state.best
         if score is None or not math.isfinite(score) or (best is not None and score <= best.score):
             return
@@ -394,6 +408,85 @@ class Controller:
         )
         logger.info("%s: %s", kind, message)
 
+    def _rate_score(self) -> bool:
+        return self.state.score_name in ("safe_success_rate", "success_rate")
+
+    def _revert(self) -> None:
+        """Undo the change on probation: restore its pre-change checkpoint and knobs; record it as ``worse``."""
+        assert self.probation is not None and self.audit is not None
+        trial = self.probation.close()
+        if trial is None:
+            return
+        before = self.knob_values()
+        try:
+            self.adapter.restore(trial.checkpoint)
+            for name, value in trial.knobs_before.items():
+                if name in self.knobs and self.knobs[name].read(self.target) != value:
+                    self.knobs[name].write(self.target, value)
+                    self.state.knob_last_changed[name] = self.state.evaluation_index
+        except Exception as exc:  # never raised into training
+            logger.exception("reverting the change of evaluation %d failed", trial.evaluation_index)
+            self.audit.append(
+                kind="note",
+                step=self.observation.step,
+                evaluation_index=self.state.evaluation_index,
+                message=f"probation: revert failed: {type(exc).__name__}: {exc}",
+            )
+            return
+        for item in self.state.interventions:
+            if item.evaluation_index == trial.evaluation_index and item.action == "adjust":
+                item.verdict = "worse"
+        self.ledger.counts["reverts"] = self.ledger.counts.get("reverts", 0) + 1
+        lost = max(0, self.observation.step - trial.step)
+        self.ledger.counts["reverted_steps"] = self.ledger.counts.get("reverted_steps", 0) + lost
+        after = self.knob_values()
+        scores = ", ".join(f"{x:.3g}" for x in trial.scores_after)
+        message = (
+            f"probation: reverted {trial.describe()} of evaluation {trial.evaluation_index} "
+            f"(score before {trial.score_before:.3g}, after [{scores}]); {lost} env steps discarded"
+        )
+        self.interventions.append(
+            {
+                "step": self.observation.step,
+                "evaluation_index": self.state.evaluation_index,
+                "action": "revert",
+                "changes": [
+                    ResolvedChange(knob=n, before=before[n], after=after[n]).model_dump()
+                    for n in self.knobs
+                    if before[n] != after[n]
+                ],
+            }
+        )
+        self.audit.append(
+            kind="note",
+            step=self.observation.step,
+            evaluation_index=self.state.evaluation_index,
+            knobs_before=before,
+            knobs_after=after,
+            message=message,
+        )
+        logger.info(message)
+
+    def _open_trial(self, checkpoint: Any, before: dict[str, float], changes: list[ResolvedChange]) -> None:
+        """Put an applied adjust on probation, measured from this boundary's score."""
+        if self.probation is None:
+            return
+        score = self.state.history[-1].score if self.state.history else None
+        if score is None or not math.isfinite(score):
+            self.probation.close()
+            return
+        self.probation.open(
+            Trial(
+                evaluation_index=self.state.evaluation_index,
+                step=self.observation.step,
+                score_before=score,
+                n_before=self.observation.evaluation.n_episodes if self._rate_score() else None,
+                changes=changes,
+                checkpoint=checkpoint,
+                knobs_before=before,
+            )
+        )
+
     # ------------------------------------------------------------------------------------- actuation
     def knob_values(self) -> dict[str, float]:
         """Current value of every knob."""
@@ -408,25 +501,30 @@ class Controller:
             self.state.knob_last_changed[c.knob] = self.state.evaluation_index
         return applied
 
-    def _restore_best(self) -> list[ResolvedChange]:
+    def _restore_best(self, keep_recipe: bool = False) -> list[ResolvedChange]:
         before = self.knob_values()
         self.adapter.restore(self.best_checkpoint)
         assert self.state.best is not None
-        for name, value in self.state.best.knobs.items():
+        for name, value in ({} if keep_recipe else self.state.best.knobs).items():
             if name in self.knobs and self.knobs[name].read(self.target) != value:
                 self.knobs[name].write(self.target, value)
         after = self.knob_values()
         return [ResolvedChange(knob=n, before=before[n], after=after[n]) for n in self.knobs if before[n] != after[n]]
 
-    def rollback(self) -> list[ResolvedChange]:
-        """Restore the best checkpoint (weights, optimiser state) and the knobs it was reached with.
+    def rollback(self, keep_recipe: bool = True) -> list[ResolvedChange]:
+        """Restore the best checkpoint (weights, optimiser state); keep the current recipe (as the paper does).
+
+        :param keep_recipe: keep the knobs as they are now (later changes are not undone); ``False``
+            also restores the knobs the best checkpoint was reached with.
 
         :return: the knob changes (values before the rollback, values after it).
         :raises ManagerError: if there is no best checkpoint yet.
         """
         if self.best_checkpoint is None or self.state.best is None:
             raise ManagerError("no best checkpoint in memory")
-        changes = self._restore_best()
+        if self.probation is not None:
+            self.probation.close()  # a rollback supersedes the change on probation
+        changes = self._restore_best(keep_recipe)
         self.state.last_rollback_at = self.state.evaluation_index
         self.ledger.counts["rollbacks"] += 1
         return changes
@@ -441,7 +539,9 @@ class Controller:
         changes: list[ResolvedChange] = []
         try:
             if decision.action == "adjust":
+                checkpoint = self.adapter.checkpoint() if self.probation is not None else None
                 changes, applied = self._write(outcome.changes), True
+                self._open_trial(checkpoint, before, changes)
             elif decision.action in ("rollback_to_best", "rollback_and_consolidate"):
                 changes = self.rollback()
                 if decision.action == "rollback_and_consolidate":

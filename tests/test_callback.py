@@ -94,7 +94,7 @@ def test_rollback_restores_best_weights_and_knobs(tmp_path):
     with th.no_grad():
         for p in model.policy.parameters():
             p.add_(1.0)
-    changes = cb.controller.rollback()
+    changes = cb.controller.rollback(keep_recipe=False)
     for k, v in model.policy.state_dict().items():
         assert th.equal(v, best[k]), k
     assert cb.actuators["learning_rate"].read(model) == pytest.approx(best_lr)

@@ -47,10 +47,13 @@ def test_best_checkpoint_and_rollback(tmp_path: Path) -> None:
     ctl.boundary(observation(1000, 0.5))  # best
     adapter.weights["w"], adapter.values["learning_rate"] = 2.0, 5e-3
     ctl.boundary(observation(2000, 0.1))
-    changes = ctl.rollback()
+    assert ctl.rollback() == []  # the paper's rollback: weights back, the current recipe kept
+    assert adapter.weights == {"w": 1.0} and adapter.values["learning_rate"] == pytest.approx(5e-3)
+    adapter.weights["w"] = 2.0
+    changes = ctl.rollback(keep_recipe=False)
     assert adapter.weights == {"w": 1.0} and adapter.values["learning_rate"] == pytest.approx(1e-3)
     assert [(c.knob, c.before, c.after) for c in changes] == [("learning_rate", 5e-3, 1e-3)]
-    assert ctl.counts["rollbacks"] == 1 and ctl.state.last_rollback_at == 1
+    assert ctl.counts["rollbacks"] == 2 and ctl.state.last_rollback_at == 1
     assert adapter.saved == [tmp_path / "best.json"]
 
 
@@ -147,6 +150,7 @@ def test_async_failed_request_is_a_noop_decision(tmp_path: Path, monkeypatch: py
 
 def test_resume_continues_state_audit_and_best(tmp_path: Path) -> None:
     ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)]), best_file="best.json")
+    ctl.probation = None  # (probation would revert the change after this drop: tested on its own)
     adapter.weights["w"] = 1.0
     ctl.boundary(observation(1000, 0.5))
     ctl.boundary(observation(2000, 0.1))
@@ -170,3 +174,33 @@ def test_hold_is_audited_without_asking(tmp_path: Path) -> None:
     obs.hold = "warming up"
     ctl.boundary(obs)
     assert manager.calls == 0 and read_audit(tmp_path)[0].proposer == "controller"
+
+
+def test_probation_reverts_a_harmful_change_and_marks_it_worse(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-3)]))
+    adapter.weights["w"] = 1.0
+    ctl.boundary(observation(1000, 0.8, n=200))  # the change is applied here, from w=1
+    assert adapter.values["learning_rate"] == pytest.approx(5e-3) and ctl.probation.active is not None
+    adapter.weights["w"] = 2.0  # training went on under the new recipe ...
+    ctl.boundary(observation(2000, 0.3, n=200))  # ... and the paired score collapsed
+    assert adapter.weights == {"w": 1.0} and adapter.values["learning_rate"] == pytest.approx(1e-3)
+    assert ctl.state.interventions[0].verdict == "worse" and ctl.counts["reverts"] == 1
+    assert ctl.counts["reverted_steps"] == 1000
+    note = [r for r in read_audit(tmp_path) if r.kind == "note"][-1]
+    assert "reverted learning_rate" in note.message and note.knobs_after["learning_rate"] == pytest.approx(1e-3)
+
+
+def test_probation_keeps_a_change_within_the_noise(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-3)]))
+    for i, score in enumerate([0.8, 0.78, 0.8, 0.79]):
+        ctl.boundary(observation(1000 * (i + 1), score, n=200))
+    assert adapter.values["learning_rate"] == pytest.approx(5e-3) and ctl.probation.active is None
+    assert ctl.counts.get("reverts", 0) == 0
+
+
+def test_probation_can_be_switched_off(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-3)]))
+    ctl.probation = None
+    ctl.boundary(observation(1000, 0.8, n=200))
+    ctl.boundary(observation(2000, 0.1, n=200))
+    assert adapter.values["learning_rate"] == pytest.approx(5e-3)
