@@ -165,9 +165,29 @@ class RewardWeight(Knob):
         model.get_env().env_method("set_reward_weights", **{self.name: value})
 
 
+class CriticLearningRate(Knob):
+    """Critic learning rate of a :class:`~rl_manager.policies.SplitLRActorCriticPolicy` (its own param group).
+
+    Role ``other``: rules that move "the learning rate" (KL, starved) move the actor's only.
+    """
+
+    name, role, conservative = "critic_lr", "other", "down"
+
+    def _read(self, model: BaseAlgorithm) -> float:
+        from rl_manager.policies import read_critic_lr
+
+        return read_critic_lr(model)
+
+    def _write(self, model: BaseAlgorithm, value: float) -> None:
+        from rl_manager.policies import write_critic_lr
+
+        write_critic_lr(model, value)
+
+
 #: default bounds (the paper's where it has them)
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "learning_rate": (1e-5, 3e-3),
+    "critic_lr": (1e-5, 1e-2),
     "ent_coef": (0.0, 0.1),
     "sac_ent_coef": (1e-4, 1.0),
     "noise_sigma": (0.01, 1.0),
@@ -211,6 +231,10 @@ def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | 
     """
     b = DEFAULT_BOUNDS
     acts: list[Actuator] = [LearningRate(*b["learning_rate"])]
+    from rl_manager.policies import has_critic_lr
+
+    if has_critic_lr(model):
+        acts.append(CriticLearningRate(*b["critic_lr"]))
     if (
         hasattr(model, "ent_coef")
         and isinstance(getattr(model, "ent_coef", None), float | int)

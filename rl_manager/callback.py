@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rl_manager.actuators import KnobBounds, discover_actuators
 from rl_manager.controller import ACTION_CODES, Controlled, Controller, Observation
+from rl_manager.evaluation import PairedEvaluator
 from rl_manager.knobs import Knob
 from rl_manager.managers import Manager
 from rl_manager.menu import GateConfig
@@ -70,6 +71,8 @@ class ManagerCallback(BaseCallback, Controlled):
         results, or training-window telemetry at checkpoint boundaries).
     :param eval_freq: standalone mode: decide every ``eval_freq`` calls (per env step of a VecEnv).
     :param n_eval_episodes: evaluation episodes per boundary (standalone mode).
+    :param evaluator: a :class:`~rl_manager.evaluation.PairedEvaluator` used instead of ``eval_env``:
+        the same scenes at every boundary, per-cell results, Wilson intervals, a stochastic pass.
     :param deterministic: deterministic evaluation actions.
     :param fallback: manager used when the primary gives no valid decision (``None``: no-op).
     :param gates: gate configuration.
@@ -108,6 +111,7 @@ class ManagerCallback(BaseCallback, Controlled):
         async_decisions: bool = False,
         max_age: int = 2,
         end_on_best: bool = False,
+        evaluator: PairedEvaluator | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -118,7 +122,7 @@ class ManagerCallback(BaseCallback, Controlled):
             verbose=verbose,
         )
         # fmt: on
-        self.eval_env = eval_env
+        self.eval_env, self.evaluator = eval_env, evaluator
         self.eval_freq = int(eval_freq)
         self.n_eval_episodes = n_eval_episodes
         self.deterministic = deterministic
@@ -164,6 +168,8 @@ class ManagerCallback(BaseCallback, Controlled):
 
     # ----------------------------------------------------------------------------- observation
     def _own_eval_metrics(self) -> EvalMetrics:
+        if self.evaluator is not None:  # paired scenes: the same seeds at every boundary
+            return self.evaluator.evaluate(self.model)
         if self.eval_env is None:
             return EvalMetrics()  # checkpoint boundary: training-window telemetry only
         self.last_eval = evaluate(

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from rl_manager.io import InputError, load_data
+from rl_manager.managers import MANAGERS
 from rl_manager.schema import HistoryRow
 
 logger = logging.getLogger("rl_manager.train")
@@ -50,7 +51,7 @@ def recipe_file(algo: str) -> Path:
 DEFAULT_ALGO = {"Fetch": "tqc", "PlanarReacher": "ppo"}
 RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
 #: keys of a recipe that are not algorithm constructor arguments
-RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "policy", "manager_knobs", "targets")
+RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "policy", "manager_knobs", "targets", "env_kwargs")
 
 
 def algo_classes() -> dict[str, type]:
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", default=None, help="exact run folder (default: a new one under the log folder)")
     p.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE", help="recipe overrides")
     p.add_argument("--hyperparams-file", default=None, help="recipe YAML (default: the packaged <algo>.yml)")
-    p.add_argument("--manager", default="auto", choices=["none", "rule", "llm", "auto"])
+    p.add_argument("--manager", default="auto", choices=[*sorted(MANAGERS), "auto"])
     p.add_argument(
         "--llm-gguf",
         default=None,
@@ -205,19 +206,78 @@ def write_evaluations(path: Path, history: list[HistoryRow]) -> None:
     )
 
 
+#: base seeds of the paired scene sets: boundary evaluations and the final held-out evaluation use
+#: fixed scenes far from any training seed (the same for every run, so arms are paired too)
+EVAL_BASE_SEED, HELDOUT_BASE_SEED = 1_000_000, 2_000_000
+
+
+def difficulty_cells(env_id: str) -> dict[str, str] | None:
+    """Per-difficulty env ids of the reachers (``None`` for other tasks)."""
+    for family in ("PlanarReacher", "PaperReacher"):
+        if env_id.startswith(f"rl_manager/{family}-"):
+            return {d: f"rl_manager/{family}{d.capitalize()}-v0" for d in ("easy", "medium", "hard")}
+    return None
+
+
+def paired_evaluator(config: dict[str, Any], n_episodes: int, base_seed: int):
+    """A :class:`~rl_manager.evaluation.PairedEvaluator` for the run's task, or ``None`` for dict observations."""
+    import gymnasium as gym
+
+    from rl_manager.evaluation import CellSpec, PairedEvaluator
+
+    env_kwargs = config["recipe"].get("env_kwargs") or None
+    probe = gym.make(config["env_id"], **(env_kwargs or {}))
+    dict_obs = isinstance(probe.observation_space, gym.spaces.Dict)
+    probe.close()
+    if dict_obs:
+        return None  # goal-conditioned Fetch tasks keep the SB3 evaluation loop
+    cells = difficulty_cells(config["env_id"])
+    if cells:
+        per_cell = max(1, n_episodes // len(cells))
+        return PairedEvaluator.for_difficulties(
+            cells, n_per_cell=per_cell, base_seed=base_seed, env_kwargs=env_kwargs, stochastic=True
+        )
+    return PairedEvaluator(
+        [CellSpec("all", config["env_id"], n_episodes, env_kwargs=env_kwargs)], base_seed=base_seed, stochastic=True
+    )
+
+
 def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[str, Any]:
-    """Deterministic and stochastic evaluation on seeds the manager never saw."""
+    """Deterministic and stochastic evaluation on seeds the manager never saw.
+
+    Tasks with difficulty cells play ``n_episodes`` per difficulty on a fixed held-out scene set.
+    """
+    from rl_manager.evaluation import _concat
+
+    cells = difficulty_cells(config["env_id"])
+    evaluator = paired_evaluator(config, n_episodes * len(cells), HELDOUT_BASE_SEED) if cells else None
+    if evaluator is not None:
+        out: dict[str, Any] = {}
+        try:
+            for mode, deterministic in (("deterministic", True), ("stochastic", False)):
+                results = evaluator.play(model, deterministic=deterministic)
+                out[f"{mode}/all"] = _concat(results).metrics().model_dump(mode="json")
+                for cell, result in zip(evaluator.cells, results, strict=True):
+                    out[f"{mode}/{cell.name}"] = result.metrics().model_dump(mode="json")
+        finally:
+            evaluator.close()
+        return out
+    return _sb3_heldout(model, config, n_episodes)
+
+
+def _sb3_heldout(model, config: dict[str, Any], n_episodes: int) -> dict[str, Any]:
+    """Held-out evaluation through SB3 vec envs (tasks without difficulty cells)."""
     from stable_baselines3.common.env_util import make_vec_env
 
     from rl_manager.telemetry import evaluate
 
     out: dict[str, Any] = {}
     env_ids = {"all": config["env_id"]}
-    if config["env_id"].startswith("rl_manager/PlanarReacher-"):
-        env_ids.update({d: f"rl_manager/PlanarReacher{d.capitalize()}-v0" for d in ("easy", "medium", "hard")})
     for mode, deterministic in (("deterministic", True), ("stochastic", False)):
         for cell, env_id in env_ids.items():
-            env = make_vec_env(env_id, n_envs=1, seed=config["seed"] + 20_000)
+            env = make_vec_env(
+                env_id, n_envs=1, seed=config["seed"] + 20_000, env_kwargs=config["recipe"].get("env_kwargs")
+            )
             m = evaluate(model, env, n_episodes, deterministic=deterministic).metrics()
             env.close()
             out[f"{mode}/{cell}"] = m.model_dump(mode="json")
@@ -336,20 +396,24 @@ def train(
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
+    import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
     from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last
     from rl_manager.knobs import KnobBounds
     from rl_manager.schema import Targets
 
     recipe = config["recipe"]
     n_envs = int(recipe.get("n_envs", 1))
+    env_kwargs = recipe.get("env_kwargs") or None
     env = make_vec_env(
         config["env_id"],
         n_envs=n_envs,
         seed=config["seed"] + (1000 if resume else 0),
         monitor_dir=str(run_dir),
         monitor_kwargs={"info_keywords": tuple(config["info_keywords"])},
+        env_kwargs=env_kwargs,
     )
-    eval_env = make_vec_env(config["env_id"], n_envs=1, seed=config["seed"] + 10_000)
+    eval_env = make_vec_env(config["env_id"], n_envs=1, seed=config["seed"] + 10_000, env_kwargs=env_kwargs)
+    evaluator = paired_evaluator(config, config["eval_episodes"], EVAL_BASE_SEED)
     last = run_dir / "last_model.zip"
     if resume and not last.exists():
         raise InputError(f"{run_dir}: no last_model.zip to resume from")
@@ -366,6 +430,8 @@ def train(
         knobs=knobs,
         async_decisions=bool(config.get("async_decisions", False)),
         max_age=int(config.get("max_age", 2)),
+        end_on_best=bool(getattr(MANAGERS.get(config["manager"]), "end_on_best", False)),
+        evaluator=evaluator,
         verbose=verbose,
     )
     remaining = config["n_timesteps"] - (model.num_timesteps if resume else 0)
@@ -408,6 +474,8 @@ def train(
     print(f"audit: python -m rl_manager.audit show {run_dir}")
     env.close()
     eval_env.close()
+    if evaluator is not None:
+        evaluator.close()
     return 0
 
 

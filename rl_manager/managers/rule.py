@@ -362,6 +362,8 @@ class RuleManager(Manager):
             knob = menu.knob(c.knob)
             if knob is None:
                 continue
+            if math.isclose(knob.current, c.before, rel_tol=1e-6):
+                continue  # already reverted (the controller's probation restores the old value)
             back = "down" if c.after > c.before else "up"
             moves = [o for o in knob.options if (o.value < knob.current if back == "down" else o.value > knob.current)]
             if moves:
