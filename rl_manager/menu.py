@@ -161,6 +161,15 @@ def stop_gate(snapshot: TelemetrySnapshot, gates: GateConfig) -> str | None:
     for row in recent:
         if not meets_targets(row, snapshot):
             return f"needs {gates.stop_patience} consecutive evaluations meeting the target"
+    t = snapshot.targets
+    for cell in snapshot.evaluation.cells:  # the paper's gate: every cell (difficulty) meets it too
+        rate = cell.safe_success_rate if cell.safe_success_rate is not None else cell.success_rate
+        if (rate is not None and rate < t.success_rate) or (
+            t.max_violation_rate is not None
+            and cell.violation_rate is not None
+            and cell.violation_rate > t.max_violation_rate
+        ):
+            return f"evaluation cell {cell.name!r} misses the target"
     return None
 
 

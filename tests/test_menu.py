@@ -90,3 +90,18 @@ def test_stop_gate_needs_two_evaluations_meeting_target():
     assert "stop_training" in build_action_space(snap([0.9, 0.95])).actions
     assert "stop_training" not in build_action_space(snap([0.9, 0.95], violation=0.3)).actions
     assert "stop_training" not in build_action_space(snap([0.9, 0.95]), GateConfig(allow_stop=False)).actions
+
+
+def test_stop_gate_needs_every_evaluation_cell_to_meet_the_target():
+    from rl_manager.schema import EvalCell
+
+    rows = [HistoryRow(evaluation_index=i, step=i, score=s, safe_success_rate=s) for i, s in enumerate([0.9, 0.92])]
+    snap = make_snapshot(position=RunPosition(step=9, evaluation_index=1), history=rows, best=None)
+    snap.evaluation.cells = [
+        EvalCell(name="easy", n_episodes=50, safe_success_rate=1.0, violation_rate=0.0),
+        EvalCell(name="hard", n_episodes=50, safe_success_rate=0.76, violation_rate=0.1),
+    ]
+    menu = build_action_space(snap)
+    assert "stop_training" not in menu.actions and "hard" in menu.closed["stop_training"]
+    snap.evaluation.cells[1].safe_success_rate = 0.86
+    assert "stop_training" in build_action_space(snap).actions
