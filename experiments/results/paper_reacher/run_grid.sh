@@ -10,10 +10,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site:$PWD
   [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
 fi
+workers=$(nproc)   # before OMP_NUM_THREADS=1, which makes nproc print 1
 export CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-workers=$(nproc)
 mkdir -p /tmp/res
-timeout "$limit" python3 -m rl_manager.compare experiments/results/paper_reacher/grid.yml -o /tmp/res/paper_reacher \
+timeout "$limit" python3 -m rl_manager.compare "${3:-experiments/results/paper_reacher/grid.yml}" -o /tmp/res/paper_reacher \
   --workers "$workers" 2>&1 | tail -n 100
 mkdir -p "$out"
 (cd /tmp/res && tar czf "$out/runs.tgz" --exclude='*.zip' --exclude='*.pkl' --exclude='tb' paper_reacher)
