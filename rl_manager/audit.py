@@ -12,6 +12,7 @@ the menu recorded beside it and reports any verdict that differs from the log.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import logging
 import os
@@ -42,12 +43,17 @@ def read_audit(path: str | os.PathLike) -> list[AuditRecord]:
     """Read every record of an audit log (a file, or a run folder holding ``audit.jsonl``).
 
     A torn or unparseable *last* line (a run killed mid-write) is skipped with a warning;
-    corruption anywhere else raises :class:`AuditLogError`.
+    corruption anywhere else raises :class:`AuditLogError`. An archived log (``audit.jsonl.gz``, as
+    the committed experiment runs keep it) is read when the plain file is absent.
     """
     p = _path(path)
-    if not p.exists():
+    packed = p.with_name(p.name + ".gz")
+    if not p.exists() and packed.exists():
+        lines = gzip.decompress(packed.read_bytes()).split(b"\n")
+    elif not p.exists():
         return []
-    lines = p.read_bytes().split(b"\n")
+    else:
+        lines = p.read_bytes().split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     records: list[AuditRecord] = []

@@ -101,3 +101,16 @@ def test_verify_detects_a_tampered_log(tmp_path):
     assert problems and "seq 0" in problems[0]
     out = subprocess.run([sys.executable, "-m", "rl_manager.audit", "verify", str(tmp_path)], capture_output=True)
     assert out.returncode == 1
+
+
+def test_an_archived_gzipped_log_is_read(tmp_path):
+    import gzip
+
+    from rl_manager.audit import AuditLog, read_audit
+
+    log = AuditLog(tmp_path, "run")
+    log.append(kind="note", message="kept")
+    plain = tmp_path / "audit.jsonl"
+    (tmp_path / "audit.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    assert [r.message for r in read_audit(tmp_path)] == ["kept"]
