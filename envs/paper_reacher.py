@@ -28,6 +28,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from rl_manager.envs.reward_weights import RewardWeights, check_weight
 
 LINK_LENGTHS = (0.65, 0.55)
 DT = 0.08
@@ -97,14 +98,7 @@ def arm_clearance(q1: float, q2: float, ox: float, oy: float, radius: float) -> 
     return min(segment_distance(ox, oy, 0.0, 0.0, ex, ey), segment_distance(ox, oy, ex, ey, hx, hy)) - radius
 
 
-def _check_weight(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0.0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
+class PaperReacherEnv(RewardWeights, gym.Env[np.ndarray, np.ndarray]):
     """The paper's two-link planar reacher with a disc obstacle; safe success is the goal.
 
     Observation (14 float32): ``sin q1, cos q1, sin q2, cos q2, target x, target y, obstacle x,
@@ -151,9 +145,9 @@ class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
         self.render_mode = render_mode
         self.difficulty = difficulty
-        self.collision_penalty = _check_weight("collision_penalty", collision_penalty)
-        self.success_bonus = _check_weight("success_bonus", success_bonus)
-        self.progress_scale = _check_weight("progress_scale", progress_scale)
+        self.collision_penalty = check_weight("collision_penalty", collision_penalty)
+        self.success_bonus = check_weight("success_bonus", success_bonus)
+        self.progress_scale = check_weight("progress_scale", progress_scale)
 
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(_OBS_LOW, _OBS_HIGH, dtype=np.float32)
@@ -171,40 +165,6 @@ class PaperReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         self._clearance = 0.0
         self.episode_cost = 0.0
         self._done = True
-
-    # -- runtime knobs -------------------------------------------------------------------------
-    def set_reward_weights(
-        self,
-        progress_scale: float | None = None,
-        success_bonus: float | None = None,
-        collision_penalty: float | None = None,
-    ) -> dict[str, float]:
-        """Change reward weights in place (validated, all or nothing); return the weights in force.
-
-        The new weights apply from the next step on (an episode in progress continues with them).
-
-        :param progress_scale: new progress weight, or ``None`` to keep it.
-        :param success_bonus: new success bonus, or ``None`` to keep it.
-        :param collision_penalty: new collision penalty, or ``None`` to keep it.
-        :return: ``{"progress_scale": ..., "success_bonus": ..., "collision_penalty": ...}``.
-        """
-        updates = {
-            "progress_scale": progress_scale,
-            "success_bonus": success_bonus,
-            "collision_penalty": collision_penalty,
-        }
-        checked = {k: _check_weight(k, v) for k, v in updates.items() if v is not None}
-        for key, value in checked.items():
-            setattr(self, key, value)
-        return self.reward_weights()
-
-    def reward_weights(self) -> dict[str, float]:
-        """The reward weights in force."""
-        return {
-            "progress_scale": self.progress_scale,
-            "success_bonus": self.success_bonus,
-            "collision_penalty": self.collision_penalty,
-        }
 
     # -- scene ---------------------------------------------------------------------------------
     def set_scene(

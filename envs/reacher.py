@@ -26,6 +26,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+from rl_manager.envs.reward_weights import RewardWeights, check_weight
 
 LINK_LENGTHS = (0.65, 0.55)
 LINK_RADIUS = 0.03
@@ -69,14 +70,7 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(p - (a + t * ab)))
 
 
-def _check_weight(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0.0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
+class PlanarReacherEnv(RewardWeights, gym.Env[np.ndarray, np.ndarray]):
     """Two-link planar reacher with an obstacle; collision terminates, safe success is the goal.
 
     Observation (16 floats, all within [-2.5, 2.5]): cos/sin of both joint angles, the last joint
@@ -118,14 +112,14 @@ class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
             modes = self.metadata["render_modes"]
             raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
         self.difficulty = difficulty
-        self.progress_scale = _check_weight("progress_scale", progress_scale)
-        self.success_bonus = _check_weight("success_bonus", success_bonus)
-        self.collision_penalty = _check_weight("collision_penalty", collision_penalty)
-        self.safety_margin = _check_weight("safety_margin", safety_margin)
+        self.progress_scale = check_weight("progress_scale", progress_scale)
+        self.success_bonus = check_weight("success_bonus", success_bonus)
+        self.collision_penalty = check_weight("collision_penalty", collision_penalty)
+        self.safety_margin = check_weight("safety_margin", safety_margin)
         if self.safety_margin == 0.0:
             raise ValueError("safety_margin must be > 0")
-        self.max_joint_speed = _check_weight("max_joint_speed", max_joint_speed)
-        self.dt = _check_weight("dt", dt)
+        self.max_joint_speed = check_weight("max_joint_speed", max_joint_speed)
+        self.dt = check_weight("dt", dt)
         if self.max_joint_speed == 0.0 or self.dt == 0.0:
             raise ValueError("max_joint_speed and dt must be > 0")
         if int(collision_substeps) != collision_substeps or collision_substeps < 1:
@@ -157,38 +151,6 @@ class PlanarReacherEnv(gym.Env[np.ndarray, np.ndarray]):
         self._min_clearance = 0.0
         self.episode_cost = 0.0
         self._done = True
-
-    # -- runtime knobs -------------------------------------------------------------------------
-    def set_reward_weights(
-        self,
-        progress_scale: float | None = None,
-        success_bonus: float | None = None,
-        collision_penalty: float | None = None,
-    ) -> dict[str, float]:
-        """Change reward weights in place (validated); return the weights now in force.
-
-        :param progress_scale: new progress weight, or ``None`` to keep it.
-        :param success_bonus: new success bonus, or ``None`` to keep it.
-        :param collision_penalty: new collision penalty, or ``None`` to keep it.
-        :return: ``{"progress_scale": ..., "success_bonus": ..., "collision_penalty": ...}``.
-        """
-        updates = {
-            "progress_scale": progress_scale,
-            "success_bonus": success_bonus,
-            "collision_penalty": collision_penalty,
-        }
-        checked = {k: _check_weight(k, v) for k, v in updates.items() if v is not None}
-        for key, value in checked.items():
-            setattr(self, key, value)
-        return self.reward_weights()
-
-    def reward_weights(self) -> dict[str, float]:
-        """The reward weights in force."""
-        return {
-            "progress_scale": self.progress_scale,
-            "success_bonus": self.success_bonus,
-            "collision_penalty": self.collision_penalty,
-        }
 
     # -- geometry ------------------------------------------------------------------------------
     def _forward(self, qpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
