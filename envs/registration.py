@@ -69,24 +69,19 @@ def register_all() -> None:
                 kwargs={"task": task},
                 max_episode_steps=FETCH_MAX_EPISODE_STEPS,
             )
-    for env_id, difficulty in _REACHER_IDS.items():
-        if env_id not in gym.registry:
-            gym.register(
-                id=env_id,
-                entry_point="rl_manager.envs.reacher:PlanarReacherEnv",
-                kwargs={"difficulty": difficulty},
-                max_episode_steps=REACHER_MAX_EPISODE_STEPS,
-            )
     # the paper's reacher has no internal step counter: the 120-step cap is this TimeLimit alone
-    for env_id, difficulty in _PAPER_REACHER_IDS.items():
-        if env_id not in gym.registry:
-            gym.register(
-                id=env_id,
-                entry_point="rl_manager.envs.paper_reacher:PaperReacherEnv",
-                kwargs={"difficulty": difficulty},
-                max_episode_steps=REACHER_MAX_EPISODE_STEPS,
-            )
-
+    for ids, entry_point in (
+        (_REACHER_IDS, "rl_manager.envs.reacher:PlanarReacherEnv"),
+        (_PAPER_REACHER_IDS, "rl_manager.envs.paper_reacher:PaperReacherEnv"),
+    ):
+        for env_id, difficulty in ids.items():
+            if env_id not in gym.registry:
+                gym.register(
+                    id=env_id,
+                    entry_point=entry_point,
+                    kwargs={"difficulty": difficulty},
+                    max_episode_steps=REACHER_MAX_EPISODE_STEPS,
+                )
 
 def _short(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
