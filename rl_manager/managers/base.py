@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from rl_manager.schema import ActionSpace, TelemetrySnapshot
+from rl_manager.schema import ActionSpace, KnobMenu, KnobRole, TelemetrySnapshot
 
 
 @dataclass
@@ -52,3 +53,45 @@ class Manager(ABC):
     @abstractmethod
     def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
         """Implement in subclasses."""
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers shared by the offline managers
+# ------------------------------------------------------------------------------------------
+def finite(x: float | None) -> bool:
+    """Whether ``x`` is a number and finite."""
+    return x is not None and math.isfinite(x)
+
+
+def log_distance(a: float, b: float) -> float:
+    """``|log a - log b|`` for positive values; two non-positive values compare linearly, and a
+    non-positive value is infinitely far from a positive one."""
+    if a > 0 and b > 0:
+        return abs(math.log(a) - math.log(b))
+    if a <= 0 and b <= 0:
+        return abs(a - b)
+    return math.inf
+
+
+def find_knob(
+    snapshot: TelemetrySnapshot, menu: ActionSpace, role: KnobRole, prefer: str
+) -> tuple[str | None, KnobMenu | None, str]:
+    """Find the knob of ``role`` (the one named ``prefer`` first).
+
+    :param snapshot: the telemetry (all knobs, offered or not).
+    :param menu: the menu (knobs that can move now).
+    :param role: the knob role to look for.
+    :param prefer: the name to prefer among knobs of that role.
+    :return: ``(name, menu entry or None, why it is not offered)``; ``name`` is ``None`` when the
+        run has no knob of that role.
+    """
+    names = [k.name for k in snapshot.knobs if k.role == role]
+    names += [k.name for k in menu.knobs if k.role == role and k.name not in names]
+    if not names:
+        return None, None, f"the run has no {role} knob"
+    name = prefer if prefer in names else names[0]
+    entry = menu.knob(name)
+    if entry is not None:
+        return name, entry, ""
+    why = menu.closed.get(f"knob:{name}", "no value is offered")
+    return name, None, f"{name} cannot change now ({why})"

@@ -18,58 +18,18 @@ from __future__ import annotations
 
 import math
 
-from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.base import Manager, Proposal, find_knob, log_distance
 from rl_manager.schema import (
     ActionSpace,
     Adjust,
     Decision,
     KnobChange,
-    KnobMenu,
-    KnobOption,
-    KnobRole,
     NoAction,
     TelemetrySnapshot,
 )
 
 #: algorithms (``snapshot.algo``) whose logged ``approx_kl`` this controller understands
 PPO_ALGOS = frozenset({"ppo", "recurrentppo", "maskableppo"})
-
-
-def find_knob(
-    snapshot: TelemetrySnapshot, menu: ActionSpace, role: KnobRole, prefer: str
-) -> tuple[str | None, KnobMenu | None, str]:
-    """Find the knob of ``role`` (the one named ``prefer`` first).
-
-    :param snapshot: the telemetry (all knobs, offered or not).
-    :param menu: the menu (knobs that can move now).
-    :param role: the knob role to look for.
-    :param prefer: the name to prefer among knobs of that role.
-    :return: ``(name, menu entry or None, why it is not offered)``; ``name`` is ``None`` when the
-        run has no knob of that role.
-    """
-    names = [k.name for k in snapshot.knobs if k.role == role]
-    names += [k.name for k in menu.knobs if k.role == role and k.name not in names]
-    if not names:
-        return None, None, f"the run has no {role} knob"
-    name = prefer if prefer in names else names[0]
-    entry = menu.knob(name)
-    if entry is not None:
-        return name, entry, ""
-    why = menu.closed.get(f"knob:{name}", "no value is offered")
-    return name, None, f"{name} cannot change now ({why})"
-
-
-def log_distance(a: float, b: float) -> float:
-    """``|log a - log b|`` for positive values, else the absolute difference (a 0 bound)."""
-    if a > 0 and b > 0:
-        return abs(math.log(a) - math.log(b))
-    return abs(a - b)
-
-
-def nearest_option(options: list[KnobOption], target: float, key=None) -> KnobOption | None:
-    """The option closest to ``target`` in log-space (``key`` maps an option to the compared value)."""
-    key = key or (lambda o: o.value)
-    return min(options, key=lambda o: (log_distance(key(o), target), o.value), default=None)
 
 
 class KLAdaptiveManager(Manager):

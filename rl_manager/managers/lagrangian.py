@@ -30,22 +30,8 @@ from __future__ import annotations
 
 import math
 
-from rl_manager.managers.base import Manager, Proposal
-from rl_manager.managers.kl_adaptive import find_knob
+from rl_manager.managers.base import Manager, Proposal, find_knob, finite, log_distance
 from rl_manager.schema import ActionSpace, Adjust, Decision, KnobChange, NoAction, TelemetrySnapshot
-
-
-def _distance(a: float, b: float) -> float:
-    """Log-space distance of two values; a zero against a positive value is infinitely far."""
-    if a > 0 and b > 0:
-        return abs(math.log(a) - math.log(b))
-    if a <= 0 and b <= 0:
-        return abs(a - b)
-    return math.inf
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 class LagrangianManager(Manager):
@@ -96,7 +82,7 @@ class LagrangianManager(Manager):
         :raises ValueError: if this boundary has no finite episode cost.
         """
         cost = self.measured_cost(snapshot)
-        if not _finite(cost):
+        if not finite(cost):
             raise ValueError(f"no finite episode cost at this boundary (got {cost})")
         d = self.limit(snapshot)
         now = snapshot.position.evaluation_index
@@ -121,7 +107,7 @@ class LagrangianManager(Manager):
     def pid_decision(self, snapshot: TelemetrySnapshot, menu: ActionSpace) -> Decision:
         """Apply the PID-Lagrangian update to one snapshot and menu."""
         cost = self.measured_cost(snapshot)
-        if not _finite(cost):
+        if not finite(cost):
             return NoAction(reason=f"no finite episode cost measured at this boundary (got {cost})")
         name, entry, why = find_knob(snapshot, menu, "cost_penalty", self.knob)
         if entry is None:
@@ -131,7 +117,7 @@ class LagrangianManager(Manager):
         wanted = self.target_value(snapshot, entry.current, last)
         clipped = min(entry.high, max(entry.low, wanted))
         candidates = [entry.current, *(o.value for o in entry.options)]
-        best = min(candidates, key=lambda v: (_distance(v, clipped), v))
+        best = min(candidates, key=lambda v: (log_distance(v, clipped), v))
         d = self.limit(snapshot)
         state = f"episode cost {cost:.3g} vs limit {d:.3g}: {name} {entry.current:.4g} -> λ* {wanted:.4g}"
         if best == entry.current:

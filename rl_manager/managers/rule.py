@@ -70,7 +70,7 @@ import math
 import statistics
 from collections.abc import Iterable
 
-from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.base import Manager, Proposal, finite
 from rl_manager.schema import (
     ActionSpace,
     Adjust,
@@ -84,10 +84,6 @@ from rl_manager.schema import (
     StopTraining,
     TelemetrySnapshot,
 )
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
@@ -274,7 +270,7 @@ class RuleManager(Manager):
     def _improving(self, s: TelemetrySnapshot, n: int = 3, min_gain: float = 0.05) -> bool:
         """Whether success (else the score) rose by ``min_gain`` over the last ``n`` evaluations."""
         success = self._success_series(s, n)
-        series = success or [r.score for r in s.history[-n:] if _finite(r.score)]
+        series = success or [r.score for r in s.history[-n:] if finite(r.score)]
         if len(series) < n:
             return False
         scale = 1.0 if success else max(1.0, abs(series[0]))
@@ -286,7 +282,7 @@ class RuleManager(Manager):
         rows = s.history[-n:]
         for key in ("violation_rate", "mean_cost", "train_episode_cost"):
             series = [getattr(r, key) for r in rows]
-            if len(series) == n and all(_finite(v) for v in series):
+            if len(series) == n and all(finite(v) for v in series):
                 if series[-1] >= max(series[:-1]) and series[-1] > series[0]:
                     return True
         return False
@@ -304,7 +300,7 @@ class RuleManager(Manager):
         values = []
         for row in snapshot.history[-n:]:
             v = row.safe_success_rate if row.safe_success_rate is not None else row.success_rate
-            if _finite(v):
+            if finite(v):
                 values.append(v)
         return values if len(values) == min(n, len(snapshot.history)) else []
 
@@ -378,7 +374,7 @@ class RuleManager(Manager):
         )
 
     def _diverging(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        losses = [r.train_loss for r in s.history if _finite(r.train_loss)]
+        losses = [r.train_loss for r in s.history if finite(r.train_loss)]
         ratio = 0.0
         if len(losses) >= 3:
             earlier = statistics.median(abs(x) for x in losses[:-1])
@@ -387,10 +383,10 @@ class RuleManager(Manager):
         kl = s.health.approx_kl
         if not self._deteriorating(s):
             return None  # a loss jump while the score holds (e.g. after a reward-weight change) is not divergence
-        if ratio > self.divergence_ratio or (_finite(kl) and kl > self.kl_limit):
+        if ratio > self.divergence_ratio or (finite(kl) and kl > self.kl_limit):
             factor = 0.25 if ratio > 4 * self.divergence_ratio else 0.5
             moves = [("learning_rate", "down", factor)]
-            if _finite(kl) and kl > self.kl_limit:
+            if finite(kl) and kl > self.kl_limit:
                 moves.append(("clip_range", "down", 0.5))
             return self._adjust(
                 menu, moves, f"training is unstable (loss ratio {ratio:.3g}, approx KL {kl})", "losses stabilise"
@@ -405,18 +401,18 @@ class RuleManager(Manager):
 
         def over_limit(r) -> bool:  # an explicit episode-cost constraint (Safety-Gymnasium's EpCost <= d)
             limit = t.cost_limit
-            return limit is not None and any(_finite(c) and c > limit for c in (r.mean_cost, r.train_episode_cost))
+            return limit is not None and any(finite(c) and c > limit for c in (r.mean_cost, r.train_episode_cost))
 
         n = s.evaluation.n_episodes
 
         def high_for_run(r) -> bool:  # violations beyond the target's noise, on a task being solved
             rate, success, target = r.violation_rate, r.success_rate, t.max_violation_rate
-            if not (_finite(rate) and target is not None):
+            if not (finite(rate) and target is not None):
                 return False
             noise = 2.0 * math.sqrt(max(target, 0.05) * (1 - target) / n) if n else 0.0
             if rate <= target + noise:
                 return False
-            return not _finite(success) or success >= self.solving_success
+            return not finite(success) or success >= self.solving_success
 
         if not (all(over_limit(r) for r in rows) or all(high_for_run(r) for r in rows)):
             return None
@@ -488,8 +484,8 @@ class RuleManager(Manager):
 
     def _kl(self, s: TelemetrySnapshot, n: int = 2) -> list[float]:
         """The approx KL of the last update at the latest ``n`` boundaries (history rows, else health)."""
-        values = [r.approx_kl for r in s.history[-n:] if _finite(r.approx_kl)]
-        if not values and _finite(s.health.approx_kl):
+        values = [r.approx_kl for r in s.history[-n:] if finite(r.approx_kl)]
+        if not values and finite(s.health.approx_kl):
             values = [s.health.approx_kl]
         return values
 
@@ -497,7 +493,7 @@ class RuleManager(Manager):
         """Whether success (else the score) rose by more than 2 s.e. of the difference over ``n`` evaluations."""
         series = self._success_series(s, n)
         rate = bool(series)
-        series = series or [r.score for r in s.history[-n:] if _finite(r.score)]
+        series = series or [r.score for r in s.history[-n:] if finite(r.score)]
         if len(series) < n:
             return False
         episodes = s.evaluation.n_episodes
@@ -508,8 +504,8 @@ class RuleManager(Manager):
         return series[-1] - series[0] >= 0.05 * max(1.0, abs(series[0])) and series[-1] >= max(series[:-1])
 
     def _exploding(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        stds = [r.action_std for r in s.history if _finite(r.action_std)]
-        latest = s.health.action_std if _finite(s.health.action_std) else (stds[-1] if stds else None)
+        stds = [r.action_std for r in s.history if finite(r.action_std)]
+        latest = s.health.action_std if finite(s.health.action_std) else (stds[-1] if stds else None)
         if latest is None:
             return None
         start = stds[0] if stds else latest
@@ -539,7 +535,7 @@ class RuleManager(Manager):
     def _starved(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         kl = self._kl(s)
         clip = s.health.clip_fraction
-        if not kl or max(kl) >= self.target_kl / 4 or not (_finite(clip) and clip < self.starved_clip):
+        if not kl or max(kl) >= self.target_kl / 4 or not (finite(clip) and clip < self.starved_clip):
             return None
         if self._rising(s):
             return None
@@ -602,7 +598,7 @@ class RuleManager(Manager):
         return None
 
     def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        rows = [r for r in s.history if _finite(r.val_loss) and _finite(r.train_loss)][-3:]
+        rows = [r for r in s.history if finite(r.val_loss) and finite(r.train_loss)][-3:]
         if len(rows) < 3:
             return None
         val_up = rows[2].val_loss > rows[1].val_loss > rows[0].val_loss
@@ -627,12 +623,12 @@ class RuleManager(Manager):
         return last.verdict == "pending" and len(last.scores_after) < measured
 
     def _collapsed(self, s: TelemetrySnapshot, menu: ActionSpace) -> bool:
-        entropies = [r.entropy for r in s.history if _finite(r.entropy)]
+        entropies = [r.entropy for r in s.history if finite(r.entropy)]
         if len(entropies) >= 2:
             first, last = entropies[0], entropies[-1]
             if first - last >= 1.0 or (first > 0 and last < 0.5 * first):
                 return True
-        if _finite(s.health.action_std) and s.health.action_std < 0.1:
+        if finite(s.health.action_std) and s.health.action_std < 0.1:
             return True
         for knob in menu.knobs:
             if knob.role == "exploration" and knob.low > 0 and knob.current <= 2 * knob.low:
