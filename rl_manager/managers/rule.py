@@ -199,8 +199,10 @@ class RuleManager(Manager):
         factor: float,
         options: list[KnobOption] | None = None,
         base: float | None = None,
+        floor: float | None = None,
+        cap: float | None = None,
     ) -> KnobOption | None:
-        """The option closest (in log space) to ``current × factor`` in ``direction``."""
+        """The option closest (in log space) to ``current × factor`` in ``direction``, within [floor, cap]."""
         if (knob.name, direction) in self._worse:
             return None
         last = self._last_move.get(knob.name)
@@ -209,7 +211,13 @@ class RuleManager(Manager):
         if base is None:
             base = knob.current if options is None or knob.best_value is None else knob.best_value
         options = knob.options if options is None else options
-        moves = [o for o in options if (o.value > base if direction == "up" else o.value < base)]
+        moves = [
+            o
+            for o in options
+            if (o.value > base if direction == "up" else o.value < base)
+            and (floor is None or o.value >= floor * (1 - 1e-9))
+            and (cap is None or o.value <= cap * (1 + 1e-9))
+        ]
         if not moves:
             return None
         if base > 0 and all(o.value > 0 for o in moves):
@@ -225,8 +233,7 @@ class RuleManager(Manager):
         knobs = sorted(menu.knobs, key=lambda k: (k.name, direction) in self._neutral)
         for knob in knobs:
             if knob.role == role:
-                options = None if cap is None else [o for o in knob.options if o.value <= cap * (1 + 1e-9)]
-                option = self._option(knob, direction, factor, options, base=knob.current)
+                option = self._option(knob, direction, factor, base=knob.current, cap=cap)
                 if option is not None:
                     return KnobChange(knob=knob.name, value=option.value)
         return None
@@ -475,12 +482,7 @@ class RuleManager(Manager):
         knob = menu.knob(name)
         if knob is None or "adjust" not in menu.actions:
             return None
-        options = [
-            o
-            for o in knob.options
-            if (floor is None or o.value >= floor * (1 - 1e-9)) and (cap is None or o.value <= cap * (1 + 1e-9))
-        ]
-        return self._option(knob, direction, factor, options, base=knob.current)
+        return self._option(knob, direction, factor, base=knob.current, floor=floor, cap=cap)
 
     def _kl(self, s: TelemetrySnapshot, n: int = 2) -> list[float]:
         """The approx KL of the last update at the latest ``n`` boundaries (history rows, else health)."""
