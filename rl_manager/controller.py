@@ -420,10 +420,8 @@ class Controller:
         before = self.knob_values()
         try:
             self.adapter.restore(trial.checkpoint)
-            for name, value in trial.knobs_before.items():
-                if name in self.knobs and self.knobs[name].read(self.target) != value:
-                    self.knobs[name].write(self.target, value)
-                    self.state.knob_last_changed[name] = self.state.evaluation_index
+            for name in self._set_knobs(trial.knobs_before):
+                self.state.knob_last_changed[name] = self.state.evaluation_index
         except Exception as exc:  # never raised into training
             logger.exception("reverting the change of evaluation %d failed", trial.evaluation_index)
             self.audit.append(
@@ -492,6 +490,15 @@ class Controller:
         """Current value of every knob."""
         return {name: k.read(self.target) for name, k in self.knobs.items()}
 
+    def _set_knobs(self, values: Mapping[str, float]) -> list[str]:
+        """Write every known knob of ``values`` whose value differs; return the names written."""
+        written = []
+        for name, value in values.items():
+            if name in self.knobs and self.knobs[name].read(self.target) != value:
+                self.knobs[name].write(self.target, value)
+                written.append(name)
+        return written
+
     def _write(self, changes: list[ResolvedChange]) -> list[ResolvedChange]:
         applied = []
         for c in changes:
@@ -505,9 +512,8 @@ class Controller:
         before = self.knob_values()
         self.adapter.restore(self.best_checkpoint)
         assert self.state.best is not None
-        for name, value in ({} if keep_recipe else self.state.best.knobs).items():
-            if name in self.knobs and self.knobs[name].read(self.target) != value:
-                self.knobs[name].write(self.target, value)
+        if not keep_recipe:
+            self._set_knobs(self.state.best.knobs)
         after = self.knob_values()
         return [ResolvedChange(knob=n, before=before[n], after=after[n]) for n in self.knobs if before[n] != after[n]]
 
@@ -613,9 +619,7 @@ class Controller:
         self.ledger = DecisionLedger(**copy.deepcopy(data.get("ledger", {})))
         self.interventions = list(data.get("interventions", []))
         # knobs outside the checkpoint (env reward weights, optimiser groups) are re-applied
-        for name, value in data.get("knobs", {}).items():
-            if name in self.knobs and self.knobs[name].read(self.target) != value:
-                self.knobs[name].write(self.target, value)
+        self._set_knobs(data.get("knobs", {}))
         best = self.run_dir / self.best_file if self.best_file else None
         if self.state.best is not None and best is not None and best.exists():
             self.best_checkpoint = best
