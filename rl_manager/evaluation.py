@@ -387,17 +387,18 @@ class PairedEvaluator:
             results = self.play(model, deterministic=True)
             stochastic = None
             if self.stochastic:
-                stochastic = _concat(self.play(model, deterministic=False)).cell("stochastic")
+                stochastic = concat_results(self.play(model, deterministic=False)).cell("stochastic")
         finally:
             if training is not None:  # SB3's predict switches the policy to eval mode
                 model.policy.set_training_mode(training)
         self.last_results = results
-        metrics = _concat(results).metrics()
+        metrics = concat_results(results).metrics()
         cells = [r.cell(c.name) for c, r in zip(self.cells, results, strict=True)]
         return metrics.model_copy(update={"paired": True, "cells": cells, "stochastic": stochastic})
 
 
-def _concat(results: list[EpisodeResults]) -> EpisodeResults:
+def concat_results(results: list[EpisodeResults]) -> EpisodeResults:
+    """The episodes of several cells as one :class:`EpisodeResults`."""
     out = EpisodeResults(successes=[], costs=[], safe=[])
     for r in results:
         out = out.extend(r)

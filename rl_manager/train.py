@@ -219,18 +219,16 @@ def difficulty_cells(env_id: str) -> dict[str, str] | None:
     return None
 
 
-def paired_evaluator(config: dict[str, Any], n_episodes: int, base_seed: int):
-    """A :class:`~rl_manager.evaluation.PairedEvaluator` for the run's task, or ``None`` for dict observations."""
+def paired_evaluator(config: dict[str, Any], n_episodes: int, base_seed: int, observation_space):
+    """The boundary :class:`~rl_manager.evaluation.PairedEvaluator` of the run's task (``n_episodes`` split
+    over its difficulty cells), or ``None`` for dict observations."""
     import gymnasium as gym
 
     from rl_manager.evaluation import CellSpec, PairedEvaluator
 
-    env_kwargs = config["recipe"].get("env_kwargs") or None
-    probe = gym.make(config["env_id"], **(env_kwargs or {}))
-    dict_obs = isinstance(probe.observation_space, gym.spaces.Dict)
-    probe.close()
-    if dict_obs:
+    if isinstance(observation_space, gym.spaces.Dict):
         return None  # goal-conditioned Fetch tasks keep the SB3 evaluation loop
+    env_kwargs = config["recipe"].get("env_kwargs") or None
     cells = difficulty_cells(config["env_id"])
     if cells:
         per_cell = max(1, n_episodes // len(cells))
@@ -247,16 +245,18 @@ def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[s
 
     Tasks with difficulty cells play ``n_episodes`` per difficulty on a fixed held-out scene set.
     """
-    from rl_manager.evaluation import _concat
+    from rl_manager.evaluation import PairedEvaluator, concat_results
 
     cells = difficulty_cells(config["env_id"])
-    evaluator = paired_evaluator(config, n_episodes * len(cells), HELDOUT_BASE_SEED) if cells else None
-    if evaluator is not None:
+    if cells:
+        evaluator = PairedEvaluator.for_difficulties(
+            cells, n_per_cell=n_episodes, base_seed=HELDOUT_BASE_SEED, env_kwargs=config["recipe"].get("env_kwargs")
+        )
         out: dict[str, Any] = {}
         try:
             for mode, deterministic in (("deterministic", True), ("stochastic", False)):
                 results = evaluator.play(model, deterministic=deterministic)
-                out[f"{mode}/all"] = _concat(results).metrics().model_dump(mode="json")
+                out[f"{mode}/all"] = concat_results(results).metrics().model_dump(mode="json")
                 for cell, result in zip(evaluator.cells, results, strict=True):
                     out[f"{mode}/{cell.name}"] = result.metrics().model_dump(mode="json")
         finally:
@@ -413,7 +413,7 @@ def train(
         env_kwargs=env_kwargs,
     )
     eval_env = make_vec_env(config["env_id"], n_envs=1, seed=config["seed"] + 10_000, env_kwargs=env_kwargs)
-    evaluator = paired_evaluator(config, config["eval_episodes"], EVAL_BASE_SEED)
+    evaluator = paired_evaluator(config, config["eval_episodes"], EVAL_BASE_SEED, env.observation_space)
     last = run_dir / "last_model.zip"
     if resume and not last.exists():
         raise InputError(f"{run_dir}: no last_model.zip to resume from")
