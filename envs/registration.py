@@ -83,6 +83,7 @@ def register_all() -> None:
                     max_episode_steps=REACHER_MAX_EPISODE_STEPS,
                 )
 
+
 def _short(namespace: str | None, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
