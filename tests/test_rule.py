@@ -151,6 +151,23 @@ def test_unsafe_training_lowers_exploration_even_if_evaluation_is_safe():
     assert [(c.knob, c.after < c.before) for c in out.changes] == [("ent_coef", True)]
 
 
+def test_cost_over_the_limit_of_a_random_early_policy_is_not_unsafe():
+    rows = [
+        HistoryRow(evaluation_index=i, step=i, score=0.0, success_rate=0.0, mean_cost=0.0, train_episode_cost=3.0)
+        for i in range(4)
+    ]
+    snap = make_snapshot(position=RunPosition(step=4, total_steps=100, evaluation_index=3), history=rows, best=None)
+    snap.targets.cost_limit = 2.5
+    snap.knobs[1].value = 0.001  # an ordinary entropy bonus: the cost is a beginner's, not thrashing
+    out = decide(snap, RuleManager())
+    assert "unsafe" not in out.decision.reason
+    assert not any(c.knob == "ent_coef" and c.after < c.before for c in out.changes)
+    for r in rows:  # the same cost once the task is being solved is unsafe
+        r.success_rate = 0.5
+    out = decide(snap, RuleManager())
+    assert "unsafe" in out.decision.reason
+
+
 def test_no_rollback_on_a_fluke_best_measured_on_few_episodes():
     from rl_manager.schema import BestCheckpoint, EvalMetrics
 

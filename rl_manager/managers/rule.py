@@ -36,7 +36,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        are high for the run: violation rate    success bonus down toward the penalty,
                        above the target and ≥ half the         else exploration down, else LR ×0.5
                        success rate, on the last 2
-                       evaluations, and not falling
+                       evaluations, and not falling; or the
+                       episode cost over ``cost_limit`` on 2
+                       evaluations, once solving or while the
+                       entropy bonus is far above usual
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
  9     learning        success (or score) rose significantly   no_action
@@ -406,9 +409,15 @@ class RuleManager(Manager):
         if len(rows) < 2:
             return None
 
-        def over_limit(r) -> bool:  # an explicit episode-cost constraint (Safety-Gymnasium's EpCost <= d)
+        thrashing = self._high_exploration(s)
+
+        def over_limit(r) -> bool:  # an explicit episode-cost constraint (Safety-Gymnasium's EpCost <= d) ...
             limit = t.cost_limit
-            return limit is not None and any(finite(c) and c > limit for c in (r.mean_cost, r.train_episode_cost))
+            if limit is None or not any(finite(c) and c > limit for c in (r.mean_cost, r.train_episode_cost)):
+                return False
+            # ... judged once the task is being solved, or when the cost comes from an entropy bonus far
+            # above the usual range: a random early policy's cost is no reason to cut exploration
+            return thrashing or not finite(r.success_rate) or r.success_rate >= self.solving_success
 
         n = s.evaluation.n_episodes
 

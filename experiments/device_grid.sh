@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs rl_manager.compare grids on a lent machine without internet, detached (grids outlast one call).
+#   bash experiments/device_grid.sh start GRID.yml [GRID.yml ...]   # launch every grid at once, return
+#   bash experiments/device_grid.sh poll OUT_DIR [WAIT_S]            # wait up to WAIT_S (default 540) for
+#                                                                    # them; when all are done, pack each
+#                                                                    # grid's small run files into OUT_DIR
+# Missing packages travel in .whl/ (wheels, installed offline) and .whl/pkgs/ (unpacked packages, e.g. a
+# gymnasium_robotics trimmed to the Fetch assets). Each grid gets every core: the OS shares them out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+res=/tmp/res
+if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD/.whl/pkgs:$PWD
+[ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
+case "${1:?start|poll}" in
+  start)
+    shift
+    workers=$(nproc)   # before OMP_NUM_THREADS=1, which makes nproc print 1
+    export CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 MUJOCO_GL=disable
+    mkdir -p "$res"
+    for grid in "$@"; do
+      name=$(basename "$(dirname "$grid")")
+      setsid nohup bash -c "python3 -m rl_manager.compare '$grid' -o '$res/$name' --workers $workers \
+        > '$res/$name.log' 2>&1; echo \$? > '$res/$name.done'" > /dev/null 2>&1 &
+      echo "started $name ($workers workers)"
+    done
+    ;;
+  poll)
+    out=${2:?out dir}; wait_s=${3:-540}
+    deadline=$((SECONDS + wait_s))
+    while :; do
+      pending=0
+      for log in "$res"/*.log; do [ -e "${log%.log}.done" ] || pending=$((pending + 1)); done
+      [ "$pending" -eq 0 ] || [ "$SECONDS" -ge "$deadline" ] && break
+      sleep 10
+    done
+    for log in "$res"/*.log; do echo "== $log"; grep -c ": ok" "$log"; tail -n 5 "$log"; done
+    if [ "$pending" -eq 0 ]; then
+      mkdir -p "$out"
+      for log in "$res"/*.log; do
+        name=$(basename "${log%.log}")
+        (cd "$res" && tar czf "$out/$name.tgz" --exclude='*.zip' --exclude='*.pkl' --exclude='tb' "$name" "$name.log")
+      done
+      ls -la "$out"
+    else
+      echo "$pending grid(s) still running"
+    fi
+    ;;
+esac
