@@ -5,14 +5,17 @@
 #                                                                    # them; when all are done, pack each
 #                                                                    # grid's small run files into OUT_DIR
 # Missing packages travel in .whl/ (wheels, installed offline) and .whl/pkgs/ (unpacked packages, e.g. a
-# gymnasium_robotics trimmed to the Fetch assets). Each grid gets every core: the OS shares them out.
+# gymnasium_robotics trimmed to the Fetch assets); WHL names another folder (e.g. when this script runs
+# from a snapshot of the source under .whl/, so that uncommitted edits in the checkout do not travel into
+# the runs). Each grid gets every core: the OS shares them out.
 set -uo pipefail
+whl=$(realpath "${WHL:-.whl}")
 cd "$(dirname "$0")/.."
 res=/tmp/res
-if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if ls "$whl"/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$whl"/*.whl || exit 1
 fi
-export PYTHONPATH=/tmp/site:$PWD/.whl/pkgs:$PWD
+export PYTHONPATH=/tmp/site:$whl/pkgs:$PWD
 [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
 case "${1:?start|poll}" in
   start)
