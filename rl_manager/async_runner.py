@@ -94,6 +94,11 @@ class AsyncDecider:
         return self._future is not None and not self._future.done()
 
     @property
+    def submitted_at(self) -> int | None:
+        """The boundary of the request not collected yet (``None``: none)."""
+        return self._submitted_at if self._future is not None else None
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

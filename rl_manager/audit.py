@@ -82,7 +82,9 @@ class AuditLog:
         self.run_id = run_id
         self._repair_tail()
         existing = read_audit(self.path)
-        self.next_seq = existing[-1].seq + 1 if existing else 0
+        #: the last record of the log (``None``: empty)
+        self.last: AuditRecord | None = existing[-1] if existing else None
+        self.next_seq = self.last.seq + 1 if self.last is not None else 0
 
     def _repair_tail(self) -> None:
         """Cut a torn last line so the next record starts on a line of its own."""
@@ -116,6 +118,7 @@ class AuditLog:
             f.flush()
             os.fsync(f.fileno())
         self.next_seq += 1
+        self.last = record
         return record
 
 

@@ -19,15 +19,18 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from rl_manager.actuators import KnobBounds, discover_actuators
 from rl_manager.controller import ACTION_CODES, Controlled, Controller, Observation
 from rl_manager.evaluation import PairedEvaluator
+from rl_manager.io import atomic_path
 from rl_manager.knobs import Knob
 from rl_manager.managers import Manager
 from rl_manager.menu import GateConfig
@@ -38,28 +41,46 @@ logger = logging.getLogger(__name__)
 
 
 class LastCheckpoint(BaseCallback):
-    """Saves ``last_model.zip`` (+ the replay buffer of off-policy algorithms) every ``save_freq`` steps.
+    """Saves ``last_model.zip`` (+ the replay buffer of off-policy algorithms) every ``save_freq`` steps
+    or every ``save_interval_s`` seconds, whichever comes first; each file is written atomically.
 
     :param run_dir: the run folder.
     :param save_freq: env steps between checkpoints (what ``--resume`` continues from).
+    :param save_interval_s: wall-clock seconds between checkpoints (``None``: steps only).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, save_freq: int) -> None:
+    def __init__(self, run_dir: str | os.PathLike, save_freq: int, save_interval_s: float | None = None) -> None:
         super().__init__()
-        self.run_dir, self.save_freq, self._last = Path(run_dir), save_freq, 0
+        self.run_dir, self.save_freq, self.save_interval_s = Path(run_dir), save_freq, save_interval_s
+        self._last, self._last_time = 0, time.monotonic()
+
+    def _init_callback(self) -> None:
+        self._last, self._last_time = self.model.num_timesteps, time.monotonic()
 
     def _on_step(self) -> bool:
-        if self.num_timesteps - self._last >= self.save_freq:
-            self._last = self.num_timesteps
+        late = self.save_interval_s is not None and time.monotonic() - self._last_time >= self.save_interval_s
+        if late or self.num_timesteps - self._last >= self.save_freq:
+            self._last, self._last_time = self.num_timesteps, time.monotonic()
             save_last(self.model, self.run_dir)
         return True
 
 
+def save_model(model, path: str | os.PathLike) -> None:
+    """``model.save(path)``, atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
 def save_last(model, run_dir: str | os.PathLike) -> None:
-    """Write ``last_model.zip`` and, for off-policy algorithms, ``last_replay_buffer.pkl``."""
-    model.save(Path(run_dir) / "last_model.zip")
+    """Write ``last_model.zip`` and, for off-policy algorithms, ``last_replay_buffer.pkl`` (each atomically).
+
+    The buffer is renamed into place first: a kill between the two renames leaves a buffer at most
+    one checkpoint newer than the model, never a torn file.
+    """
     if hasattr(model, "save_replay_buffer"):
-        model.save_replay_buffer(Path(run_dir) / "last_replay_buffer.pkl")
+        with atomic_path(Path(run_dir) / "last_replay_buffer.pkl") as tmp:
+            model.save_replay_buffer(tmp)
+    save_model(model, Path(run_dir) / "last_model.zip")
 
 
 class ManagerCallback(BaseCallback, Controlled):
@@ -67,8 +88,9 @@ class ManagerCallback(BaseCallback, Controlled):
 
     :param manager: a :class:`~rl_manager.managers.Manager` or a registered name (``"rule"``).
     :param run_dir: folder for ``audit.jsonl``, ``best_model.zip`` and the manager state.
-    :param eval_env: evaluation env for standalone mode (``None``: use the parent EvalCallback's
-        results, or training-window telemetry at checkpoint boundaries).
+    :param eval_env: evaluation env for standalone mode, a ``VecEnv`` or a plain ``gymnasium.Env``
+        (wrapped in a ``DummyVecEnv``, as ``EvalCallback`` does); ``None``: use the parent
+        EvalCallback's results, or training-window telemetry at checkpoint boundaries.
     :param eval_freq: standalone mode: decide every ``eval_freq`` calls (per env step of a VecEnv).
     :param n_eval_episodes: evaluation episodes per boundary (standalone mode).
     :param evaluator: a :class:`~rl_manager.evaluation.PairedEvaluator` used instead of ``eval_env``:
@@ -96,7 +118,7 @@ class ManagerCallback(BaseCallback, Controlled):
         manager: Manager | str = "rule",
         *,
         run_dir: str | os.PathLike = "runs/managed",
-        eval_env: VecEnv | None = None,
+        eval_env: gym.Env | VecEnv | None = None,
         eval_freq: int = 0,
         n_eval_episodes: int = 10,
         deterministic: bool = True,
@@ -122,6 +144,8 @@ class ManagerCallback(BaseCallback, Controlled):
             verbose=verbose,
         )
         # fmt: on
+        if eval_env is not None and not isinstance(eval_env, VecEnv):
+            eval_env = DummyVecEnv([lambda env=eval_env: env])  # a plain gymnasium env, wrapped as EvalCallback does
         self.eval_env, self.evaluator = eval_env, evaluator
         self.eval_freq = int(eval_freq)
         self.n_eval_episodes = n_eval_episodes
@@ -137,7 +161,7 @@ class ManagerCallback(BaseCallback, Controlled):
         self.controller.target = self.model
         if self.capture not in self.model.logger.output_formats:
             self.model.logger.output_formats.append(self.capture)
-        self.controller.start()
+        self.controller.start(resumed_at=self.model.num_timesteps)
         if self.eval_freq <= 0 and not isinstance(self.parent, EvalCallback):
             logger.warning("ManagerCallback has no eval_freq and no EvalCallback parent: it will never decide")
 
@@ -156,7 +180,7 @@ class ManagerCallback(BaseCallback, Controlled):
     def checkpoint(self, path: Path | None = None) -> dict[str, Any]:
         """Weights and optimiser state in memory (the replay buffer is kept); also saved to ``path``."""
         if path is not None:
-            self.model.save(path)
+            save_model(self.model, path)
         return copy.deepcopy(self.model.get_parameters())
 
     def restore(self, checkpoint: dict[str, Any] | Path) -> None:

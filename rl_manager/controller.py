@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Protocol, get_args
 
 from rl_manager.async_runner import AsyncDecider, AsyncResult, revalidate
-from rl_manager.audit import AuditLog
+from rl_manager.audit import AuditLog, read_audit
 from rl_manager.core import DecisionLedger, Outcome, decide
+from rl_manager.io import write_text_atomic
 from rl_manager.knobs import Knob, ManagerError
 from rl_manager.managers import Manager, make_manager
 from rl_manager.menu import GateConfig, build_action_space
@@ -130,6 +131,15 @@ def history_row(index: int, score_name: str, score: float | None, obs: Observati
     )
 
 
+def _audit_run_id(run_dir: Path) -> str | None:
+    """The run id of the audit log in ``run_dir`` (``None``: no readable record)."""
+    try:
+        records = read_audit(run_dir)
+    except ValueError:
+        return None
+    return records[-1].run_id if records else None
+
+
 class Controller:
     """Bounded closed-loop control of one training run, whatever runs the training.
 
@@ -212,15 +222,66 @@ class Controller:
         self._requested: TelemetrySnapshot | None = None
 
     # ------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        """Open the run: load the saved state (``resume``), the audit log and the async worker."""
+    def start(self, resumed_at: int | None = None) -> None:
+        """Open the run: load the saved state (``resume``), the audit log and the async worker.
+
+        :param resumed_at: the step training restarts from when resuming an interrupted run (the
+            checkpoint's step, 0 without one): the audit gets a ``resume`` record naming the lost
+            segment (steps after it that are trained again) and the knobs restored.
+        :raises ManagerError: the saved state is unreadable or belongs to another run.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume:
-            self._load_state()
-        self.run_id = self.run_id or uuid.uuid4().hex[:12]
+        saved = self._load_state() if self.resume and self.audit is None else None  # once a process
+        self.run_id = self.run_id or (saved or {}).get("run_id") or _audit_run_id(self.run_dir) or uuid.uuid4().hex[:12]
         self.audit = AuditLog(self.run_dir, self.run_id)
         self.decider = AsyncDecider(max_age=self.max_age) if self.async_decisions else None
         self.closed = False
+        if saved is not None:
+            self._reconcile(saved, resumed_at)
+
+    def _reconcile(self, saved: dict[str, Any], resumed_at: int | None) -> None:
+        """Audit what a kill left behind: records written after the saved state, a request in
+        flight, and (``resumed_at``) the segment of training that is lost."""
+        assert self.audit is not None
+        knobs = self.knob_values()
+        index = max(0, self.state.evaluation_index)
+        # the furthest step the run reached: its last audit record may be newer than the saved state
+        last_step = max([r.step for r in self.state.history] + [self.observation.step])
+        if self.audit.last is not None:
+            last_step = max(last_step, self.audit.last.step)
+        committed = saved.get("audit_next_seq")
+        if committed is not None and self.audit.next_seq > committed:
+            last = self.audit.last
+            self.audit.append(
+                kind="note",
+                step=self.observation.step,
+                evaluation_index=index,
+                knobs_before=last.knobs_after if last is not None else {},
+                knobs_after=knobs,
+                message=f"records {committed}..{self.audit.next_seq - 1} were written after the last saved "
+                f"state (killed in between): superseded, the run continues from evaluation {index}",
+            )
+        pending = saved.get("pending_request")
+        if pending is not None:
+            self.ledger.counts["abandoned"] += 1
+            message = f"request from evaluation {pending} lost: the run was killed"
+            self._log_unapplied("abandoned", None, message, pending)
+        if resumed_at is None:
+            return
+        lost = max(0, last_step - resumed_at)
+        self.ledger.counts["resumes"] = self.ledger.counts.get("resumes", 0) + 1
+        self.ledger.counts["lost_steps"] = self.ledger.counts.get("lost_steps", 0) + lost
+        before = self.audit.last.knobs_after if self.audit.last is not None else knobs
+        self.audit.append(
+            kind="resume",
+            step=resumed_at,
+            evaluation_index=index,
+            knobs_before=before,
+            knobs_after=knobs,
+            message=f"resumed at step {resumed_at} with the state of evaluation {index} (step {last_step}); "
+            + (f"lost segment: steps {resumed_at}..{last_step} are trained again" if lost else "nothing lost"),
+        )
+        self.save_state()
 
     def close(self) -> dict[str, Any]:
         """End the run: audit a reply still pending (``abandoned``), optionally end on the best, save the state.
@@ -600,29 +661,44 @@ class Controller:
             "ledger": dataclasses.asdict(self.ledger),
             "knobs": self.knob_values(),
             "interventions": self.interventions,
+            "step": self.observation.step,
+            # the audit records this state accounts for, and a request in flight (for a resume)
+            "audit_next_seq": self.audit.next_seq if self.audit is not None else None,
+            "pending_request": self.decider.submitted_at if self.decider is not None and self.decider.busy else None,
         }
-        path = self.run_dir / STATE_FILENAME
-        tmp = path.with_name(STATE_FILENAME + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(self.run_dir / STATE_FILENAME, json.dumps(data))
 
-    def _load_state(self) -> None:
+    def _load_state(self) -> dict[str, Any] | None:
+        """Load ``manager_state.json`` if there is one; return what was read.
+
+        :raises ManagerError: naming the file, if it is unreadable, invalid or from another run.
+        """
         path = self.run_dir / STATE_FILENAME
         if not path.exists():
-            return
-        data = json.loads(path.read_text())
-        self.run_id = self.run_id or data.get("run_id")
-        self.state = TelemetryState.model_validate(data["telemetry"])
-        self.ledger = DecisionLedger(**copy.deepcopy(data.get("ledger", {})))
+            return None
+        hint = f"move {path} away to start the manager afresh (the audit log is kept)"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            state = TelemetryState.model_validate(data["telemetry"])
+            ledger = DecisionLedger(**copy.deepcopy(data.get("ledger", {})))
+            knobs = {str(k): float(v) for k, v in data.get("knobs", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ManagerError(f"{path}: not a valid manager state ({type(exc).__name__}: {exc}); {hint}") from exc
+        owner = data.get("run_id")
+        audit_owner = _audit_run_id(self.run_dir)
+        for other in (self.run_id, audit_owner):
+            if other is not None and owner is not None and owner != other:
+                raise ManagerError(f"{path} belongs to run {owner!r}, not {other!r}; {hint}")
+        self.run_id = self.run_id or owner
+        self.state, self.ledger = state, ledger
         self.interventions = list(data.get("interventions", []))
+        self.observation = Observation(step=int(data.get("step") or 0))
         # knobs outside the checkpoint (env reward weights, optimiser groups) are re-applied
-        self._set_knobs(data.get("knobs", {}))
+        self._set_knobs(knobs)
         best = self.run_dir / self.best_file if self.best_file else None
         if self.state.best is not None and best is not None and best.exists():
             self.best_checkpoint = best
+        return data
 
     # ------------------------------------------------------------------------------------- reporting
     @property

@@ -1,9 +1,11 @@
-"""Loading snapshots and configs from files, with errors that name the problem."""
+"""Loading snapshots and configs from files, with errors that name the problem; atomic file writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,3 +55,56 @@ def load_model(path: str | os.PathLike, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{path}: invalid {model.__name__}:\n{validation_summary(exc)}") from exc
+
+
+#: infix of the temporary files of :func:`atomic_path` (``.last_model.partial.zip``)
+PARTIAL = ".partial"
+
+
+def remove_partial_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed process left in ``folder`` (see :func:`atomic_path`); return them."""
+    found = sorted(Path(folder).glob(f".*{PARTIAL}*"))
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    A run killed at any moment leaves either the old file or the new one, never a torn one. The
+    temporary name keeps the suffix (SB3 appends ``.zip``/``.pkl`` to names without one).
+
+    :param path: the file to (re)write.
+    """
+    p = Path(path)
+    tmp = p.with_name(f".{p.stem}{PARTIAL}{p.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(p.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -411,14 +411,15 @@ class AuditRecord(StrictModel):
     """One self-contained audit-log line.
 
     ``kind`` is ``decision`` for a decision point, ``stale`` for an async reply discarded as too
-    old, ``abandoned`` for a request still pending at the end of a run, ``note`` for anything else
-    worth keeping (resume, errors outside a decision).
+    old, ``abandoned`` for a request still pending at the end of a run (or lost in a kill),
+    ``resume`` where an interrupted run continues (the lost segment in ``message``), ``note`` for
+    anything else worth keeping (reverts, errors outside a decision).
     """
 
     run_id: str
     seq: int = Field(ge=0)
     time: str
-    kind: Literal["decision", "stale", "abandoned", "note"] = "decision"
+    kind: Literal["decision", "stale", "abandoned", "resume", "note"] = "decision"
     step: int = 0
     evaluation_index: int = 0
     proposer: str = ""

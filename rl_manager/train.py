@@ -8,8 +8,11 @@ Recipes are zoo-style YAML, ``experiments/hyperparams/<algo>.yml``, shipped in t
         config.yml command.txt audit.jsonl manager_state.json evaluations.npz
         *.monitor.csv tb/ best_model.zip last_model.zip final_model.zip summary.json
 
-``--resume RUN_DIR`` continues a run from ``last_model.zip`` (model, replay buffer, knobs, manager
-state and audit sequence) up to its budget.
+``--resume RUN_DIR`` continues a run, killed or finished, up to its budget: from ``last_model.zip``
+(model and replay buffer; written every ``--save-freq`` steps or ``--save-interval`` seconds), or
+from scratch when it was killed before its first checkpoint. Knobs, manager state and the audit
+sequence continue from ``manager_state.json``; the audit records the resume and the lost segment
+(the steps after the checkpoint that are trained again). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rl_manager.io import InputError, load_data
+from rl_manager.io import InputError, atomic_path, load_data, remove_partial_files, write_text_atomic
+from rl_manager.knobs import ManagerError
 from rl_manager.managers import MANAGERS
 from rl_manager.schema import HistoryRow
 
@@ -49,6 +53,8 @@ def recipe_file(algo: str) -> Path:
 
 
 DEFAULT_ALGO = {"Fetch": "tqc", "PlanarReacher": "ppo"}
+#: algorithms whose checkpoints carry a replay buffer (expensive: checkpointed less often)
+OFF_POLICY = ("sac", "tqc", "td3", "ddpg")
 RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
 #: keys of a recipe that are not algorithm constructor arguments
 RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "policy", "manager_knobs", "targets", "env_kwargs")
@@ -94,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-age", type=int, default=2, help="async replies older than this many boundaries are stale")
     p.add_argument("--no-safety", action="store_true", help="use the plain env, without the safety-cost wrapper")
     p.add_argument("--save-freq", type=int, default=None, help="env steps between resumable checkpoints")
+    p.add_argument(
+        "--save-interval",
+        type=float,
+        default=None,
+        help="seconds between resumable checkpoints (default: 60 on-policy, 300 off-policy)",
+    )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("-P", "--progress", action="store_true", help="show a progress bar")
@@ -197,13 +209,14 @@ def write_evaluations(path: Path, history: list[HistoryRow]) -> None:
     def column(name: str) -> np.ndarray:
         return np.array([np.nan if getattr(r, name) is None else getattr(r, name) for r in history], dtype=float)
 
-    np.savez(
-        path,
-        timesteps=np.array([r.step for r in history], dtype=np.int64),
-        scores=column("score"),
-        returns=column("mean_return"),
-        costs=column("mean_cost"),
-    )
+    with atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            timesteps=np.array([r.step for r in history], dtype=np.int64),
+            scores=column("score"),
+            returns=column("mean_return"),
+            costs=column("mean_cost"),
+        )
 
 
 #: base seeds of the paired scene sets: boundary evaluations and the final held-out evaluation use
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return _main(args)
-    except InputError as exc:
+    except (InputError, ManagerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -362,6 +375,7 @@ def _main(args: argparse.Namespace) -> int:
             # off-policy checkpoints carry the replay buffer (hundreds of MB): at most every 50k steps,
             # but at least once mid-run so that short runs can be resumed too
             "save_freq": args.save_freq or max(budget // 10, min(50_000, budget // 2)),
+            "save_interval_s": args.save_interval or (300.0 if algo in OFF_POLICY else 60.0),
             "tensorboard_log": args.tensorboard_log or str(run_dir / "tb"),
             "device": args.device,
             "info_keywords": list(_info_keywords(env_id)),
@@ -369,7 +383,7 @@ def _main(args: argparse.Namespace) -> int:
             "max_age": args.max_age,
             "llm_gguf": args.llm_gguf,
         }
-        (run_dir / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_text_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
         f.write(" ".join([sys.executable, "-m", "rl_manager.train", *sys.argv[1:]]) + "\n")
     print(f"manager: {manager_line}")
@@ -397,7 +411,7 @@ def train(
     from stable_baselines3.common.env_util import make_vec_env
 
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
-    from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last
+    from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last, save_model
     from rl_manager.knobs import KnobBounds
     from rl_manager.schema import Targets
 
@@ -409,15 +423,19 @@ def train(
         n_envs=n_envs,
         seed=config["seed"] + (1000 if resume else 0),
         monitor_dir=str(run_dir),
-        monitor_kwargs={"info_keywords": tuple(config["info_keywords"])},
+        # a resumed run appends to its episode logs
+        monitor_kwargs={"info_keywords": tuple(config["info_keywords"]), "override_existing": not resume},
         env_kwargs=env_kwargs,
     )
     eval_env = make_vec_env(config["env_id"], n_envs=1, seed=config["seed"] + 10_000, env_kwargs=env_kwargs)
     evaluator = paired_evaluator(config, config["eval_episodes"], EVAL_BASE_SEED, env.observation_space)
-    last = run_dir / "last_model.zip"
-    if resume and not last.exists():
-        raise InputError(f"{run_dir}: no last_model.zip to resume from")
-    model = _build_model(config, env, run_dir, last if resume else None)
+    if resume and (partial := remove_partial_files(run_dir)):
+        logger.warning("removed files a killed process was writing: %s", ", ".join(p.name for p in partial))
+    checkpoint = run_dir / "last_model.zip" if resume else None
+    if checkpoint is not None and not checkpoint.exists():
+        logger.warning("%s: no last_model.zip (killed before the first checkpoint): training from step 0", run_dir)
+        checkpoint = None
+    model = _build_model(config, env, run_dir, checkpoint)
     knobs = {k: KnobBounds.model_validate(v) for k, v in (recipe.get("manager_knobs") or {}).items()}
     manager_cb = ManagerCallback(
         config["manager"],
@@ -434,21 +452,25 @@ def train(
         evaluator=evaluator,
         verbose=verbose,
     )
-    remaining = config["n_timesteps"] - (model.num_timesteps if resume else 0)
+    remaining = config["n_timesteps"] - model.num_timesteps
+    saver = LastCheckpoint(run_dir, config["save_freq"], config.get("save_interval_s"))
     start = time.time()
     if remaining > 0:
         model.learn(
             remaining,
-            callback=CallbackList([manager_cb, LastCheckpoint(run_dir, config["save_freq"])]),
-            reset_num_timesteps=not resume,
+            callback=CallbackList([manager_cb, saver]),
+            reset_num_timesteps=checkpoint is None,
             progress_bar=progress,
             tb_log_name="run",
         )
     else:
-        manager_cb.init_callback(model)  # nothing left to train: still load the manager state for the summary
+        from stable_baselines3.common.logger import configure
+
+        model.set_logger(configure(None, []))  # nothing left to train: still load the manager state for the summary
+        manager_cb.init_callback(model)
     elapsed = time.time() - start
     save_last(model, run_dir)
-    model.save(run_dir / "final_model.zip")
+    save_model(model, run_dir / "final_model.zip")
     history = manager_cb.state.history
     write_evaluations(run_dir / "evaluations.npz", history)
     summary = {
@@ -464,7 +486,7 @@ def train(
         "heldout": heldout_evaluation(model, config, config["heldout_episodes"]),
         "software": software_versions(),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     held = summary["heldout"]["deterministic/all"]
     print(
         f"done: {model.num_timesteps} steps in {elapsed:.0f}s; held-out deterministic: return {held['mean_return']}, "

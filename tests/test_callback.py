@@ -241,3 +241,18 @@ def test_no_decisions_before_off_policy_learning_starts(tmp_path):
     model.learn(400, callback=cb)
     proposers = [r.proposer for r in read_audit(tmp_path)]
     assert proposers == ["controller", "controller", "controller", "rule"]
+
+
+def test_plain_gymnasium_eval_env_without_success_or_cost_keys(tmp_path):
+    """The README's plug-in with a non-vectorised eval env (A2C on Pendulum): wrapped as EvalCallback does."""
+    import gymnasium as gym
+    from stable_baselines3 import A2C
+
+    model = A2C("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), policy_kwargs={"net_arch": [8]}, seed=0)
+    cb = ManagerCallback("rule", eval_env=gym.make("Pendulum-v1"), eval_freq=50, n_eval_episodes=1, run_dir=tmp_path)
+    model.learn(200, callback=cb)
+    records = read_audit(tmp_path)
+    assert len(records) == 2 and cb.state.score_name == "mean_return"
+    evaluation = records[-1].snapshot.evaluation
+    assert evaluation.n_episodes == 1 and evaluation.mean_return is not None and np.isfinite(evaluation.mean_return)
+    assert evaluation.success_rate is None and evaluation.mean_cost is None  # absent keys: absent metrics

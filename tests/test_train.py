@@ -47,8 +47,11 @@ def test_train_cli_reacher_then_resume(tmp_path, capsys):
     assert main(["--resume", str(run)]) == 0
     records = read_audit(run)
     assert [r.seq for r in records] == list(range(len(records)))
-    assert [r.evaluation_index for r in records] == list(range(len(records)))
-    assert len(records) == 8 and records[-1].step == 2048
+    (resumed,) = [r for r in records if r.kind == "resume"]
+    assert resumed.seq == 4 and resumed.step == 1024 and "nothing lost" in resumed.message
+    decisions = [r for r in records if r.kind == "decision"]
+    assert [r.evaluation_index for r in decisions] == list(range(8))
+    assert len(decisions) == 8 and records[-1].step == 2048
     assert len({r.run_id for r in records}) == 1
 
 
