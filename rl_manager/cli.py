@@ -4,6 +4,7 @@
 
     rl-manager train --env PlanarReacher --recipe conservative   # = python -m rl_manager.train ...
     rl-manager audit show runs/x                                  # = python -m rl_manager.audit show runs/x
+    rl-manager llm pull                                           # = python -m rl_manager.models pull
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "decide": "rl_manager.decide",
     "bench": "rl_manager.bench_decisions",
     "schema": "rl_manager.schema",
+    "llm": "rl_manager.models",
 }
 
 USAGE = (

@@ -57,7 +57,7 @@ def test_bench_decisions_on_visible_suite():
 def test_console_script_dispatches_to_the_tools(capsys):
     from rl_manager.cli import COMMANDS, main
 
-    assert set(COMMANDS) == {"train", "compare", "audit", "decide", "bench", "schema"}
+    assert set(COMMANDS) == {"train", "compare", "audit", "decide", "bench", "schema", "llm"}
     assert main(["schema"]) == 0 and "TelemetrySnapshot" in capsys.readouterr().out
     assert main(["decide", "--snapshot", str(SNAPSHOTS[0])]) == 0
     assert json.loads(capsys.readouterr().out)["proposer"] == "rule"
