@@ -11,7 +11,11 @@ variable                       meaning
 ``RL_MANAGER_TEMPERATURE``     sampling temperature
 ``RL_MANAGER_SEED``            sampling seed (``None``: not sent)
 ``RL_MANAGER_MAX_TOKENS``      largest reply, in tokens
-``RL_MANAGER_RESPONSE_FORMAT`` ``json_schema`` (structured output), ``json_object`` or ``none``
+``RL_MANAGER_RESPONSE_FORMAT`` ``menu_schema`` (default: a schema of this decision's menu, reason first),
+                               ``json_schema`` (the static decision schema), ``json_object`` or ``none``
+``RL_MANAGER_PROMPT``          ``compact`` (default; ~600-900 tokens) or ``full`` (the long prompt)
+``RL_MANAGER_MAX_CALLS``       budget guard: most LLM requests per run (``None``: no limit)
+``RL_MANAGER_MAX_TOKENS_RUN``  budget guard: most prompt + completion tokens per run
 =============================  ==============================================================
 
 The key is a :class:`~pydantic.SecretStr`: ``repr``, ``str`` and ``model_dump`` show it masked.
@@ -24,7 +28,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ResponseFormat = Literal["json_schema", "json_object", "none"]
+ResponseFormat = Literal["menu_schema", "json_schema", "json_object", "none"]
+PromptStyle = Literal["compact", "full"]
 
 
 class LLMSettings(BaseSettings):
@@ -40,8 +45,15 @@ class LLMSettings(BaseSettings):
     :param temperature: sampling temperature.
     :param seed: sampling seed, or ``None`` to leave it out of the request.
     :param max_tokens: largest reply in tokens; a reply cut off at this length is a failure.
-    :param response_format: ``json_schema`` (the server enforces the decision schema),
-        ``json_object`` (the server enforces JSON) or ``none`` (the prompt alone asks for JSON).
+    :param response_format: ``menu_schema`` (the server enforces a schema of this decision's menu:
+        a non-empty ``reason`` first, the allowed actions and knob values as enums),
+        ``json_schema`` (the static decision schema), ``json_object`` (the server enforces JSON)
+        or ``none`` (the prompt alone asks for JSON).
+    :param prompt: ``compact`` (short; the reading notes, menu split into lower/higher values) or
+        ``full`` (every section of the telemetry).
+    :param max_calls: budget guard: most requests per manager (run); past it the manager raises
+        and :func:`~rl_manager.core.decide` falls back. ``None``: unlimited.
+    :param max_tokens_run: budget guard: most prompt + completion tokens per manager (run).
     """
 
     model_config = SettingsConfigDict(
@@ -63,7 +75,10 @@ class LLMSettings(BaseSettings):
     temperature: float = Field(default=0.2, ge=0, le=2)
     seed: int | None = 0
     max_tokens: int = Field(default=512, ge=16, le=32_768)
-    response_format: ResponseFormat = "json_schema"
+    response_format: ResponseFormat = "menu_schema"
+    prompt: PromptStyle = "compact"
+    max_calls: int | None = Field(default=None, ge=0)
+    max_tokens_run: int | None = Field(default=None, ge=0)
 
     def api_key_value(self) -> str | None:
         """The key in clear text, for the HTTP client only; never log it."""

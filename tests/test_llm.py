@@ -21,7 +21,7 @@ from rl_manager.core import Outcome, decide
 from rl_manager.managers.llm import LLMManager, decision_response_format, is_strict_compatible
 from rl_manager.managers.rule import RuleManager
 from rl_manager.menu import build_action_space
-from rl_manager.prompt import build_messages, build_user_prompt, render_messages
+from rl_manager.prompt import build_messages, build_user_prompt, menu_schema, render_messages
 from rl_manager.schema import (
     Adjust,
     AlgoHealth,
@@ -174,7 +174,7 @@ def test_valid_decision(server: ScriptedServer) -> None:
     assert body["model"] == "test-model" and body["seed"] == 0 and body["max_tokens"] == 512
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
     assert body["response_format"]["type"] == "json_schema"
-    assert body["response_format"]["json_schema"]["schema"] == DecisionAdapter.json_schema()
+    assert body["response_format"]["json_schema"]["schema"] == menu_schema(outcome.menu)
     assert outcome.attempts[0].prompt == render_messages(body["messages"])
     assert server.headers[0]["authorization"] == f"Bearer {SECRET}"  # the key reaches the server only
 
@@ -281,7 +281,7 @@ def test_no_fallback_gives_noop(server: ScriptedServer) -> None:
     assert isinstance(outcome.decision, NoAction) and outcome.fallback == "no_action" and outcome.changes == []
 
 
-@pytest.mark.parametrize("mode", ["json_object", "none"])
+@pytest.mark.parametrize("mode", ["json_schema", "json_object", "none"])
 def test_response_format_modes(server: ScriptedServer, mode: str) -> None:
     server.script = [reply(json.dumps({"action": "no_action", "reason": "", "expected_outcome": ""}))]
     outcome = decide(make_snapshot(), make_manager(server, response_format=mode))
@@ -289,8 +289,12 @@ def test_response_format_modes(server: ScriptedServer, mode: str) -> None:
     body = server.requests[0]
     if mode == "none":
         assert "response_format" not in body
+    elif mode == "json_schema":
+        assert body["response_format"]["json_schema"]["schema"] == DecisionAdapter.json_schema()
     else:
         assert body["response_format"] == {"type": "json_object"}
+    # without a server-enforced schema the compact prompt spells out the reply shapes
+    assert ('"action": "no_action"' in body["messages"][1]["content"]) == (mode != "json_schema")
 
 
 def test_response_format_strictness() -> None:

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from rl_manager.managers.base import Manager, Proposal
-from rl_manager.prompt import build_messages, render_messages
+from rl_manager.prompt import build_compact_messages, build_messages, menu_schema, render_messages
 from rl_manager.schema import ActionSpace, DecisionAdapter, TelemetrySnapshot
 from rl_manager.settings import LLMSettings
 
@@ -51,13 +51,26 @@ def is_strict_compatible(schema: dict[str, Any]) -> bool:
     return ok(schema)
 
 
-def decision_response_format(mode: str) -> dict[str, Any] | None:
+class BudgetExceeded(RuntimeError):
+    """The run's LLM budget (calls or tokens) is spent; :func:`~rl_manager.core.decide` falls back."""
+
+
+def decision_response_format(mode: str, menu: ActionSpace | None = None) -> dict[str, Any] | None:
     """The ``response_format`` request field for ``mode``.
 
-    :param mode: ``json_schema``, ``json_object`` or ``none``.
+    :param mode: ``menu_schema``, ``json_schema``, ``json_object`` or ``none``.
+    :param menu: the menu of this decision (``menu_schema`` only).
     :return: the field, or ``None`` to leave it out.
-    :raises ValueError: for an unknown mode.
+    :raises ValueError: for an unknown mode, or ``menu_schema`` without a menu.
     """
+    if mode == "menu_schema":
+        if menu is None:
+            raise ValueError("menu_schema needs the menu of the decision")
+        schema = menu_schema(menu)
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "decision", "schema": schema, "strict": is_strict_compatible(schema)},
+        }
     if mode == "none":
         return None
     if mode == "json_object":
@@ -70,7 +83,7 @@ def decision_response_format(mode: str) -> dict[str, Any] | None:
             "type": "json_schema",
             "json_schema": {"name": "decision", "schema": schema, "strict": is_strict_compatible(schema)},
         }
-    raise ValueError(f"unknown response_format mode {mode!r}; choose json_schema, json_object or none")
+    raise ValueError(f"unknown response_format mode {mode!r}; choose menu_schema, json_schema, json_object or none")
 
 
 class LLMManager(Manager):
@@ -96,13 +109,35 @@ class LLMManager(Manager):
                 max_retries=self.settings.max_retries,
             )
         self._client = client
-        self._response_format = decision_response_format(self.settings.response_format)
+        if self.settings.response_format != "menu_schema":  # validates the mode now, not at the first call
+            decision_response_format(self.settings.response_format)
+        #: requests sent and prompt + completion tokens used so far (the budget guard counts these)
+        self.calls = 0
+        self.tokens_used = 0
 
     def __repr__(self) -> str:
         s = self.settings
         return f"LLMManager(model={s.model!r}, base_url={s.base_url!r}, response_format={s.response_format!r})"
 
-    def request_kwargs(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def budget(self) -> dict[str, int | None]:
+        """Calls and tokens used so far, with their limits (for the run summary)."""
+        s = self.settings
+        return {
+            "calls": self.calls,
+            "max_calls": s.max_calls,
+            "tokens": self.tokens_used,
+            "max_tokens_run": s.max_tokens_run,
+        }
+
+    def messages(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> list[dict[str, str]]:
+        """The chat messages of one request, in the configured prompt style."""
+        if self.settings.prompt == "full":
+            return build_messages(snapshot, menu, feedback)
+        # a schema-constrained reply needs no list of reply shapes in the prompt
+        formats = self.settings.response_format not in ("menu_schema", "json_schema")
+        return build_compact_messages(snapshot, menu, feedback, formats=formats)
+
+    def request_kwargs(self, messages: list[dict[str, str]], menu: ActionSpace | None = None) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for ``messages``."""
         s = self.settings
         kwargs: dict[str, Any] = {
@@ -113,19 +148,28 @@ class LLMManager(Manager):
         }
         if s.seed is not None:
             kwargs["seed"] = s.seed
-        if self._response_format is not None:
-            kwargs["response_format"] = self._response_format
+        response_format = decision_response_format(s.response_format, menu)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         return kwargs
 
     def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
-        messages = build_messages(snapshot, menu, feedback)
+        s = self.settings
+        if s.max_calls is not None and self.calls >= s.max_calls:
+            raise BudgetExceeded(f"LLM budget spent: {self.calls} calls (max_calls={s.max_calls})")
+        if s.max_tokens_run is not None and self.tokens_used >= s.max_tokens_run:
+            raise BudgetExceeded(f"LLM budget spent: {self.tokens_used} tokens (max_tokens_run={s.max_tokens_run})")
+        messages = self.messages(snapshot, menu, feedback)
         prompt = render_messages(messages)
-        response = self._client.chat.completions.create(**self.request_kwargs(messages))
+        self.calls += 1
+        response = self._client.chat.completions.create(**self.request_kwargs(messages, menu))
+        usage = response.usage
+        if usage is not None:
+            self.tokens_used += int(usage.prompt_tokens or 0) + int(usage.completion_tokens or 0)
         if not response.choices:
             raise RuntimeError("the server returned no choices")
         choice = response.choices[0]
         text = choice.message.content if choice.message is not None else None
-        usage = response.usage
         logger.debug(
             "llm reply: finish_reason=%s, %s prompt / %s completion tokens",
             choice.finish_reason,
