@@ -1,9 +1,10 @@
 """Asynchronous decisions: a request never blocks training.
 
 :class:`AsyncDecider` runs one decision request at a time (a callable, usually
-``lambda: decide(snapshot, manager, ...)``) on a :class:`~concurrent.futures.ThreadPoolExecutor`
-with one worker; the training loop submits a request at a boundary (an evaluation) and polls the
-:class:`~concurrent.futures.Future` at the following boundaries:
+``lambda: decide(snapshot, manager, ...)``) on a daemon thread (:func:`run_detached`: a request
+stuck on a dead endpoint never holds up the process's exit); the training loop submits a request at
+a boundary (an evaluation) and polls the :class:`~concurrent.futures.Future` at the following
+boundaries:
 
 - :meth:`AsyncDecider.poll` returns the finished result once, with its age in boundaries; a
   result older than ``max_age`` boundaries is marked ``stale`` (the caller discards and logs it);
@@ -18,8 +19,9 @@ It knows nothing about SB3 or PyTorch; :class:`~rl_manager.controller.Controller
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,22 @@ from rl_manager.menu import GateConfig, build_action_space
 from rl_manager.schema import TelemetrySnapshot
 
 logger = logging.getLogger(__name__)
+
+
+def run_detached(request: Callable[[], Any], name: str = "rl_manager-decider") -> Future:
+    """Run ``request`` on a new daemon thread; its result (or exception) lands in the returned future."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(request())
+        except BaseException as exc:  # captured for the caller, as an executor would
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 @dataclass
@@ -77,8 +95,7 @@ class AsyncDecider:
     def __init__(self, max_age: int = 2, name: str = "rl_manager-decider") -> None:
         if max_age < 0:
             raise ValueError(f"max_age must be >= 0, got {max_age}")
-        self.max_age = max_age
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.max_age, self.name = max_age, name
         self._future: Future | None = None
         self._submitted_at = 0
         self._closed = False
@@ -114,7 +131,7 @@ class AsyncDecider:
             raise RuntimeError("AsyncDecider is closed")
         if self._future is not None:
             return False
-        self._future, self._submitted_at = self._executor.submit(request), boundary_index
+        self._future, self._submitted_at = run_detached(request, self.name), boundary_index
         return True
 
     def poll(self, boundary_index: int) -> AsyncResult | None:
@@ -157,7 +174,6 @@ class AsyncDecider:
         if self._future is not None:
             self._future.cancel()
         self._future = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
         if abandoned is not None:
             logger.info("decision request submitted at %d abandoned", abandoned)
         return abandoned

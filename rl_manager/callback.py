@@ -25,6 +25,7 @@ from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from rl_manager.actuators import KnobBounds, discover_actuators
@@ -44,6 +45,9 @@ class LastCheckpoint(BaseCallback):
     """Saves ``last_model.zip`` (+ the replay buffer of off-policy algorithms) every ``save_freq`` steps
     or every ``save_interval_s`` seconds, whichever comes first; each file is written atomically.
 
+    On-policy algorithms are saved when a rollout starts (their weights then hold every step
+    counted so far, and a resumed run ends exactly on its budget); off-policy ones at any step.
+
     :param run_dir: the run folder.
     :param save_freq: env steps between checkpoints (what ``--resume`` continues from).
     :param save_interval_s: wall-clock seconds between checkpoints (``None``: steps only).
@@ -57,11 +61,21 @@ class LastCheckpoint(BaseCallback):
     def _init_callback(self) -> None:
         self._last, self._last_time = self.model.num_timesteps, time.monotonic()
 
-    def _on_step(self) -> bool:
+    def _due(self) -> bool:
         late = self.save_interval_s is not None and time.monotonic() - self._last_time >= self.save_interval_s
-        if late or self.num_timesteps - self._last >= self.save_freq:
-            self._last, self._last_time = self.num_timesteps, time.monotonic()
-            save_last(self.model, self.run_dir)
+        return late or self.model.num_timesteps - self._last >= self.save_freq
+
+    def _save(self) -> None:
+        self._last, self._last_time = self.model.num_timesteps, time.monotonic()
+        save_last(self.model, self.run_dir)
+
+    def _on_rollout_start(self) -> None:
+        if isinstance(self.model, OnPolicyAlgorithm) and self._due():
+            self._save()
+
+    def _on_step(self) -> bool:
+        if not isinstance(self.model, OnPolicyAlgorithm) and self._due():
+            self._save()
         return True
 
 

@@ -31,11 +31,12 @@ import math
 import os
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
-from rl_manager.async_runner import AsyncDecider, AsyncResult, revalidate
+from rl_manager.async_runner import AsyncDecider, AsyncResult, revalidate, run_detached
 from rl_manager.audit import AuditLog, read_audit
 from rl_manager.core import DecisionLedger, Outcome, decide
 from rl_manager.io import write_text_atomic
@@ -156,6 +157,9 @@ class Controller:
     :param targets: success target and cost limit.
     :param async_decisions: ask the manager on a background thread (training never waits).
     :param max_age: async replies collected more than this many boundaries after their request are stale.
+    :param decision_timeout_s: sync decisions: the longest a boundary waits for the manager; past it
+        the request is abandoned on its thread and the fallback decides (default: the manager's
+        ``settings.timeout_s`` if it has one, as the LLM manager does; else no limit).
     :param run_id: run identifier (default: the one saved in ``run_dir``, else a random one).
     :param history_len: evaluations shown in a snapshot (the state keeps them all).
     :param best_file: file name in ``run_dir`` the best checkpoint is also written to (``None``: memory only).
@@ -183,6 +187,7 @@ class Controller:
         targets: Targets | None = None,
         async_decisions: bool = False,
         max_age: int = 2,
+        decision_timeout_s: float | None = None,
         run_id: str | None = None,
         history_len: int = 10,
         best_file: str | None = None,
@@ -201,6 +206,9 @@ class Controller:
         self.gates = gates or GateConfig()
         self.targets = targets or Targets()
         self.async_decisions, self.max_age = async_decisions, max_age
+        if decision_timeout_s is None:
+            decision_timeout_s = getattr(getattr(self.manager, "settings", None), "timeout_s", None)
+        self.decision_timeout_s = decision_timeout_s
         self.run_id = run_id
         self.history_len, self.best_file = history_len, best_file
         self.resume, self.end_on_best, self.verbose = resume, end_on_best, verbose
@@ -332,7 +340,7 @@ class Controller:
             self.last_outcome = Outcome(NoAction(reason=observation.hold), [], menu, proposer="controller")
             self._apply(snapshot, self.last_outcome)
         elif self.decider is None:
-            self.last_outcome = decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
+            self.last_outcome = self._decide_sync(snapshot)
             self._apply(snapshot, self.last_outcome)
         else:
             self.last_outcome = self._async_boundary(snapshot)
@@ -397,6 +405,32 @@ class Controller:
             interventions=state.interventions,
             targets=self.targets,
         )
+
+    def _decide_sync(self, snapshot: TelemetrySnapshot) -> Outcome:
+        """Ask the manager and wait for it at most ``decision_timeout_s``; past it, the fallback decides."""
+        if self.decision_timeout_s is None:
+            return decide(snapshot, self.manager, gates=self.gates, fallback=self.fallback)
+        request, manager, gates = snapshot.model_copy(deep=True), self.manager, self.gates
+        future = run_detached(lambda: decide(request, manager, gates=gates, fallback=None))
+        try:
+            outcome = future.result(timeout=self.decision_timeout_s)
+        except FutureTimeout:  # the request goes on on its own thread; its reply is dropped
+            message = f"manager error: no decision within {self.decision_timeout_s:g} s (request abandoned)"
+            late = Attempt(proposer=self.manager.name, errors=[message], latency_s=self.decision_timeout_s)
+            outcome = Outcome(
+                NoAction(reason="fallback: no decision in time"),
+                [],
+                build_action_space(snapshot, self.gates),
+                [late],
+                proposer=self.manager.name,
+                fallback="no_action",
+            )
+        if outcome.fallback is None or self.fallback is None or self.fallback is self.manager:
+            return outcome
+        backup = decide(snapshot, self.fallback, gates=self.gates, fallback=None, max_reasks=0)
+        if backup.fallback is not None:  # the fallback had nothing valid either
+            return dataclasses.replace(outcome, attempts=outcome.attempts + backup.attempts)
+        return dataclasses.replace(backup, attempts=outcome.attempts + backup.attempts, fallback=self.fallback.name)
 
     # ------------------------------------------------------------------------------------- async protocol
     @property

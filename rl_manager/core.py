@@ -127,17 +127,32 @@ class DecisionLedger:
         }
 
 
+def redactor(manager: Manager):
+    """A function that masks ``manager``'s API key (``settings.api_key_value()``, if it has one) in a text.
+
+    An endpoint may echo the key back, in an error message or in a reply; what is recorded is masked.
+    """
+    settings = getattr(manager, "settings", None)
+    key = settings.api_key_value() if hasattr(settings, "api_key_value") else None
+    if not key:
+        return lambda text: text
+    return lambda text: text.replace(key, "***")
+
+
 def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, guard: Guard, feedback: str | None):
+    redact = redactor(manager)
     try:
         proposal = manager.propose(snapshot, menu, feedback)
     except Exception as exc:  # a dead endpoint or a buggy manager must not stop training
-        logger.warning("manager %s failed: %s", manager.name, exc)
-        return Attempt(proposer=manager.name, errors=[f"manager error: {type(exc).__name__}: {exc}"]), None
+        message = redact(f"manager error: {type(exc).__name__}: {exc}")
+        logger.warning("manager %s failed: %s", manager.name, message)
+        return Attempt(proposer=manager.name, errors=[message]), None
     review = guard.review(proposal.reply, menu)
     reply = proposal.reply
     if not isinstance(reply, str):
         reply = reply.model_dump_json() if hasattr(reply, "model_dump_json") else repr(reply)
-    errors = list(review.errors)
+    reply = redact(reply)
+    errors = [redact(e) for e in review.errors]
     if proposal.finish_reason == "length" and review.ok:
         # a truncated reply that happens to parse is still a failure
         errors = ["reply was cut off (finish_reason=length)"]

@@ -78,10 +78,22 @@ def _fmt_options(options: list[KnobOption]) -> str:
     return ", ".join(_fmt(o.value) for o in options)
 
 
+class _DuplicateKey(Exception):
+    """A JSON object names the same key twice (``json`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey(next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])))
+    return obj
+
+
 def parse_reply(reply: Any) -> tuple[dict | None, str | None]:
     """Turn a reply into a JSON object, or return the reason it is not one.
 
-    Text may be wrapped in a Markdown code fence; nothing else is repaired.
+    Text may be wrapped in a Markdown code fence; nothing else is repaired. An object that repeats a
+    key is refused (which of the two values was meant is unknowable).
     """
     if isinstance(reply, BaseModel):
         return reply.model_dump(mode="python"), None
@@ -104,8 +116,10 @@ def parse_reply(reply: Any) -> tuple[dict | None, str | None]:
         if text.lower().startswith("json"):
             text = text[4:]
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        return None, f"reply is ambiguous: the key {exc.args[0]!r} appears twice in one object"
+    except (ValueError, RecursionError) as exc:  # ValueError: also numbers past Python's 4,300-digit limit
         return None, f"reply is not valid JSON: {exc}"
     if not isinstance(obj, dict):
         return None, f"reply must be a JSON object, got {type(obj).__name__}"

@@ -127,8 +127,8 @@ def test_time_based_checkpoint(tmp_path: Path) -> None:
 
     model = PPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=1), n_steps=64, batch_size=64, n_epochs=1)
     saver = LastCheckpoint(tmp_path, save_freq=10**9, save_interval_s=0.0)
-    model.learn(64, callback=saver)
-    assert PPO.load(tmp_path / "last_model.zip").num_timesteps == 64  # the step rule alone never fires
+    model.learn(192, callback=saver)  # three rollouts: saved as the 2nd and 3rd start (on-policy: at rollout starts)
+    assert PPO.load(tmp_path / "last_model.zip").num_timesteps == 128  # the step rule alone never fires
     saver = LastCheckpoint(tmp_path / "steps", save_freq=10**9, save_interval_s=None)
     (tmp_path / "steps").mkdir()
     model.learn(64, callback=saver)
