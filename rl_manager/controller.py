@@ -752,6 +752,8 @@ class Controller:
             "best": self.state.best.model_dump(mode="json") if self.state.best else None,
             "knobs_final": self.knob_values(),
             "interventions": self.interventions,
+            # the LLM manager's budget guard: calls and tokens used, with their limits
+            "llm_budget": self.manager.budget() if callable(getattr(self.manager, "budget", None)) else None,
         }
 
 
