@@ -323,6 +323,16 @@ class Controller:
         self.save_state()
         return self.summary()
 
+    def note(self, message: str) -> None:
+        """Audit an event outside a decision (e.g. training stopped on an error), with the knobs in force."""
+        if self.audit is None:
+            return
+        knobs = self.knob_values()
+        index = max(0, self.state.evaluation_index)
+        self.audit.append(kind="note", step=self.observation.step, evaluation_index=index, knobs_before=knobs,
+                          knobs_after=knobs, message=message)  # fmt: skip
+        logger.warning(message)
+
     # ------------------------------------------------------------------------------------- the boundary
     def boundary(self, observation: Observation) -> bool:
         """Handle one decision boundary.

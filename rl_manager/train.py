@@ -68,6 +68,11 @@ def algo_classes() -> dict[str, type]:
     return {"ppo": PPO, "a2c": A2C, "sac": SAC, "tqc": TQC, "td3": TD3, "ddpg": DDPG}
 
 
+class TrainingError(RuntimeError):
+    """Training stopped on an error (non-finite values, a full or read-only run folder): what was
+    written is kept and ``--resume`` continues from the last checkpoint."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rl_manager.train", description=__doc__.splitlines()[0])
     p.add_argument("--env", default="FetchPickAndPlace", help="env short name or id (default: FetchPickAndPlace)")
@@ -88,9 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--llm-gguf",
         default=None,
-        metavar="MODEL",
-        help="start a local llama-server with this GGUF file or pulled model name (rl-manager llm list) for the "
-        "LLM manager; --manager llm without an endpoint uses the default pulled model",
+        metavar="PATH",
+        help="start a local llama-server with this GGUF model for the LLM manager (extra: llm-local)",
     )
     p.add_argument(
         "--decisions",
@@ -150,25 +154,6 @@ def choose_manager(name: str) -> tuple[str, str]:
         why = f"endpoint {endpoint}" if endpoint else "no LLM endpoint configured (RL_MANAGER_BASE_URL)"
         return name, f"auto -> {name}: {why}"
     return name, name
-
-
-def _local_gguf(spec: str | None) -> str | None:
-    """The GGUF file for a local llama-server (issue 13), or ``None`` to use the configured endpoint.
-
-    ``spec`` is a path or a model name of ``rl-manager llm list``; without one, and without any
-    endpoint or API key configured, the default pulled model is used (error if not pulled).
-    """
-    from rl_manager.models import DEFAULT_MODEL, ModelError, resolve_gguf
-
-    configured = any(
-        os.environ.get(v) for v in ("RL_MANAGER_BASE_URL", "OPENAI_BASE_URL", "RL_MANAGER_API_KEY", "OPENAI_API_KEY")
-    )
-    if spec is None and configured:
-        return None
-    try:
-        return str(resolve_gguf(spec or DEFAULT_MODEL))
-    except ModelError as exc:
-        raise InputError(f"--manager llm without an endpoint needs a local model: {exc}") from exc
 
 
 def _info_keywords(env_id: str) -> tuple[str, ...]:
@@ -317,6 +302,33 @@ def _sb3_heldout(model, config: dict[str, Any], n_episodes: int) -> dict[str, An
     return out
 
 
+def _training_error(exc: BaseException, model, manager_cb, run_dir: Path) -> TrainingError:
+    """Audit the failure (if the run folder still takes a line) and say what is kept and how to go on."""
+    what = f"{type(exc).__name__}: {exc}"
+    try:
+        manager_cb.controller.note(f"training stopped at step {model.num_timesteps}: {what}")
+    except OSError:
+        pass  # the folder takes no more writes: the message below still says what is kept
+    last = run_dir / "last_model.zip"
+    kept = f"last_model.zip (step {_checkpoint_step(last)})" if last.exists() else "no checkpoint yet"
+    return TrainingError(
+        f"training stopped at step {model.num_timesteps}: {what}\n"
+        f"kept in {run_dir}: audit.jsonl, manager_state.json, {kept}; "
+        f"fix the cause, then continue with: python -m rl_manager.train --resume {run_dir}"
+    )
+
+
+def _checkpoint_step(path: Path) -> int | str:
+    """``num_timesteps`` saved in an SB3 zip (read from its ``data`` member, without loading the model)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return int(json.loads(z.read("data"))["num_timesteps"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return "?"
+
+
 def software_versions() -> dict[str, str]:
     """Versions of Python and the packages a run depends on (for ``summary.json``)."""
     import platform
@@ -347,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ManagerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -375,10 +390,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.llm_gguf:
             if args.manager not in ("auto", "llm"):
                 raise InputError(f"--llm-gguf needs --manager llm (or auto), not {args.manager}")
-            manager_name = "llm"
-        llm_gguf = _local_gguf(args.llm_gguf) if manager_name == "llm" else None
-        if llm_gguf is not None:
-            manager_line = f"llm: local llama-server with {llm_gguf}"
+            manager_name, manager_line = "llm", f"llm: local llama-server with {args.llm_gguf}"
         budget = args.n_timesteps or int(recipe["n_timesteps"] if args.full else recipe.get("quick_timesteps", 10_000))
         run_dir = Path(args.run_dir) if args.run_dir else _run_dir(args, algo, env_id, recipe_name, manager_name)
         if (run_dir / "config.yml").exists():
@@ -404,7 +416,7 @@ def _main(args: argparse.Namespace) -> int:
             "info_keywords": list(_info_keywords(env_id)),
             "async_decisions": args.decisions == "async" or (args.decisions == "auto" and manager_name == "llm"),
             "max_age": args.max_age,
-            "llm_gguf": llm_gguf,
+            "llm_gguf": args.llm_gguf,
         }
         write_text_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
@@ -432,6 +444,7 @@ def train(
     """Run (or resume) one training run described by ``config`` in ``run_dir``."""
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecCheckNan
 
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
     from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last, save_model
@@ -450,6 +463,9 @@ def train(
         monitor_kwargs={"info_keywords": tuple(config["info_keywords"]), "override_existing": not resume},
         env_kwargs=env_kwargs,
     )
+    # a NaN/inf observation, reward or action stops training at once with a clear error, before
+    # it reaches the weights (and the last checkpoint)
+    env = VecCheckNan(env, raise_exception=True)
     eval_env = make_vec_env(config["env_id"], n_envs=1, seed=config["seed"] + 10_000, env_kwargs=env_kwargs)
     evaluator = paired_evaluator(config, config["eval_episodes"], EVAL_BASE_SEED, env.observation_space)
     if resume and (partial := remove_partial_files(run_dir)):
@@ -479,13 +495,16 @@ def train(
     saver = LastCheckpoint(run_dir, config["save_freq"], config.get("save_interval_s"))
     start = time.time()
     if remaining > 0:
-        model.learn(
-            remaining,
-            callback=CallbackList([manager_cb, saver]),
-            reset_num_timesteps=checkpoint is None,
-            progress_bar=progress,
-            tb_log_name="run",
-        )
+        try:
+            model.learn(
+                remaining,
+                callback=CallbackList([manager_cb, saver]),
+                reset_num_timesteps=checkpoint is None,
+                progress_bar=progress,
+                tb_log_name="run",
+            )
+        except (ValueError, FloatingPointError, RuntimeError, OSError) as exc:
+            raise _training_error(exc, model, manager_cb, run_dir) from exc
     else:
         from stable_baselines3.common.logger import configure
 

@@ -9,12 +9,16 @@ last request is still hanging when the run ends.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import pytest
+import torch as th
+import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -24,6 +28,7 @@ from rl_manager.audit import read_audit, verify
 from rl_manager.callback import ManagerCallback
 from rl_manager.managers.llm import LLMManager
 from rl_manager.settings import LLMSettings
+from rl_manager.train import main
 
 SECRET = "sk-faults-DO-NOT-LEAK-987654321"
 TIMEOUT_S = 1.0
@@ -47,9 +52,9 @@ def scripted(steps: list[dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str
     return lambda body: script.pop(0) if script else NO_ACTION
 
 
-def llm(base_url: str, max_retries: int = 0) -> LLMManager:
+def llm(base_url: str, max_retries: int = 0, timeout_s: float = TIMEOUT_S) -> LLMManager:
     settings = LLMSettings(
-        base_url=base_url, model="m", api_key=SECRET, timeout_s=TIMEOUT_S, max_retries=max_retries, seed=None
+        base_url=base_url, model="m", api_key=SECRET, timeout_s=timeout_s, max_retries=max_retries, seed=None
     )
     return LLMManager(settings)
 
@@ -130,16 +135,83 @@ def test_refused_connection(tmp_path) -> None:
 def test_async_faults_never_stall_and_a_late_reply_is_abandoned(tmp_path, monkeypatch) -> None:
     calls = count_decide_calls(monkeypatch)
     # the last request hangs until after the run has ended (a reply after the end)
-    with FaultServer(scripted([step for _, step in FAULTS] + [{"hang": True}] * 20)) as server:
+    quick = [step for name, step in FAULTS if name not in ("slow", "hang")]
+    with FaultServer(scripted(quick + [{"hang": True}] * 20)) as server:
         start = time.monotonic()
-        cb, durations = train(tmp_path, llm(server.base_url), 12, async_decisions=True, max_age=20)
+        manager = llm(server.base_url, timeout_s=30)  # the last request is still hanging at the end
+        cb, durations = train(tmp_path, manager, 12, async_decisions=True, max_age=20)
         ended = time.monotonic() - start
     assert max(durations) < 0.5, durations  # training never waits for the endpoint
     records = read_audit(tmp_path)
     assert verify(records) == []
     # every request has exactly one record: collected (decision), stale, or abandoned at the end
     requested = [r for r in records if r.requested_at is not None]
-    assert len(requested) == len(calls) == len({r.requested_at for r in requested})
+    assert len(requested) == len(calls) == len({r.requested_at for r in requested}) >= len(quick) + 1
     assert records[-1].kind == "abandoned" and "pending" in records[-1].message
-    assert ended < 60  # the hanging request did not hold the run open
+    assert ended < 30  # the hanging request (30 s timeout) did not hold the run open
     assert cb.counts["abandoned"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ bad state
+class NaNReward(gym.Wrapper):
+    """Pendulum whose reward turns NaN from its ``start``-th step."""
+
+    def __init__(self, env: gym.Env, start: int = 700) -> None:
+        super().__init__(env)
+        self.t, self.start = 0, start
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        return obs, float("nan") if self.t >= self.start else reward, terminated, truncated, info
+
+
+gym.register(
+    "NaNRewardPendulum-v0", entry_point=lambda: NaNReward(gym.make("Pendulum-v1").unwrapped), max_episode_steps=200
+)
+PENDULUM_RECIPE = {
+    "tuned": {"n_envs": 1, "n_steps": 128, "batch_size": 64, "n_epochs": 1, "policy_kwargs": {"net_arch": [8]}}
+}
+
+
+def test_nan_reward_mid_run_stops_with_a_clear_error_and_keeps_everything(tmp_path, capsys) -> None:
+    recipes = tmp_path / "ppo.yml"
+    recipes.write_text(yaml.safe_dump({"NaNRewardPendulum-v0": PENDULUM_RECIPE}))
+    run = tmp_path / "run"
+    args = ["--env", "NaNRewardPendulum-v0", "--algo", "ppo", "--hyperparams-file", str(recipes), "-n", "2048"]
+    args += ["--eval-freq", "128", "--eval-episodes", "1", "--save-freq", "256", "--run-dir", str(run), "-v", "0"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "training stopped at step" in err and "found nan in rewards" in err and f"--resume {run}" in err
+    records = read_audit(run)
+    assert verify(records) == [] and records[-1].kind == "note" and "nan" in records[-1].message
+    assert [r.seq for r in records] == list(range(len(records)))
+    model = PPO.load(run / "last_model.zip")  # the checkpoint predates the NaN: finite weights
+    assert model.num_timesteps < 700 and all(th.isfinite(p).all() for p in model.policy.parameters())
+    json.loads((run / "manager_state.json").read_text())
+
+
+def test_full_disk_mid_run_then_resume(tmp_path, monkeypatch, capsys) -> None:
+    from rl_manager.audit import AuditLog
+
+    real, calls = AuditLog.append, []
+
+    def full(self, **fields):
+        calls.append(1)
+        if len(calls) >= 3:  # the disk stays full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, **fields)
+
+    monkeypatch.setattr(AuditLog, "append", full)
+    run = tmp_path / "run"
+    args = ["--env", "PlanarReacher", "--recipe", "conservative", "--manager", "rule", "-n", "1024", "--eval-freq"]
+    args += ["128", "--eval-episodes", "1", "--heldout-episodes", "1", "--run-dir", str(run), "-v", "0", "-params"]
+    args += ["n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:{net_arch: [8]}"]
+    assert main(args) == 3
+    assert "No space left on device" in capsys.readouterr().err
+    assert [r.seq for r in read_audit(run)] == [0, 1]  # what was written is intact
+    monkeypatch.setattr(AuditLog, "append", real)  # space freed
+    assert main(["--resume", str(run)]) == 0
+    records = read_audit(run)
+    assert [r.seq for r in records] == list(range(len(records))) and verify(records) == []
+    assert json.loads((run / "summary.json").read_text())["timesteps"] == 1024
