@@ -93,8 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--llm-gguf",
         default=None,
-        metavar="PATH",
-        help="start a local llama-server with this GGUF model for the LLM manager (extra: llm-local)",
+        metavar="MODEL",
+        help="start a local llama-server with this GGUF file or pulled model name (rl-manager llm list) for the "
+        "LLM manager; --manager llm without an endpoint uses the default pulled model",
     )
     p.add_argument(
         "--decisions",
@@ -154,6 +155,25 @@ def choose_manager(name: str) -> tuple[str, str]:
         why = f"endpoint {endpoint}" if endpoint else "no LLM endpoint configured (RL_MANAGER_BASE_URL)"
         return name, f"auto -> {name}: {why}"
     return name, name
+
+
+def _local_gguf(spec: str | None) -> str | None:
+    """The GGUF file for a local llama-server (issue 13), or ``None`` to use the configured endpoint.
+
+    ``spec`` is a path or a model name of ``rl-manager llm list``; without one, and without any
+    endpoint or API key configured, the default pulled model is used (error if not pulled).
+    """
+    from rl_manager.models import DEFAULT_MODEL, ModelError, resolve_gguf
+
+    configured = any(
+        os.environ.get(v) for v in ("RL_MANAGER_BASE_URL", "OPENAI_BASE_URL", "RL_MANAGER_API_KEY", "OPENAI_API_KEY")
+    )
+    if spec is None and configured:
+        return None
+    try:
+        return str(resolve_gguf(spec or DEFAULT_MODEL))
+    except ModelError as exc:
+        raise InputError(f"--manager llm without an endpoint needs a local model: {exc}") from exc
 
 
 def _info_keywords(env_id: str) -> tuple[str, ...]:
@@ -390,7 +410,10 @@ def _main(args: argparse.Namespace) -> int:
         if args.llm_gguf:
             if args.manager not in ("auto", "llm"):
                 raise InputError(f"--llm-gguf needs --manager llm (or auto), not {args.manager}")
-            manager_name, manager_line = "llm", f"llm: local llama-server with {args.llm_gguf}"
+            manager_name = "llm"
+        llm_gguf = _local_gguf(args.llm_gguf) if manager_name == "llm" else None
+        if llm_gguf is not None:
+            manager_line = f"llm: local llama-server with {llm_gguf}"
         budget = args.n_timesteps or int(recipe["n_timesteps"] if args.full else recipe.get("quick_timesteps", 10_000))
         run_dir = Path(args.run_dir) if args.run_dir else _run_dir(args, algo, env_id, recipe_name, manager_name)
         if (run_dir / "config.yml").exists():
@@ -416,7 +439,7 @@ def _main(args: argparse.Namespace) -> int:
             "info_keywords": list(_info_keywords(env_id)),
             "async_decisions": args.decisions == "async" or (args.decisions == "auto" and manager_name == "llm"),
             "max_age": args.max_age,
-            "llm_gguf": args.llm_gguf,
+            "llm_gguf": llm_gguf,
         }
         write_text_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
