@@ -5,7 +5,7 @@
 
     {"content": "..."}                        a normal completion carrying this text
     {"content": ..., "finish_reason": "length"}
-    {"status": 503, "headers": {...}}         an HTTP error (e.g. 429 with Retry-After)
+    {"status": 503, "headers": {...}}         an HTTP error (e.g. 429 with Retry-After; "message": its text)
     {"sleep": 2.0, ...}                       any of the above after a delay
     {"hang": True}                            accept, read, never answer (until the server closes)
     {"drop": True}                            close the connection without a reply
@@ -76,7 +76,7 @@ class FaultServer:
                     self.close_connection = True
                     return
                 if "status" in step:
-                    error = {"error": {"message": "scripted failure", "type": "server_error"}}
+                    error = {"error": {"message": step.get("message", "scripted failure"), "type": "server_error"}}
                     self._send(step["status"], json.dumps(error).encode(), step.get("headers", {}))
                     return
                 if "raw" in step:

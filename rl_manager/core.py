@@ -153,6 +153,9 @@ def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, g
         reply = reply.model_dump_json() if hasattr(reply, "model_dump_json") else repr(reply)
     reply = redact(reply)
     errors = [redact(e) for e in review.errors]
+    if review.decision is not None:  # its free text may quote the key too
+        text = {k: redact(getattr(review.decision, k)) for k in ("reason", "expected_outcome")}
+        review.decision = review.decision.model_copy(update=text)
     if proposal.finish_reason == "length" and review.ok:
         # a truncated reply that happens to parse is still a failure
         errors = ["reply was cut off (finish_reason=length)"]
