@@ -37,9 +37,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        above the target and ≥ half the         else exploration down, else LR ×0.5
                        success rate, on the last 2
                        evaluations, and not falling; or the
-                       episode cost over ``cost_limit`` on 2
-                       evaluations, once solving or while the
-                       entropy bonus is far above usual
+                       episode cost over ``cost_limit`` on 2   (not again while the latest measured
+                       evaluations, once solving or while the  safety move left the cost within 10% of
+                       entropy bonus is far above usual        its level and the cost is not rising:
+                                                               that level is the run's own)
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
  9     learning        success (or score) rose significantly   no_action
@@ -51,8 +52,8 @@ rule uses the knobs of that role that the menu offers, in menu order.
  11    under-stepping  PPO: approx KL < target/2               LR ×1.5 (rl_games' KL-adaptive rule)
  12    stuck           success flat below 0.1 for 3            LR ×2 if LR sits in the lower half of its
                        evaluations                             (log) range, else exploration ×1.5
- 13    plateau         no new best for ``plateau_evals``       LR ×0.5
-                       evaluations, ≥ 50% of the budget used,
+ 13    plateau         no new best for ``plateau_evals``       LR ×0.5, once: not again unless the last
+                       evaluations, ≥ 30% of the budget used,  decay was measured ``improved``
                        success flat (no significant rise)
  14    otherwise       (incl. a dip within the noise)          no_action
 =====  ==============  ======================================  ==========================================
@@ -87,6 +88,10 @@ from rl_manager.schema import (
     StopTraining,
     TelemetrySnapshot,
 )
+
+#: expected outcomes that tag the unsafe and plateau rules' moves in the intervention history
+SAFETY_OUTCOME = "fewer safety violations at a similar success rate"
+PLATEAU_OUTCOME = "finer updates, a new best"
 
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
@@ -434,12 +439,14 @@ class RuleManager(Manager):
             return None
         if self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
+        if self._safety_move_failed(s) and not self._cost_rising(s):
+            return None  # the run's own cost level: the last safety move did not lower it, do not escalate
         e = s.evaluation
         reason = (
             f"unsafe for this run on 2 evaluations (evaluation cost {e.mean_cost}, violation rate "
             f"{e.violation_rate} at success {e.success_rate}, training episode cost {s.training.mean_episode_cost})"
         )
-        expected = "fewer safety violations at a similar success rate"
+        expected = SAFETY_OUTCOME
         penalty, bonus = self._weights(s)
         changes: list[KnobChange] = []
         if penalty is not None:
@@ -460,6 +467,20 @@ class RuleManager(Manager):
         return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected) or self._adjust(
             menu, [("learning_rate", "down", 0.5)], reason, expected
         )
+
+    @staticmethod
+    def _safety_move_failed(s: TelemetrySnapshot, min_drop: float = 0.1) -> bool:
+        """Whether the latest measured safety move left the episode cost within ``min_drop`` (relative) of
+        its level before the move: cost penalty and exploration cuts that do not lower the cost only trade
+        success for nothing."""
+        for i in reversed(s.interventions):
+            if i.expected_outcome != SAFETY_OUTCOME or i.verdict == "pending":
+                continue
+            after = [c for c in i.costs_after if finite(c)]
+            if not (after and finite(i.cost_before)) or i.cost_before <= 0:
+                return False
+            return statistics.fmean(after) > (1.0 - min_drop) * i.cost_before
+        return False
 
     # --------------------------------------------------------------------------- new states
     @staticmethod
@@ -694,9 +715,11 @@ class RuleManager(Manager):
         target = s.targets.success_rate
         if target is not None and success and success[-1] >= target:
             return None
+        if any(i.expected_outcome == PLATEAU_OUTCOME and i.verdict != "improved" for i in s.interventions):
+            return None  # one decay that brought no new best is not compounded into a starved run
         return self._adjust(
             menu,
             [("learning_rate", "down", 0.5)],
             "score plateaued: decay the learning rate",
-            "finer updates, a new best",
+            PLATEAU_OUTCOME,
         )
