@@ -288,3 +288,82 @@ def test_exploding_exploration_is_cut_at_once():
     )
     out = decide(snap, RuleManager())
     assert any(c.knob == "action_std" and c.after < c.before for c in out.changes)
+
+
+def _unsafe_run(interventions=()):
+    """A PPO run solving 40% of episodes with a violation rate of 0.3 (target 0.15) for 4 evaluations."""
+    rows = [
+        HistoryRow(
+            evaluation_index=i, step=i, score=0.4, success_rate=0.4, violation_rate=0.3, mean_cost=0.3, entropy=1.0
+        )
+        for i in range(4)
+    ]
+    penalty = KnobSpec(name="collision_penalty", value=1.0, low=0.0, high=20.0, role="cost_penalty", conservative="up")
+    snap = make_snapshot(
+        algo="ppo",
+        position=RunPosition(step=4, total_steps=10, evaluation_index=3),
+        history=rows,
+        best=None,
+        interventions=list(interventions),
+    )
+    snap.knobs.append(penalty)
+    snap.evaluation.n_episodes = 90
+    return snap
+
+
+def _safety_move(cost_after: float) -> InterventionOutcome:
+    from rl_manager.managers.rule import SAFETY_OUTCOME
+
+    return InterventionOutcome(
+        evaluation_index=0,
+        step=0,
+        action="adjust",
+        changes=[ResolvedChange(knob="collision_penalty", before=0.5, after=1.0)],
+        expected_outcome=SAFETY_OUTCOME,
+        score_before=0.4,
+        scores_after=[0.4, 0.4],
+        cost_before=0.3,
+        costs_after=[cost_after, cost_after],
+        verdict="neutral",
+    )
+
+
+def test_unsafe_escalates_only_while_its_safety_moves_lower_the_cost():
+    first = decide(_unsafe_run(), RuleManager())
+    assert "unsafe" in first.decision.reason
+    assert ("collision_penalty", True) in [(c.knob, c.after > c.before) for c in first.changes]
+    # the penalty went up and the violation rate stayed at the run's own level: no further cuts
+    stalled = decide(_unsafe_run([_safety_move(cost_after=0.29)]), RuleManager())
+    assert "unsafe" not in stalled.decision.reason
+    assert not stalled.changes
+    # a safety move that lowered the cost may be followed by another
+    helped = decide(_unsafe_run([_safety_move(cost_after=0.2)]), RuleManager())
+    assert "unsafe" in helped.decision.reason
+
+
+def _plateaued_run(interventions=()):
+    rows = [HistoryRow(evaluation_index=i, step=i, score=0.3, success_rate=0.3) for i in range(10)]
+    from rl_manager.schema import BestCheckpoint
+
+    return make_snapshot(
+        algo="sac",
+        position=RunPosition(step=10, total_steps=16, evaluation_index=9),
+        history=rows,
+        best=BestCheckpoint(evaluation_index=1, step=1, score=0.3, knobs={"learning_rate": 1e-3, "ent_coef": 0.05}),
+        interventions=list(interventions),
+    )
+
+
+def test_plateau_decay_is_not_compounded_unless_it_helped():
+    from rl_manager.managers.rule import PLATEAU_OUTCOME
+
+    first = decide(_plateaued_run(), RuleManager())
+    assert [(c.knob, c.after < c.before) for c in first.changes] == [("learning_rate", True)]
+
+    def decay(verdict):
+        i = _intervention("learning_rate", 2e-3, 1e-3, verdict)
+        i.expected_outcome = PLATEAU_OUTCOME
+        return i
+
+    assert not decide(_plateaued_run([decay("neutral")]), RuleManager()).changes
+    assert [c.knob for c in decide(_plateaued_run([decay("improved")]), RuleManager()).changes] == ["learning_rate"]
