@@ -165,7 +165,7 @@ def run_suite(suite: Suite, manager_name: str, manager: Any = None, on_result: A
             "errors": [e for a in outcome.attempts for e in a.errors],
         }
         if first is not None and manager_name == "llm":
-            result["first_reply"] = first.reply
+            result["first_reply"] = first.raw_reply
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -17,6 +17,7 @@ from rl_manager.prompt import (
     COMPACT_SYSTEM_PROMPT,
     build_compact_messages,
     build_compact_user_prompt,
+    fold_problem,
     menu_schema,
     render_messages,
 )
@@ -68,13 +69,13 @@ def test_menu_schema_admits_exactly_the_menu(name, snapshot, menu):
     schema = menu_schema(menu)
     guard = Guard()
     reason = "score flat for three evaluations"
-    decisions = []
+    decisions: list = []
     for action in menu.actions:
         if action == "adjust":
             for k in menu.knobs:
                 decisions += [{"knob": k.name, "value": o.value} for o in k.options]
             decisions = [
-                {"reason": reason, "action": "adjust", "changes": [c], "expected_outcome": ""}
+                {"problem": "plateau", "reason": reason, "action": "adjust", "changes": [c], "expected_outcome": ""}
                 for c in decisions
                 if isinstance(c, dict) and "knob" in c
             ]
@@ -83,6 +84,7 @@ def test_menu_schema_admits_exactly_the_menu(name, snapshot, menu):
                 for o in k.conservative_options:
                     decisions.append(
                         {
+                            "problem": "regression",
                             "reason": reason,
                             "action": action,
                             "change": {"knob": k.name, "value": o.value},
@@ -90,22 +92,33 @@ def test_menu_schema_admits_exactly_the_menu(name, snapshot, menu):
                         }
                     )
         else:
-            decisions.append({"reason": reason, "action": action, "expected_outcome": ""})
+            decisions.append({"problem": "healthy", "reason": reason, "action": action, "expected_outcome": ""})
     assert decisions
     for d in decisions:
         assert valid(d, schema), d
         # what the schema admits, the guard accepts (through the JSON text the server would send)
-        assert guard.review(json.dumps(d), menu).decision is not None, d
-    # a reason is required and comes first in every branch; off-menu values and closed actions are refused
+        assert guard.review(fold_problem(json.dumps(d)), menu).decision is not None, d
+    # the problem and a non-empty reason come first in every branch; off-menu values and closed
+    # actions are refused
     branches = schema.get("anyOf", [schema])
-    assert all(next(iter(b["properties"])) == "reason" and b["properties"]["reason"]["minLength"] > 0 for b in branches)
-    assert not valid({"reason": "", "action": menu.actions[0], "expected_outcome": ""}, schema)
+    assert all(list(b["properties"])[:3] == ["problem", "reason", "action"] for b in branches)
+    assert all(b["properties"]["reason"]["minLength"] > 0 for b in branches)
+    p = {"problem": "healthy"}
+    assert not valid({**p, "reason": "", "action": menu.actions[0], "expected_outcome": ""}, schema)
+    assert not valid({"problem": "bored", "reason": reason, "action": menu.actions[0], "expected_outcome": ""}, schema)
     for closed in menu.closed:
-        assert not valid({"reason": reason, "action": closed, "expected_outcome": ""}, schema)
+        assert not valid({**p, "reason": reason, "action": closed, "expected_outcome": ""}, schema)
     if "adjust" in menu.actions:
         k = menu.knobs[0]
         off = {"knob": k.name, "value": k.high * 10 + 1}
-        assert not valid({"reason": reason, "action": "adjust", "changes": [off], "expected_outcome": ""}, schema)
+        assert not valid({**p, "reason": reason, "action": "adjust", "changes": [off], "expected_outcome": ""}, schema)
+
+
+def test_fold_problem():
+    folded = json.loads(fold_problem('{"problem": "plateau", "reason": "flat", "action": "no_action"}'))
+    assert folded == {"reason": "[plateau] flat", "action": "no_action"}
+    for text in ("not json", "[1]", '{"action": "no_action"}'):
+        assert fold_problem(text) == text
 
 
 def test_compact_prompt_fits_the_budget_on_every_suite_scenario():

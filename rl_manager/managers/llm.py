@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from rl_manager.managers.base import Manager, Proposal
-from rl_manager.prompt import build_compact_messages, build_messages, menu_schema, render_messages
+from rl_manager.prompt import build_compact_messages, build_messages, fold_problem, menu_schema, render_messages
 from rl_manager.schema import ActionSpace, DecisionAdapter, TelemetrySnapshot
 from rl_manager.settings import LLMSettings
 
@@ -176,6 +176,8 @@ class LLMManager(Manager):
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
         )
+        if text is not None and s.prompt == "compact":
+            text = fold_problem(text)
         return Proposal(
             reply=text if text is not None else "",
             prompt=prompt,
