@@ -74,9 +74,11 @@ def launch(args: list[str], log) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def soak_run(algo: str, run: Path, recipes: Path, seed: int, kills: int, max_delay: float, rng: random.Random):
+def soak_run(
+    algo: str, run: Path, recipes: Path, seed: int, kills: int, max_delay: float, rng: random.Random, scale: float
+):
     """Kill one run ``kills`` times, resuming it after each; return its record of events."""
-    budget = BUDGET[algo]
+    budget = int(BUDGET[algo] * scale) // 512 * 512
     start = ["--env", "PaperReacher", "--algo", algo, "--hyperparams-file", str(recipes), "--recipe", f"soak_{algo}"]
     start += ["-n", str(budget), "--eval-freq", str(budget // 12), "--eval-episodes", "3", "--heldout-episodes", "3"]
     start += ["--manager", "rule", "--seed", str(seed), "--run-dir", str(run), "-v", "0"]
@@ -97,7 +99,7 @@ def soak_run(algo: str, run: Path, recipes: Path, seed: int, kills: int, max_del
             break  # the run ended before its kill (fewer kills than asked: reported)
         except subprocess.TimeoutExpired:
             pass
-        checkpoint = (run / "last_model.zip").exists()
+        checkpoint, state = (run / "last_model.zip").exists(), (run / "manager_state.json").exists()
         records = (run / "audit.jsonl").read_bytes().count(b"\n") if (run / "audit.jsonl").exists() else 0
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -107,6 +109,7 @@ def soak_run(algo: str, run: Path, recipes: Path, seed: int, kills: int, max_del
                 "delay_s": round(delay, 2),
                 "before_config": not (run / "config.yml").exists(),
                 "had_checkpoint": checkpoint,
+                "had_state": state,
                 "audit_records": records,
                 "partial_files": sorted(p.name for p in run.glob(".*partial*")) if run.exists() else [],
             }
@@ -137,10 +140,11 @@ def check(result: dict[str, Any]) -> list[str]:
     if [r.seq for r in records] != list(range(len(records))) or len({r.run_id for r in records}) != 1:
         problems.append("audit seq not contiguous or several run ids")
     resumes = [r for r in records if r.kind == "resume"]
-    after_config = sum(not k["before_config"] for k in result["kills"])
-    # a resume killed before its controller started writes none; the next one does
-    if not (0 < len(resumes) <= after_config) and after_config:
-        problems.append(f"{len(resumes)} resume records for {after_config} resumes")
+    # a resume with a checkpoint or a manager state to continue from writes one record (none if it
+    # was itself killed before the controller started; nothing to record without either)
+    eligible = [k["had_checkpoint"] or k["had_state"] for k in result["kills"]]
+    if len(resumes) > sum(eligible) or (eligible and eligible[-1] and not resumes):
+        problems.append(f"{len(resumes)} resume records for {sum(eligible)} resumes with something to resume")
     final, audited = summary["manager"]["knobs_final"], records[-1].knobs_after
     if untrained(final) != untrained(audited):
         problems.append(f"final knobs {final} != last knobs_after {audited}")
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills-per-run", type=int, default=6)
     p.add_argument("--max-delay", type=float, default=15.0, help="latest kill, in seconds after a launch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of the budgets (PPO 491,520, SAC 60,000 steps)")
     p.add_argument("--folder", default=None, help="where the runs go (default: a temporary folder)")
     p.add_argument("--out", default=None, help="write the figures (JSON) here")
     args = p.parse_args(argv)
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for algo in args.algos:
         for i in range(args.runs):
             run = folder / f"{algo}_{i}"
-            result = soak_run(algo, run, recipes, args.seed + i, args.kills_per_run, args.max_delay, rng)
+            result = soak_run(algo, run, recipes, args.seed + i, args.kills_per_run, args.max_delay, rng, args.scale)
             result["problems"] = check(result)
             results.append(result)
             status = "ok" if not result["problems"] else "; ".join(result["problems"])

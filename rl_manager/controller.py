@@ -239,13 +239,14 @@ class Controller:
         :raises ManagerError: the saved state is unreadable or belongs to another run.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved = self._load_state() if self.resume and self.audit is None else None  # once a process
+        first = self.audit is None  # (a second learn() of the same process starts again)
+        saved = self._load_state() if self.resume and first else None
         self.run_id = self.run_id or (saved or {}).get("run_id") or _audit_run_id(self.run_dir) or uuid.uuid4().hex[:12]
         self.audit = AuditLog(self.run_dir, self.run_id)
         self.decider = AsyncDecider(max_age=self.max_age) if self.async_decisions else None
         self.closed = False
-        if saved is not None:
-            self._reconcile(saved, resumed_at)
+        if saved is not None or (first and resumed_at):  # a checkpoint continued before any boundary has no state
+            self._reconcile(saved or {}, resumed_at)
 
     def _reconcile(self, saved: dict[str, Any], resumed_at: int | None) -> None:
         """Audit what a kill left behind: records written after the saved state, a request in
@@ -275,6 +276,13 @@ class Controller:
             message = f"request from evaluation {pending} lost: the run was killed"
             self._log_unapplied("abandoned", None, message, pending)
         if resumed_at is None:
+            return
+        if not saved:
+            self.ledger.counts["resumes"] = self.ledger.counts.get("resumes", 0) + 1
+            self.audit.append(kind="resume", step=resumed_at, knobs_before=knobs, knobs_after=knobs,
+                              message=f"resumed at step {resumed_at}, before the first boundary: the steps after it "
+                              "up to the kill are trained again (not measured)")  # fmt: skip
+            self.save_state()
             return
         lost = max(0, last_step - resumed_at)
         self.ledger.counts["resumes"] = self.ledger.counts.get("resumes", 0) + 1

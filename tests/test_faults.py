@@ -85,9 +85,10 @@ def count_decide_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = controller_module.decide
 
-    def counted(*args: Any, **kwargs: Any):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counted(snapshot, manager, **kwargs: Any):
+        if isinstance(manager, LLMManager):  # requests to the LLM, not to the fallback
+            calls.append(1)
+        return real(snapshot, manager, **kwargs)
 
     monkeypatch.setattr(controller_module, "decide", counted)
     return calls
@@ -215,3 +216,32 @@ def test_full_disk_mid_run_then_resume(tmp_path, monkeypatch, capsys) -> None:
     records = read_audit(run)
     assert [r.seq for r in records] == list(range(len(records))) and verify(records) == []
     assert json.loads((run / "summary.json").read_text())["timesteps"] == 1024
+
+
+def test_non_finite_telemetry_is_recorded_and_never_a_best(tmp_path) -> None:
+    """NaN/inf returns, losses and health values: audited as such, never the best, a change followed by NaN reverted."""
+    from rl_manager.controller import Observation
+    from rl_manager.schema import AlgoHealth, EvalMetrics, TrainWindow
+    from tests.fakes import make_controller
+
+    nan, inf = float("nan"), float("inf")
+    ctl, adapter = make_controller(tmp_path, "rule")
+    for i, value in enumerate([0.1, nan, inf, -inf, 0.2, nan]):
+        ctl.boundary(
+            Observation(
+                step=1000 * (i + 1),
+                evaluation=EvalMetrics(n_episodes=5, mean_return=value, std_return=nan),
+                training=TrainWindow(n_episodes=3, mean_return=value, train_loss=nan),
+                health=AlgoHealth(value_loss=inf, entropy=nan, approx_kl=-inf),
+                total_steps=10_000,
+            )
+        )
+    ctl.close()
+    records = read_audit(tmp_path)
+    assert verify(records) == [] and ctl.state.best.score == 0.2  # not inf
+    decisions = [r for r in records if r.kind == "decision"]
+    assert len(decisions) == 6 and th.isnan(th.tensor(decisions[1].snapshot.evaluation.mean_return))
+    assert decisions[2].snapshot.health.value_loss == inf
+    assert decisions[0].applied  # the rule manager's first change, judged on the NaN score after it: reverted
+    assert records[1].kind == "note" and "reverted" in records[1].message and "after [nan]" in records[1].message
+    assert all(th.isfinite(th.tensor(list(r.knobs_after.values()))).all() for r in records if r.knobs_after)

@@ -208,3 +208,28 @@ def test_train_resume_with_a_corrupt_state_exits_2(tmp_path: Path, capsys) -> No
     (run / STATE_FILENAME).write_text("{torn")
     assert main(["--resume", str(run)]) == 2
     assert "not a valid manager state" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_soak_short(tmp_path: Path) -> None:
+    """A short kill soak (the full one, >= 20 kills over PPO and SAC runs, is in FAULTS.md)."""
+    from experiments import kill_soak
+
+    out = tmp_path / "soak.json"
+    args = ["--algos", "ppo", "sac", "--runs", "1", "--kills-per-run", "2", "--scale", "0.15"]
+    assert kill_soak.main([*args, "--folder", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["kills"] == 4 and figures["runs_completed"] == 2 and figures["audit_verify_mismatches"] == 0
+
+
+def test_resume_from_a_checkpoint_before_the_first_boundary_is_audited(tmp_path: Path) -> None:
+    """Killed after a checkpoint but before any boundary (no manager state yet): the resume is still recorded."""
+    fresh = FakeAdapter()
+    ctl = Controller(fresh, "none", run_dir=tmp_path, knobs=fresh.knobs(), fallback=None)
+    ctl.start(resumed_at=9_000)
+    (record,) = read_audit(tmp_path)
+    assert record.kind == "resume" and record.step == 9_000 and "before the first boundary" in record.message
+    assert ctl.counts["resumes"] == 1
+    again = Controller(FakeAdapter(), "none", run_dir=tmp_path / "new", knobs=fresh.knobs(), fallback=None)
+    again.start(resumed_at=0)  # a new run: nothing to record
+    assert read_audit(tmp_path / "new") == []
