@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
 # Decision-suite measurements of the LLM manager with local models (issue 13).
 # Needs: rl-manager llm build-server; rl-manager llm pull; rl-manager llm pull qwen2.5-coder-0.5b.
-# Each run starts its own llama-server (2 threads) and writes experiments/results/llm_local/<name>.json.
+# Each run starts its own llama-server ($THREADS threads, default 1: on 2 cores shared with other work, one
+# thread generated ~12 tokens/s and two ~2 tokens/s) and writes experiments/results/llm_local/<name>.json.
 # Usage: bash experiments/llm_local_bench.sh [RUN ...]   (default: every run below, ~1.5 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=experiments/results/llm_local
 HELDOUT=experiments/llm_heldout_suite.yaml
+THREADS=${THREADS:-1}
 bench() {  # name model suite(visible|heldout) [ENV=VALUE ...]
   local name=$1 model=$2 suite=$3; shift 3
   local suite_args=()
   [[ $suite == heldout ]] && suite_args=(--suite "$HELDOUT")
   echo "== $name: $model on $suite $*"
-  env "$@" nice -n 10 python -m rl_manager.bench_decisions --manager llm --llm-gguf "$model" --threads 2 \
+  env "$@" nice -n 10 python -m rl_manager.bench_decisions --manager llm --llm-gguf "$model" --threads "$THREADS" \
     "${suite_args[@]}" --out "$OUT/$name.json" --label "$name $*"
 }
 runs=("$@")
-[[ ${#runs[@]} -eq 0 ]] && runs=(compact15_visible compact15_heldout compact05_visible compact05_heldout full15_visible)
+[[ ${#runs[@]} -eq 0 ]] && runs=(two15_visible two15_heldout two05_visible two05_heldout one15_visible full15_visible)
 for run in "${runs[@]}"; do
   case $run in
-    compact15_visible) bench "$run" qwen2.5-coder-1.5b visible ;;
-    compact15_heldout) bench "$run" qwen2.5-coder-1.5b heldout ;;
-    compact05_visible) bench "$run" qwen2.5-coder-0.5b visible ;;
-    compact05_heldout) bench "$run" qwen2.5-coder-0.5b heldout ;;
+    # the defaults: compact prompt, two stages (prose, then the menu schema at temperature 0)
+    two15_visible) bench "$run" qwen2.5-coder-1.5b visible ;;
+    two15_heldout) bench "$run" qwen2.5-coder-1.5b heldout ;;
+    two05_visible) bench "$run" qwen2.5-coder-0.5b visible ;;
+    two05_heldout) bench "$run" qwen2.5-coder-0.5b heldout ;;
+    # one stage: the menu schema with reason and problem before the action
+    one15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_TWO_STAGE=false ;;
+    one15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_TWO_STAGE=false ;;
     # the prompt and response format before issue 13 (0.391 on the visible suite in the issue)
     full15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;
     full15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;

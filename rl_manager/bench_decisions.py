@@ -146,7 +146,9 @@ def run_suite(suite: Suite, manager_name: str, manager: Any = None, on_result: A
     results = []
     for scenario in suite.scenarios:
         snapshot = scenario_snapshot(suite, scenario)
+        start = time.perf_counter()
         outcome = decide(snapshot, manager, gates=suite.gates, fallback=None)
+        wall = time.perf_counter() - start
         first = outcome.attempts[0] if outcome.attempts else None
         result = {
             "name": scenario.name,
@@ -158,7 +160,8 @@ def run_suite(suite: Suite, manager_name: str, manager: Any = None, on_result: A
             # no valid proposal even after the re-ask: the decision is the no-op of decide()
             "invalid_after_reask": outcome.fallback is not None,
             "attempts": len(outcome.attempts),
-            "latency_s": outcome.latency_s,
+            # wall time of the whole decision: every attempt, re-ask and timeout included
+            "latency_s": wall,
             "prompt_tokens": outcome.prompt_tokens,
             "completion_tokens": outcome.completion_tokens,
             "reason": getattr(outcome.decision, "reason", ""),

@@ -14,6 +14,7 @@ variable                       meaning
 ``RL_MANAGER_RESPONSE_FORMAT`` ``menu_schema`` (default: a schema of this decision's menu, reason first),
                                ``json_schema`` (the static decision schema), ``json_object`` or ``none``
 ``RL_MANAGER_PROMPT``          ``compact`` (default; ~600-900 tokens) or ``full`` (the long prompt)
+``RL_MANAGER_TWO_STAGE``       decide in prose, then format with the menu schema (default true)
 ``RL_MANAGER_MAX_CALLS``       budget guard: most LLM requests per run (``None``: no limit)
 ``RL_MANAGER_MAX_TOKENS_RUN``  budget guard: most prompt + completion tokens per run
 =============================  ==============================================================
@@ -51,6 +52,9 @@ class LLMSettings(BaseSettings):
         or ``none`` (the prompt alone asks for JSON).
     :param prompt: ``compact`` (short; the reading notes, menu split into lower/higher values) or
         ``full`` (every section of the telemetry).
+    :param two_stage: with the compact prompt and ``menu_schema``: decide in prose first (at most
+        ``prose_tokens``), then format that decision with the menu schema at temperature 0.
+    :param prose_tokens: largest prose answer of a two-stage decision.
     :param max_calls: budget guard: most requests per manager (run); past it the manager raises
         and :func:`~rl_manager.core.decide` falls back. ``None``: unlimited.
     :param max_tokens_run: budget guard: most prompt + completion tokens per manager (run).
@@ -77,6 +81,8 @@ class LLMSettings(BaseSettings):
     max_tokens: int = Field(default=512, ge=16, le=32_768)
     response_format: ResponseFormat = "menu_schema"
     prompt: PromptStyle = "compact"
+    two_stage: bool = True
+    prose_tokens: int = Field(default=96, ge=16, le=1024)
     max_calls: int | None = Field(default=None, ge=0)
     max_tokens_run: int | None = Field(default=None, ge=0)
 

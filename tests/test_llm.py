@@ -138,7 +138,10 @@ def server() -> Iterator[ScriptedServer]:
 
 
 def make_manager(server: ScriptedServer, **overrides: Any) -> LLMManager:
-    settings = dict(base_url=server.base_url, model="test-model", api_key=SECRET, timeout_s=5.0, max_retries=0)
+    # one request per proposal here; the two-stage exchange is tested in test_llm_prompt.py
+    settings = dict(
+        base_url=server.base_url, model="test-model", api_key=SECRET, timeout_s=5.0, max_retries=0, two_stage=False
+    )
     settings.update(overrides)
     return LLMManager(LLMSettings(**settings))
 

@@ -15,6 +15,7 @@ from rl_manager.managers.rule import RuleManager
 from rl_manager.menu import build_action_space
 from rl_manager.prompt import (
     COMPACT_SYSTEM_PROMPT,
+    PROSE_REQUEST,
     build_compact_messages,
     build_compact_user_prompt,
     fold_problem,
@@ -101,7 +102,7 @@ def test_menu_schema_admits_exactly_the_menu(name, snapshot, menu):
     # the problem and a non-empty reason come first in every branch; off-menu values and closed
     # actions are refused
     branches = schema.get("anyOf", [schema])
-    assert all(list(b["properties"])[:3] == ["problem", "reason", "action"] for b in branches)
+    assert all(list(b["properties"])[:3] == ["reason", "problem", "action"] for b in branches)
     assert all(b["properties"]["reason"]["minLength"] > 0 for b in branches)
     p = {"problem": "healthy"}
     assert not valid({**p, "reason": "", "action": menu.actions[0], "expected_outcome": ""}, schema)
@@ -166,16 +167,22 @@ class _Usage:
 
 
 class _Client:
-    """A stand-in ``openai`` client that answers no_action and counts calls."""
+    """A stand-in ``openai`` client that answers no_action (or the scripted replies) and counts calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, replies: list[str] | None = None) -> None:
         self.calls = 0
+        self.requests: list[dict] = []
+        self.replies = replies
         self.chat = self
         self.completions = self
 
     def create(self, **kwargs: Any) -> Any:
         self.calls += 1
-        message = type("M", (), {"content": json.dumps({"reason": "all fine so far", "action": "no_action"})})
+        self.requests.append(kwargs)
+        content = json.dumps({"reason": "all fine so far", "action": "no_action"})
+        if self.replies is not None:
+            content = self.replies.pop(0)
+        message = type("M", (), {"content": content})
         choice = type("C", (), {"message": message, "finish_reason": "stop"})
         return type("R", (), {"choices": [choice], "usage": _Usage()})
 
@@ -183,10 +190,30 @@ class _Client:
 @pytest.mark.parametrize("limit", [{"max_calls": 2}, {"max_tokens_run": 1000}])
 def test_budget_guard_falls_back_once_spent(limit):
     client = _Client()
-    manager = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1", **limit), client=client)
+    manager = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1", two_stage=False, **limit), client=client)
     proposers = [decide(make_snapshot(), manager, fallback=RuleManager()).proposer for _ in range(4)]
     assert proposers == ["llm", "llm", "rule", "rule"]
     assert client.calls == 2
     assert manager.budget()["calls"] == 2 and manager.budget()["tokens"] == 1320
     with pytest.raises(BudgetExceeded):
         manager.propose(make_snapshot(), build_action_space(make_snapshot()))
+
+
+def test_two_stage_decides_in_prose_then_formats_with_the_menu_schema():
+    snapshot = make_snapshot()
+    menu = build_action_space(snapshot)
+    value = menu.knob("learning_rate").options[0].value
+    prose = "plateau: the score is flat; lower the learning rate."
+    client = _Client([prose, json.dumps({"action": "adjust", "changes": [{"knob": "learning_rate", "value": value}]})])
+    manager = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1"), client=client)
+    outcome = decide(snapshot, manager, fallback=RuleManager())
+    assert outcome.proposer == "llm" and outcome.decision.action == "adjust"
+    assert outcome.decision.reason == prose
+    assert [c.after for c in outcome.changes] == [value]
+    first, second = client.requests
+    assert "response_format" not in first and first["max_tokens"] == manager.settings.prose_tokens
+    assert first["messages"][-1]["content"].endswith(PROSE_REQUEST)
+    assert second["temperature"] == 0.0 and second["messages"][-2] == {"role": "assistant", "content": prose}
+    schema = second["response_format"]["json_schema"]["schema"]
+    assert all("reason" not in b["properties"] for b in schema.get("anyOf", [schema]))
+    assert outcome.attempts[0].prompt_tokens == 1200 and manager.budget()["calls"] == 2

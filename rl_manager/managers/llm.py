@@ -9,6 +9,7 @@ connections) propagate to :func:`~rl_manager.core.decide`, which logs them and f
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -21,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 #: key sent in place of a missing API key (local servers ignore it; the client requires one)
 NO_KEY = "no-key"
+#: the second request of a two-stage decision
+FORMAT_REQUEST = "Now write that decision as one JSON object, with knob values copied from the menu."
+#: longest prose kept as the decision's reason
+MAX_REASON_CHARS = 1000
 
 
 def is_strict_compatible(schema: dict[str, Any]) -> bool:
@@ -148,21 +153,23 @@ class LLMManager(Manager):
         }
         if s.seed is not None:
             kwargs["seed"] = s.seed
-        response_format = decision_response_format(s.response_format, menu)
-        if response_format is not None:
-            kwargs["response_format"] = response_format
+        if menu is not None or s.response_format != "menu_schema":
+            response_format = decision_response_format(s.response_format, menu)
+            if response_format is not None:
+                kwargs["response_format"] = response_format
         return kwargs
 
-    def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
+    def _call(self, messages: list[dict[str, str]], **overrides: Any) -> tuple[str | None, Any, Any]:
+        """One request (budget-checked and counted): the reply text, the choice and the usage."""
         s = self.settings
         if s.max_calls is not None and self.calls >= s.max_calls:
             raise BudgetExceeded(f"LLM budget spent: {self.calls} calls (max_calls={s.max_calls})")
         if s.max_tokens_run is not None and self.tokens_used >= s.max_tokens_run:
             raise BudgetExceeded(f"LLM budget spent: {self.tokens_used} tokens (max_tokens_run={s.max_tokens_run})")
-        messages = self.messages(snapshot, menu, feedback)
-        prompt = render_messages(messages)
         self.calls += 1
-        response = self._client.chat.completions.create(**self.request_kwargs(messages, menu))
+        kwargs = {**self.request_kwargs(messages), **overrides}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        response = self._client.chat.completions.create(**kwargs)
         usage = response.usage
         if usage is not None:
             self.tokens_used += int(usage.prompt_tokens or 0) + int(usage.completion_tokens or 0)
@@ -176,12 +183,56 @@ class LLMManager(Manager):
             usage.prompt_tokens if usage else None,
             usage.completion_tokens if usage else None,
         )
+        return text, choice, usage
+
+    def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
+        s = self.settings
+        if s.two_stage and s.prompt == "compact" and s.response_format == "menu_schema":
+            return self._propose_two_stage(snapshot, menu, feedback)
+        messages = self.messages(snapshot, menu, feedback)
+        text, choice, usage = self._call(messages, response_format=decision_response_format(s.response_format, menu))
         if text is not None and s.prompt == "compact":
             text = fold_problem(text)
         return Proposal(
             reply=text if text is not None else "",
-            prompt=prompt,
+            prompt=render_messages(messages),
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
+            finish_reason=choice.finish_reason,
+        )
+
+    def _propose_two_stage(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
+        """Decide in prose, then format at temperature 0 with the menu schema (the paper's two stages).
+
+        The second request repeats the first conversation, so a server with a prompt cache
+        (llama.cpp) only processes the prose and one more line. The prose becomes the reason.
+        """
+        s = self.settings
+        messages = build_compact_messages(snapshot, menu, feedback, formats=False, two_stage=True)
+        prose, first, usage1 = self._call(messages, max_tokens=s.prose_tokens, response_format=None)
+        prose = (prose or "").strip()
+        if not prose or first.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"no prose decision (finish_reason={first.finish_reason!r})")
+        messages = [*messages, {"role": "assistant", "content": prose}, {"role": "user", "content": FORMAT_REQUEST}]
+        # one knob per adjust: the prose names one move, and a small model pads a list with more
+        schema = menu_schema(menu, problem=False, reason=False, max_changes=1)
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": "decision", "schema": schema, "strict": False},
+        }
+        text, choice, usage2 = self._call(messages, temperature=0.0, response_format=response_format)
+        reply = text if text is not None else ""
+        try:
+            obj = json.loads(reply)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):  # the prose is the reason; the guard judges the rest
+            reply = json.dumps({"reason": prose[:MAX_REASON_CHARS], **obj})
+        tokens = [(u.prompt_tokens, u.completion_tokens) for u in (usage1, usage2) if u is not None]
+        return Proposal(
+            reply=reply,
+            prompt=render_messages(messages),
+            prompt_tokens=sum(p or 0 for p, _ in tokens) if tokens else None,
+            completion_tokens=sum(c or 0 for _, c in tokens) if tokens else None,
             finish_reason=choice.finish_reason,
         )
