@@ -269,10 +269,8 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
                         xs, ys = zip(*pts, strict=True)
                         ax.step(xs, ys, where="post", color=f"C{i}", alpha=0.5, label=arm.name if j == 0 else None)
             ax.set_ylabel(knob, fontsize=8)
-            if knob in ("learning_rate", "ent_coef", "noise_sigma") and all(
-                v > 0 for a in managed for r in runs[a.name] for _, k in r["knobs"] for kk, v in k.items() if kk == knob
-            ):
-                ax.set_yscale("log")
+            scale, kwargs = _knob_scale(values[knob])
+            ax.set_yscale(scale, **kwargs)
         axes[0, 0].legend(fontsize=7)
         axes[-1, 0].set_xlabel("env steps")
         fig.tight_layout()
@@ -280,6 +278,17 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
         plt.close(fig)
         files.append("knob_trajectories.png")
     return files
+
+
+def _knob_scale(values: set[float]) -> tuple[str, dict[str, float]]:
+    """The y scale of a knob's trajectories: log where its positive values span a decade or more
+    (symlog, linear below the smallest positive value, when it also takes the value 0), else linear."""
+    positive = [v for v in values if v > 0]
+    if len(positive) < 2 or max(positive) < 10 * min(positive) or any(v < 0 for v in values):
+        return "linear", {}
+    if len(positive) < len(values):
+        return "symlog", {"linthresh": min(positive)}
+    return "log", {}
 
 
 def _versions() -> str:

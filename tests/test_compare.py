@@ -46,3 +46,12 @@ def test_invalid_grid_exits_2(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("arms: []\nn_timesteps: 10\n")
     assert main([str(bad), "-o", str(tmp_path / "o")]) == 2
+
+
+def test_knob_scale_follows_the_values():
+    from rl_manager.compare import _knob_scale
+
+    assert _knob_scale({0.2, 0.1, 0.4}) == ("linear", {})  # within a decade
+    assert _knob_scale({3e-3, 1e-5, 3e-4}) == ("log", {})
+    assert _knob_scale({0.0, 1e-4, 0.05}) == ("symlog", {"linthresh": 1e-4})  # an entropy bonus from 0
+    assert _knob_scale({-1.0, 2.0, 30.0}) == ("linear", {})  # target entropy is negative
