@@ -14,10 +14,11 @@ A grid is a YAML file (or flags)::
       - {name: conservative-rule,  env: PlanarReacher, algo: ppo, recipe: conservative, manager: rule}
 
 Each (arm, seed) runs ``python -m rl_manager.train`` in its own process (``--workers``, default one
-per core, one torch thread each) into ``<out>/runs/<arm>/s<seed>``. Finished runs (with a
-``summary.json``) are skipped; interrupted ones (with a ``last_model.zip``) are resumed. The
-aggregation uses rliable (extra ``plots``): IQM of the held-out score with 95% stratified-bootstrap
-CIs, probability of improvement of each managed arm over the fixed arm of the same recipe, IQM
+per core, one torch thread each) into ``<out>/runs/<arm>/s<seed>``; ``--backend ray`` makes each run a
+Ray task instead (:mod:`rl_manager.ray_backend`: a local instance, or a cluster with ``--address``).
+Finished runs (with a ``summary.json``) are skipped; interrupted ones are resumed. The aggregation
+uses rliable (extra ``plots``): IQM of the held-out score with 95% stratified-bootstrap CIs,
+probability of improvement of each managed arm over the fixed arm of the same recipe, IQM
 sample-efficiency curves, and mean episode cost / violation rate with bootstrap CIs. It writes
 ``REPORT.md`` and PNG plots (learning curves with intervention markers, cost curves, knob
 trajectories). ``--plot-only`` rebuilds them from the run folders.
@@ -85,8 +86,20 @@ def _train_args(grid: Grid, arm: Arm, seed: int, run_dir: Path) -> list[str]:
     return args
 
 
-def run_one(grid: Grid, arm: Arm, seed: int, out: Path) -> tuple[str, int, str]:
-    """Run (or resume, or skip) one (arm, seed); returns (run id, exit status, status word)."""
+def _die_with_parent() -> None:
+    """(Linux) SIGKILL this process when its parent dies: a killed Ray worker leaves no orphan run
+    writing into the folder that the retried task resumes."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_one(grid: Grid, arm: Arm, seed: int, out: Path, die_with_parent: bool = False) -> tuple[str, int, str]:
+    """Run (or resume, or skip) one (arm, seed); returns (run id, exit status, status word).
+
+    :param die_with_parent: kill the training process when the calling process dies (Linux).
+    """
     run_dir = out / "runs" / arm.name / f"s{seed}"
     rid = f"{arm.name}/s{seed}"
     if (run_dir / "summary.json").exists():
@@ -110,6 +123,7 @@ def run_one(grid: Grid, arm: Arm, seed: int, out: Path) -> tuple[str, int, str]:
             stderr=subprocess.STDOUT,
             env=env,
             check=False,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
         )
     return rid, proc.returncode, "ok" if proc.returncode == 0 else f"failed (see {log})"
 
@@ -429,6 +443,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-params", "--hyperparams", nargs="+", default=None, metavar="KEY:VALUE")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs (default: one per core)")
     p.add_argument("--plot-only", action="store_true", help="rebuild REPORT.md and plots from the run folders")
+    p.add_argument(
+        "--backend", choices=("process", "ray"), default="process", help="local worker processes, or Ray tasks"
+    )
+    p.add_argument("--address", default=None, help="(ray) address of an existing cluster (default: start one here)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="(ray) GPUs reserved per run")
     return p.parse_args(argv)
 
 
@@ -471,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     if not args.plot_only:
         start = time.time()
-        results = run_grid(grid, out, args.workers)
+        if args.backend == "ray":
+            from rl_manager.ray_backend import run_grid_ray
+
+            results = run_grid_ray(grid, out, address=args.address, num_gpus=args.gpus_per_run)
+        else:
+            results = run_grid(grid, out, args.workers)
         failed = sum(1 for _, code, _ in results if code != 0)
         print(f"{len(results)} runs, {failed} failed, {time.time() - start:.0f}s")
     try:
