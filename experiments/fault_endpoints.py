@@ -60,7 +60,10 @@ def run(fault: str, mode: str, boundaries: int, timeout: float, retries: int, fo
     step = FAULTS[fault]
     server = FaultServer(lambda body: step) if step is not None else None
     base_url = server.base_url if server is not None else refused_url()
-    settings = LLMSettings(base_url=base_url, model="m", api_key="sk-x", timeout_s=timeout, max_retries=retries)
+    # single-stage: one HTTP request an attempt (the two-stage default makes two; the deadline covers both)
+    settings = LLMSettings(
+        base_url=base_url, model="m", api_key="sk-x", timeout_s=timeout, max_retries=retries, two_stage=False
+    )
     manager, calls = LLMManager(settings), []
     real = controller_module.decide
     # count the requests to the LLM manager (in sync mode the fallback is asked through decide() too)

@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--keep", default=None, help="keep the run folders here (default: deleted)")
+    p.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="the LLM manager's two-stage protocol (prose, then the menu schema; both replies hostile); "
+        "default: single-stage, every reply reaches the guard as sent",
+    )
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     menu_now: list[ActionSpace] = []
@@ -126,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     leaks: list[str] = []
     examples: dict[str, set[str]] = {}
     t0 = time.monotonic()
-    settings = LLMSettings(base_url="http://x/v1", model="fuzz", api_key=SECRET, timeout_s=10, max_retries=0)
+    settings = LLMSettings(
+        base_url="http://x/v1", model="fuzz", api_key=SECRET, timeout_s=10, max_retries=0, two_stage=args.two_stage
+    )
     with FaultServer(responder) as server:
         settings.base_url = server.base_url
         segment = 0
@@ -166,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 totals["applied_changes"] += len(r.changes) if r.applied else 0
                 for a in r.attempts:
                     if a.raw_reply is not None and not a.errors:
-                        category = category_of.get(a.raw_reply, "?")
+                        # two-stage: the recorded reply is the formatted one, with the prose as its reason
+                        category = "two_stage" if args.two_stage else category_of.get(a.raw_reply, "?")
                         accepted[category] += 1
                         examples.setdefault(category, set()).add(_shape(a.raw_reply))
             for f in run_dir.rglob("*"):

@@ -77,7 +77,8 @@ ROWS: list[tuple[str, str, str, str, Callable[[Figures], str] | str]] = [
         "`--resume` trains again from step 0; a `resume` record names the lost segment",
         "audit, manager state, knobs",
         f"{RESUME}::test_killed_before_the_first_checkpoint_resumes_from_scratch",
-        lambda f: f"{f['kill_soak']['kills_before_first_checkpoint']} soak kills before a checkpoint",
+        lambda f: f"{f['kill_soak']['kills_before_first_checkpoint']} of {f['kill_soak']['kills']} soak kills came "
+        "before the run's first checkpoint",
     ),
     (
         "killed after a checkpoint",
@@ -91,7 +92,8 @@ ROWS: list[tuple[str, str, str, str, Callable[[Figures], str] | str]] = [
         "nothing: each file is the old or the new one (temp + fsync + rename); leftovers removed at resume",
         "every file whole",
         f"{RESUME}::test_atomic_write_keeps_the_old_file_on_failure",
-        lambda f: f"{f['kill_soak']['kills_with_partial_files']} soak kills left a partial file, all removed",
+        lambda f: f"{f['kill_soak']['kills_with_partial_files']} of {f['kill_soak']['kills']} soak kills left a "
+        "partial file (removed at resume)",
     ),
     (
         "killed between an audit record and the state write",

@@ -162,7 +162,7 @@ def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, g
         review.decision = None
     attempt = Attempt(
         proposer=manager.name,
-        prompt=proposal.prompt,
+        prompt=redact(proposal.prompt) if proposal.prompt else proposal.prompt,  # (a 2-stage prompt quotes a reply)
         raw_reply=reply,
         errors=errors,
         latency_s=proposal.latency_s,

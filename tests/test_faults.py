@@ -52,9 +52,16 @@ def scripted(steps: list[dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str
     return lambda body: script.pop(0) if script else NO_ACTION
 
 
-def llm(base_url: str, max_retries: int = 0, timeout_s: float = TIMEOUT_S) -> LLMManager:
+def llm(base_url: str, max_retries: int = 0, timeout_s: float = TIMEOUT_S, two_stage: bool = False) -> LLMManager:
+    """The LLM manager; single-stage by default, so that HTTP requests, attempts and records match one to one."""
     settings = LLMSettings(
-        base_url=base_url, model="m", api_key=SECRET, timeout_s=timeout_s, max_retries=max_retries, seed=None
+        base_url=base_url,
+        model="m",
+        api_key=SECRET,
+        timeout_s=timeout_s,
+        max_retries=max_retries,
+        seed=None,
+        two_stage=two_stage,
     )
     return LLMManager(settings)
 
@@ -123,6 +130,16 @@ def test_429_retry_after_is_cut_by_the_deadline(tmp_path) -> None:
     assert max(durations) <= TIMEOUT_S + SLACK_S, durations
     first = read_audit(tmp_path)[0]
     assert "no decision within 1 s" in first.attempts[0].errors[0] and first.fallback == "rule"
+
+
+def test_two_stage_decision_is_bounded_as_a_whole(tmp_path) -> None:
+    """Two requests a decision (prose, then the menu schema), each just under the client's timeout: the
+    boundary still waits at most the timeout, not twice it."""
+    slow = {"sleep": 0.8 * TIMEOUT_S, "content": "Lower the learning rate."}
+    with FaultServer(scripted([slow, {"sleep": 0.8 * TIMEOUT_S, **NO_ACTION}] * 3)) as server:
+        _, durations = train(tmp_path, llm(server.base_url, two_stage=True), 2)
+    assert max(durations) <= TIMEOUT_S + SLACK_S, durations
+    assert "no decision within 1 s" in read_audit(tmp_path)[0].attempts[0].errors[0]
 
 
 def test_refused_connection(tmp_path) -> None:

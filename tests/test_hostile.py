@@ -42,6 +42,14 @@ def test_generated_replies_over_http(tmp_path: Path) -> None:
     assert set(figures["accepted_by_category"]) <= {"valid", "injection", "off_menu", "huge"}
 
 
+def test_generated_replies_two_stage(tmp_path: Path) -> None:
+    """The default two-stage protocol: a hostile prose becomes the reason, a hostile format reply meets the guard."""
+    out = tmp_path / "figures.json"
+    assert fault_fuzz.main(["--replies", "80", "--per-run", "40", "--two-stage", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["out_of_menu_changes"] == figures["crashes"] == figures["api_key_leaks"] == 0
+
+
 def test_out_of_menu_check_catches_a_bad_change(tmp_path: Path) -> None:
     """The fuzz's checker flags a knob value that its record's menu did not offer."""
     ctl, adapter = make_controller(tmp_path)
@@ -97,8 +105,8 @@ def test_an_echoed_key_is_masked_in_what_is_recorded() -> None:
         {"content": f"{SECRET} is not JSON"},
     ]
     with FaultServer(lambda body: replies.pop(0) if replies else {"status": 500}) as server:
-        manager = LLMManager(LLMSettings(base_url=server.base_url, api_key=SECRET, timeout_s=5, max_retries=0))
-        outcomes = [decide(make_snapshot(), manager, fallback=RuleManager()) for _ in range(3)]
+        settings = LLMSettings(base_url=server.base_url, api_key=SECRET, timeout_s=5, max_retries=0, two_stage=False)
+        outcomes = [decide(make_snapshot(), LLMManager(settings), fallback=RuleManager()) for _ in range(3)]
     recorded = json.dumps([a.model_dump(mode="json") for o in outcomes for a in o.attempts])
     assert SECRET not in recorded and "***" in recorded
     assert outcomes[0].decision.action == "no_action" and outcomes[0].fallback is None
