@@ -554,10 +554,9 @@ def fold_problem(reply: str) -> str:
     Anything that is not a JSON object with a string ``problem`` is returned unchanged, for the
     guard to judge.
     """
-    try:
-        obj = json.loads(reply)
-    except (ValueError, TypeError, RecursionError):
-        return reply
+    from rl_manager.guard import parse_reply  # the guard's reading: a repeated key must reach it whole
+
+    obj, _ = parse_reply(reply)
     if not isinstance(obj, dict) or not isinstance(obj.get("problem"), str):
         return reply
     problem = obj.pop("problem")

@@ -180,3 +180,15 @@ def test_instructions_in_run_strings_never_change_a_decision(tmp_path) -> None:
         assert injected in json.dumps(server.requests[0])  # the text did reach the model ...
     assert outcome.decision.action == "no_action" and outcome.changes == []  # ... and changed nothing
     assert len(outcome.attempts) == 2 and all(a.errors for a in outcome.attempts)
+
+
+def test_a_repeated_key_survives_the_llm_managers_reply_folding() -> None:
+    """The compact prompt's ``problem`` folding and the two-stage merge re-serialise a reply: a repeated
+    key must still reach the guard (``json.loads`` would keep the last value silently)."""
+    from rl_manager.prompt import fold_problem
+
+    menu = build_action_space(make_snapshot())
+    option = menu.knob("ent_coef").options[0].value
+    text = _raw("ent_coef", repr(option), head='"problem": "overfitting", "action": "no_action", "action": "adjust"')
+    review = Guard().review(fold_problem(text), menu)
+    assert not review.ok and "appears twice" in review.errors[0]

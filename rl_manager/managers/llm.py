@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any
 
+from rl_manager.guard import parse_reply
 from rl_manager.managers.base import Manager, Proposal
 from rl_manager.prompt import build_compact_messages, build_messages, fold_problem, menu_schema, render_messages
 from rl_manager.schema import ActionSpace, DecisionAdapter, TelemetrySnapshot
@@ -222,10 +223,7 @@ class LLMManager(Manager):
         }
         text, choice, usage2 = self._call(messages, temperature=0.0, response_format=response_format)
         reply = text if text is not None else ""
-        try:
-            obj = json.loads(reply)
-        except ValueError:
-            obj = None
+        obj, _ = parse_reply(reply)  # the guard's reading: a repeated key must reach the guard whole
         if isinstance(obj, dict):  # the prose is the reason; the guard judges the rest
             reply = json.dumps({"reason": prose[:MAX_REASON_CHARS], **obj})
         tokens = [(u.prompt_tokens, u.completion_tokens) for u in (usage1, usage2) if u is not None]
