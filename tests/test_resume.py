@@ -216,7 +216,7 @@ def test_kill_soak_short(tmp_path: Path) -> None:
     from experiments import kill_soak
 
     out = tmp_path / "soak.json"
-    args = ["--algos", "ppo", "sac", "--runs", "1", "--kills-per-run", "2", "--scale", "0.15"]
+    args = ["--algos", "ppo", "sac", "--runs", "1", "--kills-per-run", "2", "--scale", "0.15", "--max-delay", "6"]
     assert kill_soak.main([*args, "--folder", str(tmp_path / "runs"), "--out", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["kills"] == 4 and figures["runs_completed"] == 2 and figures["audit_verify_mismatches"] == 0
