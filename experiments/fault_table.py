@@ -59,8 +59,8 @@ def _checkpoint_cost(f: Figures) -> str:
     )
 
 
-def _fuzz(f: Figures) -> str:
-    z = f["fault_fuzz"]
+def _fuzz(f: Figures, key: str = "fault_fuzz") -> str:
+    z = f[key]
     return (
         f"{z['replies']:,} replies in {z['wall_s']:.0f} s: {z['out_of_menu_changes']} out-of-menu changes, "
         f"{z['crashes']} crashes, {z['audit_verify_mismatches']} verify mismatches ({z['applied_changes']} in-menu "
@@ -124,6 +124,13 @@ ROWS: list[tuple[str, str, str, str, Callable[[Figures], str] | str]] = [
         "the run, every reply in the audit",
         f"{HOSTILE}::test_generated_replies_over_http",
         _fuzz,
+    ),
+    (
+        "the same in the LLM manager's default two-stage protocol (the prose and the formatted reply both hostile)",
+        "the prose becomes the reason; the formatted reply meets the guard",
+        "as above",
+        f"{HOSTILE}::test_generated_replies_two_stage",
+        lambda f: _fuzz(f, "fault_fuzz_two_stage"),
     ),
     (
         "the same, drawn by hypothesis, through the controller's apply path",
