@@ -324,7 +324,8 @@ def _sb3_heldout(model, config: dict[str, Any], n_episodes: int) -> dict[str, An
 
 def _training_error(exc: BaseException, model, manager_cb, run_dir: Path) -> TrainingError:
     """Audit the failure (if the run folder still takes a line) and say what is kept and how to go on."""
-    what = f"{type(exc).__name__}: {exc}"
+    lines = str(exc).strip().splitlines() or [""]
+    what = f"{type(exc).__name__}: {lines[0]}" + (" [...]" if len(lines) > 1 else "")  # (torch appends whole tensors)
     try:
         manager_cb.controller.note(f"training stopped at step {model.num_timesteps}: {what}")
     except OSError:

@@ -262,3 +262,19 @@ def test_non_finite_telemetry_is_recorded_and_never_a_best(tmp_path) -> None:
     assert decisions[0].applied  # the rule manager's first change, judged on the NaN score after it: reverted
     assert records[1].kind == "note" and "reverted" in records[1].message and "after [nan]" in records[1].message
     assert all(th.isfinite(th.tensor(list(r.knobs_after.values()))).all() for r in records if r.knobs_after)
+
+
+def test_diverging_recipe_nan_loss_mid_run_is_a_short_clear_error(tmp_path, capsys) -> None:
+    """A recipe whose update blows the weights up (learning rate 1e30): exit 3 with one readable line, not a
+    tensor dump, and the audit kept."""
+    recipes = tmp_path / "ppo.yml"
+    diverging = {"learning_rate": 1.0e30, "max_grad_norm": 1.0e30, "n_epochs": 4}
+    recipes.write_text(yaml.safe_dump({"Pendulum-v1": {"tuned": {**PENDULUM_RECIPE["tuned"], **diverging}}}))
+    run = tmp_path / "run"
+    args = ["--env", "Pendulum-v1", "--algo", "ppo", "--hyperparams-file", str(recipes), "-n", "2048"]
+    args += ["--eval-freq", "256", "--eval-episodes", "1", "--run-dir", str(run), "-v", "0"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "error: training stopped at step" in err and "[0.]," not in err and "[...]" in err
+    records = read_audit(run)
+    assert verify(records) == [] and records[-1].kind == "note" and "training stopped" in records[-1].message
