@@ -176,6 +176,9 @@ ROWS: list[tuple[str, str, str, str, Callable[[Figures], str] | str]] = [
     ("NaN reward mid-run (train CLI)", "exit 3: `training stopped at step N: ValueError: found nan in rewards`, what "
      "is kept, the `--resume` command", "audit (+ a note), state, the checkpoint before the NaN",
      f"{FAULTS_T}::test_nan_reward_mid_run_stops_with_a_clear_error_and_keeps_everything", ""),
+    ("NaN loss mid-run (a diverging recipe: learning rate 1e30)", "exit 3, the exception's first line (not the "
+     "tensors torch appends)", "audit (+ a note), state",
+     f"{FAULTS_T}::test_diverging_recipe_nan_loss_mid_run_is_a_short_clear_error", ""),
     ("full (or read-only) run folder mid-run", "exit 3 naming the OS error; `--resume` once there is room",
      "every record already written", f"{FAULTS_T}::test_full_disk_mid_run_then_resume", ""),
     ("corrupt `manager_state.json`", "exit 2: `not a valid manager state (...); move it away`", "all files untouched",
