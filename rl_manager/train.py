@@ -73,17 +73,33 @@ class TrainingError(RuntimeError):
     written is kept and ``--resume`` continues from the last checkpoint."""
 
 
+def positive(kind: type, least: float = 1e-12):
+    """An ``argparse`` type: a number of ``kind`` at least ``least`` (a bad value is a usage error, exit 2)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= least:  # (also refuses NaN)
+            raise argparse.ArgumentTypeError(f"must be {'positive' if least > 0 else '>= 0'}, got {text}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rl_manager.train", description=__doc__.splitlines()[0])
+    count = positive(int)
     p.add_argument("--env", default="FetchPickAndPlace", help="env short name or id (default: FetchPickAndPlace)")
     p.add_argument("--algo", default=None, help="ppo|a2c|sac|tqc|td3|ddpg (default: tqc for Fetch, ppo otherwise)")
     p.add_argument("--recipe", default="tuned", help="recipe in the hyperparams file (tuned|conservative|reckless)")
-    p.add_argument("-n", "--n-timesteps", type=int, default=None, help="budget (default: the recipe's quick budget)")
+    p.add_argument("-n", "--n-timesteps", type=count, default=None, help="budget (default: the recipe's quick budget)")
     p.add_argument("--full", action="store_true", help="use the recipe's full budget (n_timesteps)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-freq", type=int, default=None, help="env steps between decisions (default: budget/20)")
-    p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--heldout-episodes", type=int, default=30, help="final evaluation on seeds the manager never saw")
+    p.add_argument("--eval-freq", type=count, default=None, help="env steps between decisions (default: budget/20)")
+    p.add_argument("--eval-episodes", type=count, default=10)
+    p.add_argument("--heldout-episodes", type=count, default=30, help="final evaluation on seeds the manager never saw")
     p.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard folder (default: <run>/tb)")
     p.add_argument("-f", "--log-folder", default="logs")
     p.add_argument("--run-dir", default=None, help="exact run folder (default: a new one under the log folder)")
@@ -103,12 +119,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["auto", "sync", "async"],
         help="async: training never waits for the manager (auto: async for llm, sync otherwise)",
     )
-    p.add_argument("--max-age", type=int, default=2, help="async replies older than this many boundaries are stale")
+    p.add_argument(
+        "--max-age", type=positive(int, 0), default=2, help="async replies older than this many boundaries are stale"
+    )
     p.add_argument("--no-safety", action="store_true", help="use the plain env, without the safety-cost wrapper")
-    p.add_argument("--save-freq", type=int, default=None, help="env steps between resumable checkpoints")
+    p.add_argument("--save-freq", type=count, default=None, help="env steps between resumable checkpoints")
     p.add_argument(
         "--save-interval",
-        type=float,
+        type=positive(float),
         default=None,
         help="seconds between resumable checkpoints (default: 60 on-policy, 300 off-policy)",
     )

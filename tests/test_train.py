@@ -106,3 +106,20 @@ def test_evaluations_npz_keeps_every_evaluation(tmp_path):
     data = np.load(tmp_path / "evaluations.npz")
     assert data["timesteps"].tolist() == [1000 * (i + 1) for i in range(60)]
     assert data["scores"].shape == (60,) and data["scores"][0] == 0.0
+
+
+def test_bad_numbers_are_usage_errors(capsys):
+    """A zero --save-freq (a checkpoint, replay buffer included, at every step), a NaN interval, a negative
+    max age...: refused by the argument parser (exit 2) with the argument named."""
+    import pytest
+
+    for args, message in (
+        (["--save-freq", "0"], "--save-freq: must be positive"),
+        (["--save-interval", "nan"], "--save-interval: must be positive"),
+        (["--max-age", "-1"], "--max-age: must be >= 0"),
+        (["-n", "abc"], "not a number: 'abc'"),
+        (["--eval-episodes", "0"], "--eval-episodes: must be positive"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
