@@ -257,6 +257,22 @@ def _stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         proc.wait(timeout=timeout_s)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A training process killed with SIGKILL (or SIGTERM, which skips Python's exit handlers)
+    would otherwise leave its ``llama-server`` running, holding a gigabyte of memory and a core.
+    The signal follows the *thread* that started the server: start it from the main thread.
+    """
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - best effort; the finalizer still covers normal exits
+        pass
+
+
 class LlamaServer:
     """llama.cpp's ``llama-server`` as a context manager.
 
@@ -429,7 +445,12 @@ class LlamaServer:
         with open(self._log_file, "ab") as log:
             try:
                 self._proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    close_fds=True,
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 )
             except OSError as exc:
                 raise LlamaServerError(f"could not execute {self.binary}: {exc}") from exc

