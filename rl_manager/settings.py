@@ -14,7 +14,8 @@ variable                       meaning
 ``RL_MANAGER_RESPONSE_FORMAT`` ``menu_schema`` (default: a schema of this decision's menu, reason first),
                                ``json_schema`` (the static decision schema), ``json_object`` or ``none``
 ``RL_MANAGER_PROMPT``          ``compact`` (default; ~600-900 tokens) or ``full`` (the long prompt)
-``RL_MANAGER_TWO_STAGE``       decide in prose, then format with the menu schema (default true)
+``RL_MANAGER_TWO_STAGE``       decide in prose, then format with the menu schema (default false: it
+                               scored lower on the visible suite with the 1.5B model)
 ``RL_MANAGER_MAX_CALLS``       budget guard: most LLM requests per run (``None``: no limit)
 ``RL_MANAGER_MAX_TOKENS_RUN``  budget guard: most prompt + completion tokens per run
 =============================  ==============================================================
@@ -81,7 +82,7 @@ class LLMSettings(BaseSettings):
     max_tokens: int = Field(default=512, ge=16, le=32_768)
     response_format: ResponseFormat = "menu_schema"
     prompt: PromptStyle = "compact"
-    two_stage: bool = True
+    two_stage: bool = False
     prose_tokens: int = Field(default=96, ge=16, le=1024)
     max_calls: int | None = Field(default=None, ge=0)
     max_tokens_run: int | None = Field(default=None, ge=0)

@@ -205,7 +205,7 @@ def test_two_stage_decides_in_prose_then_formats_with_the_menu_schema():
     value = menu.knob("learning_rate").options[0].value
     prose = "plateau: the score is flat; lower the learning rate."
     client = _Client([prose, json.dumps({"action": "adjust", "changes": [{"knob": "learning_rate", "value": value}]})])
-    manager = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1"), client=client)
+    manager = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1", two_stage=True), client=client)
     outcome = decide(snapshot, manager, fallback=RuleManager())
     assert outcome.proposer == "llm" and outcome.decision.action == "adjust"
     assert outcome.decision.reason == prose

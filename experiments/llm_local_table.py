@@ -1,0 +1,46 @@
+"""Markdown table of the decision-suite results in experiments/results/llm_local/*.json (issue 13).
+
+python experiments/llm_local_table.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent / "results" / "llm_local"
+
+
+def main() -> int:
+    rows = []
+    for path in sorted(FOLDER.glob("*.json")):
+        d = json.loads(path.read_text())
+        s, settings = d["summary"], d.get("settings") or {}
+        model = Path(d["llm_gguf"]).name if d.get("llm_gguf") else d["manager"]
+        if settings:
+            variant = f"{settings.get('prompt')}, {settings.get('response_format')}"
+            variant += ", two-stage" if settings.get("two_stage") and settings.get("prompt") == "compact" else ""
+        else:
+            variant = "-"
+        suite = "held-out" if "heldout" in str(d.get("suite")) else "visible"
+        lat = (
+            f"{s['latency_mean_s']:.1f} / {s['latency_p50_s']:.1f} / {s['latency_p95_s']:.1f}"
+            if d["manager"] == "llm"
+            else "0"
+        )
+        rows.append(
+            f"| {path.stem} | {model} | {variant} | {suite} ({s['scenarios']}) | {s['accuracy']:.3f} | "
+            f"{s['invalid_rate']:.3f} | {s['invalid_after_reask']:.3f} | {lat} | {d.get('threads') or '-'} |"
+        )
+    print(
+        "| run | model | prompt, format | suite (n) | accuracy | invalid (1st reply) | invalid after re-ask | "
+        "latency mean / p50 / p95 s | threads |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
