@@ -18,17 +18,19 @@ bench() {  # name model suite(visible|heldout) [ENV=VALUE ...]
     "${suite_args[@]}" --out "$OUT/$name.json" --label "$name $*"
 }
 runs=("$@")
-[[ ${#runs[@]} -eq 0 ]] && runs=(two15_visible two15_heldout two05_visible two05_heldout one15_visible full15_visible)
+[[ ${#runs[@]} -eq 0 ]] && runs=(one15_visible one15_heldout two15_visible two15_heldout full15_heldout one05_visible one05_heldout)
 for run in "${runs[@]}"; do
   case $run in
-    # the defaults: compact prompt, two stages (prose, then the menu schema at temperature 0)
-    two15_visible) bench "$run" qwen2.5-coder-1.5b visible ;;
-    two15_heldout) bench "$run" qwen2.5-coder-1.5b heldout ;;
-    two05_visible) bench "$run" qwen2.5-coder-0.5b visible ;;
-    two05_heldout) bench "$run" qwen2.5-coder-0.5b heldout ;;
-    # one stage: the menu schema with reason and problem before the action
+    # compact prompt, two stages (prose, then the menu schema at temperature 0)
+    two15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_TWO_STAGE=true ;;
+    two15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_TWO_STAGE=true ;;
+    two05_visible) bench "$run" qwen2.5-coder-0.5b visible RL_MANAGER_TWO_STAGE=true ;;
+    two05_heldout) bench "$run" qwen2.5-coder-0.5b heldout RL_MANAGER_TWO_STAGE=true ;;
+    # one stage (the default): the menu schema with reason and problem before the action
     one15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_TWO_STAGE=false ;;
     one15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_TWO_STAGE=false ;;
+    one05_visible) bench "$run" qwen2.5-coder-0.5b visible RL_MANAGER_TWO_STAGE=false ;;
+    one05_heldout) bench "$run" qwen2.5-coder-0.5b heldout RL_MANAGER_TWO_STAGE=false ;;
     # the prompt and response format before issue 13 (0.391 on the visible suite in the issue)
     full15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;
     full15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;
