@@ -141,9 +141,12 @@ def test_real_model_decides_within_the_menu(server):
 @needs_model
 @pytest.mark.slow
 def test_real_model_async_training_run(tmp_path):
-    """``rl_manager.train --manager llm`` with a local server: the audit shows applied LLM proposals."""
+    """``rl_manager.train --manager llm`` with a local server: the audit shows applied LLM proposals.
+
+    The budget is sized so that training (~1-2 min here) outlasts several ~15-30 s decisions.
+    """
     cmd = [sys.executable, "-m", "rl_manager.train", "--env", "PlanarReacher", "--recipe", "conservative"]
-    cmd += ["-n", "12288", "--eval-freq", "1024", "--eval-episodes", "2", "--heldout-episodes", "2"]
+    cmd += ["-n", "196608", "--eval-freq", "8192", "--eval-episodes", "2", "--heldout-episodes", "2"]
     cmd += ["--manager", "llm", "--llm-gguf", str(GGUF), "--max-age", "100", "--run-dir", str(tmp_path / "run")]
     cmd += ["-params", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:2", "policy_kwargs:{net_arch: [16]}"]
     env = {k: v for k, v in os.environ.items() if k not in ENDPOINT_VARS}
