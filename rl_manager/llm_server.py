@@ -34,6 +34,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -465,9 +466,14 @@ class LlamaServer:
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
+                why = (
+                    f"llama-server died of SIGILL (Illegal instruction) during start-up: it was compiled for "
+                    f"another CPU's instruction set; build a portable one: {INSTALL_HINT}"
+                    if code == -signal.SIGILL
+                    else f"llama-server exited with code {code} during start-up"
+                )
                 raise LlamaServerError(
-                    f"llama-server exited with code {code} during start-up (model {self.gguf_path}); "
-                    f"end of its log ({self._log_file}):\n{self.log_tail()}"
+                    f"{why} (model {self.gguf_path}); end of its log ({self._log_file}):\n{self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(health, timeout=2.0) as response:

@@ -91,6 +91,9 @@ class SB3Member(tune.Trainable):
             self.run_cfg, self.run_cfg["eval_episodes"], EVAL_BASE_SEED, self.env.observation_space
         )
         self.effective = self._apply(config)
+        # env steps this member trained, over restarts of its actor (a copy rewinds num_timesteps)
+        self._counter = Path(self.logdir) / "steps_trained.txt"
+        self.steps_trained = int(self._counter.read_text()) if self._counter.exists() else 0
 
     def _apply(self, config: dict[str, Any]) -> dict[str, float]:
         """Write the member's knobs into the model; return the values read back."""
@@ -102,6 +105,8 @@ class SB3Member(tune.Trainable):
         from rl_manager.evaluation import concat_results
 
         self.model.learn(int(self.run_cfg["eval_freq"]), reset_num_timesteps=False)
+        self.steps_trained += int(self.run_cfg["eval_freq"])
+        self._counter.write_text(str(self.steps_trained))
         metrics = concat_results(self.evaluator.play(self.model, deterministic=True)).metrics()
         score = metrics.safe_success_rate if metrics.safe_success_rate is not None else metrics.mean_return
         effective = {name: knob.read(self.model) for name, knob in self.actuators.items()}
@@ -109,6 +114,7 @@ class SB3Member(tune.Trainable):
             SCORE: float(score),
             "violation_rate": metrics.violation_rate,
             "env_steps": int(self.model.num_timesteps),
+            "steps_trained": self.steps_trained,
             **{f"knob/{k}": v for k, v in effective.items()},
         }
 
@@ -234,9 +240,8 @@ def run_population(
             {
                 "member": index,
                 "final_score": float(df[SCORE].iloc[-1]),
-                # every reported row is one iteration of eval_freq env steps trained by this member (a copy
-                # rewinds its step count to the donor's, so the last count underestimates what it used)
-                "env_steps": len(df) * int(run["eval_freq"]),
+                # what this member trained (a copy rewinds its step count to the donor's)
+                "env_steps": int(df["steps_trained"].max()),
                 "config": {k: v for k, v in result.config.items() if k in space},
                 "trajectory": [
                     [int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]

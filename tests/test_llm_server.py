@@ -99,6 +99,18 @@ def test_server_dying_at_start_reports_its_log(tmp_path):
     assert not server.running
 
 
+def test_server_dying_of_sigill_names_the_portable_build(tmp_path):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    fake = tmp_path / "llama-server"  # what a llama.cpp built with native flags for another CPU does
+    fake.write_text("#!/bin/sh\necho 'fake server: starting'\nkill -ILL $$\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    server = LlamaServer(gguf, binary=fake, startup_timeout_s=10)
+    with pytest.raises(LlamaServerError, match="(?s)SIGILL.*Illegal instruction.*GGML_NATIVE=OFF.*starting"):
+        server.start()
+    assert not server.running
+
+
 def test_server_never_ready_times_out_and_is_stopped(tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
