@@ -126,7 +126,8 @@ ROWS: list[tuple[str, str, str, str, Callable[[Figures], str] | str]] = [
         _fuzz,
     ),
     (
-        "the same in the LLM manager's two-stage protocol (`RL_MANAGER_TWO_STAGE=true`; the prose and the formatted reply both hostile)",
+        "the same in the LLM manager's two-stage protocol (`RL_MANAGER_TWO_STAGE=true`; "
+        "the prose and the formatted reply both hostile)",
         "the prose becomes the reason; the formatted reply meets the guard",
         "as above",
         f"{HOSTILE}::test_generated_replies_two_stage",
