@@ -25,13 +25,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rl_manager.controller as controller_module  # noqa: E402
 from experiments.fault_server import FaultServer, refused_url  # noqa: E402
 from rl_manager.audit import read_audit, verify  # noqa: E402
+
+if TYPE_CHECKING:
+    from rl_manager.callback import ManagerCallback
 
 NO_ACTION = {"content": json.dumps({"action": "no_action", "reason": "fine"})}
 FAULTS: dict[str, dict[str, Any] | None] = {
@@ -45,6 +48,22 @@ FAULTS: dict[str, dict[str, Any] | None] = {
     "dropped connection": {"drop": True},
     "refused connection": None,
 }
+
+
+def time_boundaries(cb: ManagerCallback) -> list[float]:
+    """Wrap the callback's controller so that each boundary's wall time is appended to the returned list."""
+    durations: list[float] = []
+    inner = cb.controller.boundary
+
+    def timed(observation):
+        start = time.monotonic()
+        try:
+            return inner(observation)
+        finally:
+            durations.append(time.monotonic() - start)
+
+    cb.controller.boundary = timed  # type: ignore[method-assign]
+    return durations
 
 
 def run(fault: str, mode: str, boundaries: int, timeout: float, retries: int, folder: Path) -> dict[str, Any]:
@@ -81,17 +100,7 @@ def run(fault: str, mode: str, boundaries: int, timeout: float, retries: int, fo
             async_decisions=mode == "async",
             max_age=boundaries,
         )
-        durations: list[float] = []
-        inner = cb.controller.boundary
-
-        def timed(observation):
-            start = time.monotonic()
-            try:
-                return inner(observation)
-            finally:
-                durations.append(time.monotonic() - start)
-
-        cb.controller.boundary = timed
+        durations = time_boundaries(cb)
         start = time.monotonic()
         model.learn(64 * boundaries, callback=cb)
         wall = time.monotonic() - start

@@ -23,6 +23,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import rl_manager.controller as controller_module
+from experiments.fault_endpoints import time_boundaries
 from experiments.fault_server import FaultServer, refused_url
 from rl_manager.audit import read_audit, verify
 from rl_manager.callback import ManagerCallback
@@ -73,17 +74,7 @@ def train(tmp_path, manager: LLMManager, boundaries: int, **kwargs: Any) -> tupl
     cb = ManagerCallback(
         manager, run_dir=tmp_path, eval_env=make_vec_env("Pendulum-v1"), eval_freq=64, n_eval_episodes=1, **kwargs
     )
-    durations: list[float] = []
-    inner = cb.controller.boundary
-
-    def timed(observation):
-        start = time.monotonic()
-        try:
-            return inner(observation)
-        finally:
-            durations.append(time.monotonic() - start)
-
-    cb.controller.boundary = timed  # type: ignore[method-assign]
+    durations = time_boundaries(cb)
     model.learn(64 * boundaries, callback=cb)
     return cb, durations
 
