@@ -124,12 +124,11 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     """Held-out deterministic safe success and collision rate, applied interventions, wall time."""
     summary = json.loads((run_dir / "summary.json").read_text())
     heldout = summary["heldout"]["deterministic/all"]
-    counts = json.loads((run_dir / "manager_state.json").read_text())["ledger"]["counts"]
     return {
         "safe_success": heldout["safe_success_rate"],
         "collisions": heldout["violation_rate"],
         "episodes": heldout["n_episodes"],
-        "interventions": counts.get("applied", 0),
+        "interventions": summary["manager"]["applied"],
         "wall_time_s": summary["wall_time_s"],
     }
 

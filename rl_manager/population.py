@@ -90,16 +90,17 @@ class SB3Member(tune.Trainable):
         self.evaluator = paired_evaluator(
             self.run_cfg, self.run_cfg["eval_episodes"], EVAL_BASE_SEED, self.env.observation_space
         )
-        self.effective = self._apply(config)
+        self._apply(config)
         # env steps this member trained, over restarts of its actor (a copy rewinds num_timesteps)
         self._counter = Path(self.logdir) / "steps_trained.txt"
         self.steps_trained = int(self._counter.read_text()) if self._counter.exists() else 0
 
-    def _apply(self, config: dict[str, Any]) -> dict[str, float]:
-        """Write the member's knobs into the model; return the values read back."""
-        return {
-            name: knob.write(self.model, float(config[name])) for name, knob in self.actuators.items() if name in config
-        }
+    def _apply(self, config: dict[str, Any]) -> None:
+        """Write the member's knobs into the model (clamped into their bounds; :meth:`step` reports the
+        values read back)."""
+        for name, knob in self.actuators.items():
+            if name in config:
+                knob.write(self.model, float(config[name]))
 
     def step(self) -> dict[str, Any]:
         from rl_manager.evaluation import concat_results
@@ -129,10 +130,10 @@ class SB3Member(tune.Trainable):
         # the env-step count goes with the weights, as Tune's training_iteration does
         self.model.num_timesteps = json.loads((Path(checkpoint_dir) / "steps.json").read_text())["num_timesteps"]
         # ... written again, since the action std (log_std) is a parameter restored with the weights
-        self.effective = self._apply(self.config)
+        self._apply(self.config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        self.effective = self._apply(new_config)
+        self._apply(new_config)
         self.config = new_config
         return True
 
