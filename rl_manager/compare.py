@@ -31,6 +31,7 @@ import concurrent.futures
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ import numpy as np
 from pydantic import Field, ValidationError
 
 from rl_manager.audit import read_audit
-from rl_manager.io import InputError, load_data, validation_summary
+from rl_manager.io import InputError, die_with_parent, load_data, validation_summary
 from rl_manager.schema import StrictModel
 from rl_manager.train import software_versions
 
@@ -86,19 +87,10 @@ def _train_args(grid: Grid, arm: Arm, seed: int, run_dir: Path) -> list[str]:
     return args
 
 
-def _die_with_parent() -> None:
-    """(Linux) SIGKILL this process when its parent dies: a killed Ray worker leaves no orphan run
-    writing into the folder that the retried task resumes."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run_one(grid: Grid, arm: Arm, seed: int, out: Path, die_with_parent: bool = False) -> tuple[str, int, str]:
+def run_one(grid: Grid, arm: Arm, seed: int, out: Path, kill_with_parent: bool = False) -> tuple[str, int, str]:
     """Run (or resume, or skip) one (arm, seed); returns (run id, exit status, status word).
 
-    :param die_with_parent: kill the training process when the calling process dies (Linux).
+    :param kill_with_parent: kill the training process when the calling process dies (Linux).
     """
     run_dir = out / "runs" / arm.name / f"s{seed}"
     rid = f"{arm.name}/s{seed}"
@@ -123,7 +115,8 @@ def run_one(grid: Grid, arm: Arm, seed: int, out: Path, die_with_parent: bool = 
             stderr=subprocess.STDOUT,
             env=env,
             check=False,
-            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+            # a killed Ray worker leaves no orphan run writing into the folder the retried task resumes
+            preexec_fn=die_with_parent(signal.SIGKILL) if kill_with_parent else None,
         )
     return rid, proc.returncode, "ok" if proc.returncode == 0 else f"failed (see {log})"
 

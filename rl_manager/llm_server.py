@@ -47,6 +47,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from rl_manager.io import die_with_parent
+
 logger = logging.getLogger(__name__)
 
 #: how the missing binary is installed
@@ -258,22 +260,6 @@ def _stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         proc.wait(timeout=timeout_s)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
-
-    A training process killed with SIGKILL (or SIGTERM, which skips Python's exit handlers)
-    would otherwise leave its ``llama-server`` running, holding a gigabyte of memory and a core.
-    The signal follows the *thread* that started the server: start it from the main thread.
-    """
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-    except Exception:  # pragma: no cover - best effort; the finalizer still covers normal exits
-        pass
-
-
 class LlamaServer:
     """llama.cpp's ``llama-server`` as a context manager.
 
@@ -451,7 +437,8 @@ class LlamaServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     close_fds=True,
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    # SIGKILL of the training process would otherwise leave the server running
+                    preexec_fn=die_with_parent(signal.SIGTERM),
                 )
             except OSError as exc:
                 raise LlamaServerError(f"could not execute {self.binary}: {exc}") from exc

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def _run(grid: Grid, arm: Arm, seed: int, out: str) -> tuple[str, int, str]:
     from rl_manager.compare import run_one
 
-    return run_one(grid, arm, seed, Path(out), die_with_parent=True)
+    return run_one(grid, arm, seed, Path(out), kill_with_parent=True)
 
 
 def run_grid_ray(
