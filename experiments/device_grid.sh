@@ -25,6 +25,8 @@ case "${1:?start|poll}" in
     mkdir -p "$res"
     for grid in "$@"; do
       name=$(basename "$(dirname "$grid")")
+      # runs already committed next to the grid (links to another grid's runs included) are resumed: skipped
+      [ -d "$(dirname "$grid")/runs" ] && mkdir -p "$res/$name" && cp -rL "$(dirname "$grid")/runs" "$res/$name/"
       setsid nohup bash -c "python3 -m rl_manager.compare '$grid' -o '$res/$name' --workers $workers \
         > '$res/$name.log' 2>&1; echo \$? > '$res/$name.done'" > /dev/null 2>&1 &
       echo "started $name ($workers workers)"

@@ -367,3 +367,94 @@ def test_plateau_decay_is_not_compounded_unless_it_helped():
 
     assert not decide(_plateaued_run([decay("neutral")]), RuleManager()).changes
     assert [c.knob for c in decide(_plateaued_run([decay("improved")]), RuleManager()).changes] == ["learning_rate"]
+
+
+def test_trend_t_of_the_mean_return():
+    from rl_manager.managers.rule import _trend_t
+
+    assert _trend_t([1.0, 2.0, 3.0]) == 0.0  # too few points for a trend with an error
+    assert _trend_t([-0.1, 0.8, 1.0, 2.0, 1.7, 2.5]) > 2.0
+    assert abs(_trend_t([1.0, 1.2, 0.9, 1.1, 1.0, 1.05])) < 1.0
+    assert _trend_t([1.0, 2.0, 3.0, 4.0]) == math.inf
+
+
+def _slow_learner(returns, progress=0.5, algo="ppo", ent_coef=0.0):
+    """A run whose success stays below 0.1 while its mean return follows ``returns``; entropy and action
+    std are measured and barely move; the entropy bonus sits at its floor of 0 (the recipe's choice)."""
+    n = len(returns)
+    rows = [
+        HistoryRow(
+            evaluation_index=i,
+            step=i,
+            score=0.05,
+            success_rate=0.05,
+            mean_return=r,
+            entropy=2.7 - 0.03 * i,
+            action_std=0.94 - 0.01 * i,
+        )
+        for i, r in enumerate(returns)
+    ]
+    snap = make_snapshot(
+        algo=algo,
+        position=RunPosition(step=int(progress * 100), total_steps=100, evaluation_index=n - 1),
+        history=rows,
+        best=None,
+    )
+    snap.knobs[1].low = 0.0
+    snap.knobs[1].value = ent_coef
+    snap.knobs[0].low, snap.knobs[0].high = 1e-5, 3e-3
+    snap.knobs[0].value = 3e-4
+    snap.health.action_std = rows[-1].action_std
+    return snap
+
+
+def test_a_slow_learner_is_left_alone_while_its_return_rises():
+    """PlanarReacher's tuned recipe: success under 0.1 for 300k steps while the return climbs; an
+    entropy bonus of 0 is no collapse, and a rising return is no plateau and no stuck run."""
+    rising = _slow_learner([-0.1, 0.8, 1.0, 2.0, 1.7, 2.5])
+    assert decide(rising, RuleManager()).decision.reason == "no rule fired: keep the recipe"
+    flat = _slow_learner([1.0, 1.2, 0.9, 1.1, 1.0, 1.05])
+    assert "no progress" in decide(flat, RuleManager()).decision.reason  # a flat return: stuck
+    early = _slow_learner([1.0, 1.2, 0.9, 1.1, 1.0, 1.05], progress=0.2)
+    assert decide(early, RuleManager()).decision.reason == "no rule fired: keep the recipe"  # too early
+
+
+def test_stuck_at_a_small_lr_makes_one_bold_combined_move():
+    """Off-policy (no approx KL): no success at an LR in the lower half of its range -> LR ×3 and the
+    exploration knob off its floor together, as the PPO starved move does."""
+    snap = _slow_learner([-50.0, -50.0, -49.9, -50.0, -50.0, -49.95], algo="sac", ent_coef=1e-4)
+    snap.knobs[1].low = 1e-4
+    snap.knobs[0].value = 5e-5
+    for r in snap.history:  # SAC: an entropy estimate, no action std
+        r.success_rate = r.score = 0.0
+        r.action_std = None
+    snap.health.action_std = None
+    out = decide(snap, RuleManager())
+    assert [(c.knob, round(c.after / c.before, 3)) for c in out.changes] == [("learning_rate", 3.0), ("ent_coef", 2.0)]
+
+
+def test_plateau_waits_while_the_return_sets_new_bests():
+    snap = _plateaued_run()
+    for i, r in enumerate(snap.history):
+        r.mean_return = float(i)  # still climbing, and at a steady rate (trend t = inf)
+    assert not decide(snap, RuleManager()).changes
+    for i, r in enumerate(snap.history):
+        r.mean_return = 5.0 if i == 3 else 1.0 + 0.01 * (i % 2)  # best return 6 evaluations ago
+    assert [c.knob for c in decide(snap, RuleManager()).changes] == ["learning_rate"]
+
+
+def test_unsafe_at_the_penalty_cap_does_not_slow_a_healthy_run_down():
+    """Penalty at its cap (max_ratio × bonus), exploration at the recipe's start, no episode-cost limit: the
+    violation rate is the run's own level; lowering the LR or the exploration would only slow learning."""
+    snap = _unsafe_run()
+    bonus = KnobSpec(name="success_bonus", value=0.5, low=0.0, high=20.0, role="loss_weight")
+    snap.knobs.append(bonus)
+    for r in snap.history:
+        r.action_std = 0.9
+    snap.knobs[1].value = 0.005
+    out = decide(snap, RuleManager())
+    assert not out.changes, out.decision.reason
+    for i, r in enumerate(snap.history):  # exploration grown past its start: cut it
+        r.action_std = 0.9 + 0.2 * i
+    out = decide(snap, RuleManager())
+    assert out.changes and all(c.after < c.before for c in out.changes)

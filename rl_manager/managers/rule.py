@@ -34,29 +34,42 @@ rule uses the knobs of that role that the menu offers, in menu order.
  7     unsafe          the task is being solved (success ≥     cost penalty up (×2), capped at
                        ``solving_success``) and violations     ``max_ratio`` × the success bonus, else
                        are high for the run: violation rate    success bonus down toward the penalty,
-                       above the target and ≥ half the         else exploration down, else LR ×0.5
-                       success rate, on the last 2
-                       evaluations, and not falling; or the
-                       episode cost over ``cost_limit`` on 2   (not again while the latest measured
-                       evaluations, once solving or while the  safety move left the cost within 10% of
-                       entropy bonus is far above usual        its level and the cost is not rising:
-                                                               that level is the run's own)
+                       above the target and ≥ half the         else exploration down under a
+                       success rate, on the last 2             ``cost_limit`` or once the action std grew
+                       evaluations, and not falling; or the    past its start; never LR down (it only
+                       episode cost over ``cost_limit`` on 2   slows a learning policy)
+                       evaluations, once solving or while the  (not again while the latest measured
+                       entropy bonus is far above usual        safety move left the cost within 10% of
+                                                               its level and the cost is not rising
+                                                               beyond its noise: the run's own level)
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
  9     learning        success (or score) rose significantly   no_action
                        over the last 3 evaluations (rise
                        above 2 s.e. of the difference)
- 10    collapsed       entropy down ≥ 1 nat or by half,        exploration ×2
-                       action std < 0.1, or the exploration
-                       knob near its floor; success flat
+ 10    collapsed       entropy down ≥ 1 nat or by half, or     exploration ×2
+                       action std < 0.1 (the exploration knob
+                       at its floor only where exploration is
+                       not measured); success flat; return
+                       not improving (†)
  11    under-stepping  PPO: approx KL < target/2               LR ×1.5 (rl_games' KL-adaptive rule)
- 12    stuck           success flat below 0.1 for 3            LR ×2 if LR sits in the lower half of its
-                       evaluations                             (log) range, else exploration ×1.5
- 13    plateau         no new best for ``plateau_evals``       LR ×0.5, once: not again unless the last
-                       evaluations, ≥ 30% of the budget used,  decay was measured ``improved``
-                       success flat (no significant rise)
+ 12    stuck           success flat below 0.1 for 3            LR sits in the lower half of its (log)
+                       evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
+                       the budget used, return not             exploration ×2 when at its floor (the
+                       improving (†)                           off-policy starved state); else
+                                                               exploration ×1.5
+ 13    plateau         no new best score for                   LR ×0.5, once: not again unless the last
+                       ``plateau_evals`` evaluations and no    decay was measured ``improved``
+                       new best mean return either, ≥ 30% of
+                       the budget used, success flat, return
+                       not improving (†)
  14    otherwise       (incl. a dip within the noise)          no_action
 =====  ==============  ======================================  ==========================================
+
+(†) *improving*: the least-squares slope of the evaluations' mean return (else score) over the last
+``trend_window`` evaluations is ``trend_t`` standard errors above zero. Success lags the return on a task
+that learns slowly (PlanarReacher's tuned recipe stays below 0.1 success for 300k steps while its
+return climbs), and a run that is still learning is left alone.
 
 The cost-penalty/success-bonus ratio is kept within [1/``max_ratio``, ``max_ratio``]: the manager
 never rebuilds the lopsided reward of a too-cautious recipe (a penalty 10× the bonus teaches the
@@ -102,6 +115,21 @@ def _flat(values: list[float], tol: float = 0.05) -> bool:
     return len(values) >= 3 and max(values) - min(values) < tol
 
 
+def _trend_t(values: list[float]) -> float:
+    """The t statistic of the least-squares slope of ``values`` against their index (0 under 4 values)."""
+    n = len(values)
+    if n < 4:
+        return 0.0
+    mx, my = (n - 1) / 2, statistics.fmean(values)
+    sxx = sum((x - mx) ** 2 for x in range(n))
+    slope = sum((x - mx) * (y - my) for x, y in enumerate(values)) / sxx
+    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in enumerate(values))
+    se = math.sqrt(sse / (n - 2) / sxx)
+    if se == 0.0:
+        return math.copysign(math.inf, slope) if slope else 0.0
+    return slope / se
+
+
 class RuleManager(Manager):
     """Deterministic expert rules (see the module docstring for the table).
 
@@ -120,6 +148,9 @@ class RuleManager(Manager):
     :param min_measured: measured evaluations needed after the latest intervention before a
         non-urgent rule may act again.
     :param min_evaluations: evaluations needed before a non-urgent rule may act (warm-up).
+    :param trend_window: evaluations over which the mean return's trend is fitted (the *improving* gate).
+    :param trend_t: t statistic of that trend's slope from which the run counts as improving.
+    :param stuck_progress: fraction of the budget before which a slow start is not called *stuck*.
     """
 
     name = "rule"
@@ -138,6 +169,9 @@ class RuleManager(Manager):
         plateau_evals: int = 4,
         min_measured: int = 2,
         min_evaluations: int = 3,
+        trend_window: int = 6,
+        trend_t: float = 2.0,
+        stuck_progress: float = 0.25,
     ) -> None:
         self.min_evaluations = min_evaluations
         self.divergence_ratio = divergence_ratio
@@ -151,6 +185,9 @@ class RuleManager(Manager):
         self.std_ceiling = std_ceiling
         self.plateau_evals = plateau_evals
         self.min_measured = min_measured
+        self.trend_window = trend_window
+        self.trend_t = trend_t
+        self.stuck_progress = stuck_progress
 
     # ---------------------------------------------------------------------------------------
     def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
@@ -293,12 +330,19 @@ class RuleManager(Manager):
 
     @staticmethod
     def _cost_rising(s: TelemetrySnapshot, n: int = 3) -> bool:
-        """Whether a cost signal (violation rate, evaluation or training cost) rose over the last ``n`` evaluations."""
+        """Whether a cost signal (violation rate, evaluation or training cost) rose over the last ``n``
+        evaluations beyond its noise: 2 binomial s.e. for the violation rate, 10% for the costs."""
         rows = s.history[-n:]
+        episodes = s.evaluation.n_episodes or 0
         for key in ("violation_rate", "mean_cost", "train_episode_cost"):
             series = [getattr(r, key) for r in rows]
             if len(series) == n and all(finite(v) for v in series):
-                if series[-1] >= max(series[:-1]) and series[-1] > series[0]:
+                p0, p1 = series[0], series[-1]
+                if key == "violation_rate" and episodes:
+                    margin = 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / episodes)
+                else:
+                    margin = 0.1 * abs(p0)
+                if p1 >= max(series[:-1]) and p1 - p0 > margin:
                     return True
         return False
 
@@ -435,7 +479,8 @@ class RuleManager(Manager):
                 return False
             return not finite(success) or success >= self.solving_success
 
-        if not (all(over_limit(r) for r in rows) or all(high_for_run(r) for r in rows)):
+        constrained = all(over_limit(r) for r in rows)
+        if not (constrained or all(high_for_run(r) for r in rows)):
             return None
         if self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
@@ -464,9 +509,13 @@ class RuleManager(Manager):
             changes.append(high_bonus)
         if changes and "adjust" in menu.actions:
             return Adjust(changes=changes[: menu.max_changes], reason=reason, expected_outcome=expected)
-        return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected) or self._adjust(
-            menu, [("learning_rate", "down", 0.5)], reason, expected
-        )
+        # exploration down: under an explicit episode-cost limit, or once it has grown past the recipe's
+        # start; a lower LR (or, without a constraint, less exploration than the recipe's own) only slows
+        # a learning policy down: its cost is the run's own level
+        stds = [r.action_std for r in s.history if finite(r.action_std)]
+        if constrained or (len(stds) >= 2 and stds[-1] > stds[0]):
+            return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
+        return None
 
     @staticmethod
     def _safety_move_failed(s: TelemetrySnapshot, min_drop: float = 0.1) -> bool:
@@ -535,6 +584,20 @@ class RuleManager(Manager):
             return p1 - p0 > max(noise, 0.02)
         return series[-1] - series[0] >= 0.05 * max(1.0, abs(series[0])) and series[-1] >= max(series[:-1])
 
+    def _returns(self, s: TelemetrySnapshot) -> list[float]:
+        """The evaluations' mean returns (else scores) over the trend window."""
+        rows = s.history[-self.trend_window :]
+        values = [r.mean_return for r in rows if finite(r.mean_return)]
+        if len(values) < len(rows):
+            values = [r.score for r in rows if finite(r.score)]
+        return values if len(values) == len(rows) else []
+
+    def _improving_return(self, s: TelemetrySnapshot) -> bool:
+        """Whether the mean return (else the score) rises: a least-squares trend over the last
+        ``trend_window`` evaluations whose slope is ``trend_t`` standard errors above zero. Success rates
+        lag on a task that learns slowly; the return shows the progress first."""
+        return _trend_t(self._returns(s)) >= self.trend_t
+
     def _exploding(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         stds = [r.action_std for r in s.history if finite(r.action_std)]
         latest = s.health.action_std if finite(s.health.action_std) else (stds[-1] if stds else None)
@@ -582,13 +645,10 @@ class RuleManager(Manager):
         if lr is not None:
             changes.append(lr)
         changes += self._rebalance(s, menu)
-        if len(changes) < menu.max_changes:
-            for spec in s.knobs:  # exploration off its floor
-                if spec.role == "exploration" and spec.value <= max(2 * spec.low, 1e-12):
-                    change = self._change(menu, "exploration", "up", 2.0)
-                    if change is not None:
-                        changes.append(change)
-                    break
+        if len(changes) < menu.max_changes and self._exploration_at_floor(s):
+            change = self._change(menu, "exploration", "up", 2.0)
+            if change is not None:
+                changes.append(change)
         if not changes:
             return None
         return Adjust(
@@ -596,6 +656,11 @@ class RuleManager(Manager):
             reason=reason,
             expected_outcome="larger policy updates (KL toward its target) and rising success",
         )
+
+    @staticmethod
+    def _exploration_at_floor(s: TelemetrySnapshot) -> bool:
+        """Whether an exploration knob sits at (or within 2× of) its lower bound."""
+        return any(k.role == "exploration" and k.value <= max(2 * k.low, 1e-12) for k in s.knobs)
 
     def _rebalance(self, s: TelemetrySnapshot, menu: ActionSpace) -> list[KnobChange]:
         """Reward weights back toward balance when the cost penalty outweighs the success bonus > max_ratio×."""
@@ -662,6 +727,9 @@ class RuleManager(Manager):
                 return True
         if finite(s.health.action_std) and s.health.action_std < 0.1:
             return True
+        if entropies or finite(s.health.action_std):
+            return False  # the policy's exploration is measured and has not collapsed: a knob at its
+            # floor (an entropy bonus of 0) is the recipe's choice, not a collapse
         for knob in menu.knobs:
             if knob.role == "exploration" and knob.low > 0 and knob.current <= 2 * knob.low:
                 return True
@@ -676,6 +744,8 @@ class RuleManager(Manager):
         success = self._success_series(s)
         if not (_flat(success) and success[-1] < target and self._collapsed(s, menu)):
             return None
+        if self._improving_return(s):
+            return None
         return self._adjust(
             menu,
             [("exploration", "up", 2.0)],
@@ -687,18 +757,27 @@ class RuleManager(Manager):
         success = self._success_series(s)
         if not (_flat(success) and max(success) < 0.1):
             return None
+        progress = s.position.progress
+        if progress is not None and progress < self.stuck_progress:
+            return None  # the slow start of a slow task is not "stuck"
+        if self._improving_return(s):
+            return None
         for knob in menu.knobs:
             if knob.role == "learning_rate" and knob.low > 0 and knob.current > 0:
                 span = math.log(knob.high / knob.low)
                 if span > 0 and math.log(knob.current / knob.low) < span / 2:
-                    d = self._adjust(
-                        menu,
-                        [("learning_rate", "up", 2.0)],
-                        "no progress at a small learning rate",
-                        "success starts rising",
-                    )
-                    if d is not None:
-                        return d
+                    # starved without a KL to show it (off-policy): one bold combined move, as for PPO
+                    changes = [c for c in [self._change(menu, "learning_rate", "up", self.bold_lr)] if c]
+                    if changes and len(changes) < menu.max_changes and self._exploration_at_floor(s):
+                        up = self._change(menu, "exploration", "up", 2.0)
+                        if up is not None:
+                            changes.append(up)
+                    if changes:
+                        return Adjust(
+                            changes=changes,
+                            reason="no progress at a small learning rate",
+                            expected_outcome="success starts rising",
+                        )
         decision = self._adjust(
             menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising"
         )
@@ -717,6 +796,12 @@ class RuleManager(Manager):
             return None
         if any(i.expected_outcome == PLATEAU_OUTCOME and i.verdict != "improved" for i in s.interventions):
             return None  # one decay that brought no new best is not compounded into a starved run
+        returns = [r.mean_return for r in s.history]
+        k = self.plateau_evals
+        if all(finite(v) for v in returns) and len(returns) > k and max(returns[-k:]) > max(returns[:-k]):
+            return None  # the mean return still sets new bests: progress has not stopped
+        if self._improving_return(s):
+            return None
         return self._adjust(
             menu,
             [("learning_rate", "down", 0.5)],
