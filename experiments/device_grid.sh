@@ -20,7 +20,7 @@ export PYTHONPATH=/tmp/site:$whl/pkgs:$PWD
 case "${1:?start|poll}" in
   start)
     shift
-    workers=$(nproc)   # before OMP_NUM_THREADS=1, which makes nproc print 1
+    workers=${WORKERS:-$(nproc)}   # before OMP_NUM_THREADS=1, which makes nproc print 1
     export CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 MUJOCO_GL=disable
     mkdir -p "$res"
     for grid in "$@"; do
