@@ -55,6 +55,8 @@ SCORE_NAME = NEG_VAL_LOSS
 DROPOUT_VALUES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 #: weight-decay values offered by default (multipliers cannot move a weight decay of 0)
 WEIGHT_DECAY_VALUES: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
+#: label-smoothing values offered by default (multipliers cannot move a smoothing of 0)
+LABEL_SMOOTHING_VALUES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
 
 #: the old names: PyTorch knobs are :class:`~rl_manager.knobs.FnKnob`, misuse raises :class:`ManagerError`
 TorchKnob = FnKnob
@@ -134,6 +136,26 @@ def attribute_knob(obj: Any, attribute: str, *, name: str | None = None, **kwarg
         raise ManagerError(f"{type(obj).__name__} has no attribute {attribute!r}")
     read, write = (lambda: float(getattr(obj, attribute))), (lambda v: setattr(obj, attribute, v))
     return FnKnob(name or attribute, read, write, **kwargs)
+
+
+def label_smoothing_knob(
+    criterion: nn.Module,
+    low: float = 0.0,
+    high: float = 0.3,
+    values: tuple[float, ...] = LABEL_SMOOTHING_VALUES,
+    **kwargs: Any,
+) -> Knob:
+    """The ``label_smoothing`` of a loss module such as :class:`torch.nn.CrossEntropyLoss`.
+
+    A regularisation knob (conservative direction: up). Measure the validation loss without
+    smoothing, or a change of the knob moves the score by itself.
+
+    :raises ManagerError: if the criterion has no ``label_smoothing`` attribute.
+    """
+    kwargs.setdefault("description", "label smoothing of the training loss (targets mixed with uniform)")
+    kwargs.setdefault("multipliers", ())
+    fields = dict(values=values, role="regularization", conservative="up", scale="linear")
+    return attribute_knob(criterion, "label_smoothing", low=low, high=high, **fields, **kwargs)
 
 
 def default_knobs(optimizer: th.optim.Optimizer, model: nn.Module | None) -> list[Knob]:
@@ -275,11 +297,21 @@ class TorchManager(Controlled):
         return state
 
     def restore(self, checkpoint: dict[str, Any] | Path) -> None:
-        """Load a checkpoint of :meth:`checkpoint` (or its file) into the model and optimiser."""
+        """Load a checkpoint of :meth:`checkpoint` (or its file) into the model and optimiser.
+
+        Weights and the optimiser's state (moments, step counts) come back; the ``param_groups``'
+        hyperparameters (learning rate, weight decay, ...) stay as they are, like every other knob: the
+        recipe is the controller's to set (a rollback keeps the current recipe unless the decision or
+        ``keep_recipe=False`` says otherwise; a probation revert writes the old values back itself).
+        ``Optimizer.load_state_dict`` alone would silently bring back the checkpoint's LR and weight decay.
+        """
         state = th.load(checkpoint) if isinstance(checkpoint, Path) else copy.deepcopy(checkpoint)
         if self.model is not None and state["model"] is not None:
             self.model.load_state_dict(state["model"])
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, values in zip(self.optimizer.param_groups, hyper, strict=True):
+            group.update(values)
 
     # ------------------------------------------------------------------------------------- views
     def rollback(self) -> list[ResolvedChange]:

@@ -174,7 +174,7 @@ class CharTransformer(nn.Module):
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         t = x.shape[1]
-        h = self.drop(self.tok(x) + self.pos(th.arange(t)))
+        h = self.drop(self.tok(x) + self.pos(th.arange(t, device=x.device)))
         for block in self.blocks:
             h = block(h)
         return self.head(self.ln(h))

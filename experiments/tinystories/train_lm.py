@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch as th
+from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,8 +36,9 @@ from lm import CharTransformer, Corpus, eval_windows, evaluate_loss, load_corpus
 
 from rl_manager.managers.base import Manager, Proposal  # noqa: E402
 from rl_manager.managers.rule import RuleManager  # noqa: E402
+from rl_manager.menu import GateConfig  # noqa: E402
 from rl_manager.schema import ActionSpace, TelemetrySnapshot  # noqa: E402
-from rl_manager.supervised import TorchManager  # noqa: E402
+from rl_manager.supervised import TorchManager, default_knobs, label_smoothing_knob  # noqa: E402
 
 logger = logging.getLogger("tinystories")
 
@@ -70,29 +72,55 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (recipe: 0)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout of every dropout module (recipe: 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="of the training loss (recipe: 0)")
     p.add_argument("--steps", type=int, default=700)
     p.add_argument("--eval-freq", type=int, default=20)
     p.add_argument("--eval-windows", type=int, default=128, help="fixed validation windows per evaluation")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda); batches are drawn on the CPU")
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "tinystories"))
 
 
-def build(args: argparse.Namespace, corpus: Corpus) -> tuple[CharTransformer, th.optim.Optimizer]:
+def build(
+    args: argparse.Namespace, corpus: Corpus
+) -> tuple[CharTransformer, th.optim.Optimizer, nn.CrossEntropyLoss]:
+    """Model, optimiser and training criterion of the recipe (defaults: the overfitting recipe a user
+    would plausibly start with: no dropout, no weight decay, no label smoothing, a high LR)."""
     th.manual_seed(args.seed)
-    model = CharTransformer(len(corpus.vocab), args.context, args.width, args.layers, args.heads, dropout=0.0)
-    # the recipe a user would plausibly start with: no dropout, no weight decay, a high LR
-    opt = th.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    return model, opt
+    dropout = getattr(args, "dropout", 0.0)
+    model = CharTransformer(len(corpus.vocab), args.context, args.width, args.layers, args.heads, dropout=dropout)
+    model.to(getattr(args, "device", "cpu"))
+    opt = th.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=getattr(args, "weight_decay", 0.0))
+    criterion = nn.CrossEntropyLoss(label_smoothing=getattr(args, "label_smoothing", 0.0))
+    return model, opt, criterion
 
 
-def train_step(model: CharTransformer, opt: th.optim.Optimizer, corpus: Corpus, args, gen: th.Generator) -> float:
+def train_step(
+    model: CharTransformer,
+    opt: th.optim.Optimizer,
+    corpus: Corpus,
+    args,
+    gen: th.Generator,
+    criterion: nn.CrossEntropyLoss | None = None,
+) -> float:
+    """One optimisation step on a batch drawn with ``gen`` (on the CPU, so the batch order is the same on
+    every device); returns the batch's plain cross-entropy (without label smoothing) as a detached
+    tensor on the device (no synchronisation per step)."""
     x, y = random_batch(corpus.train, args.batch_size, args.context, gen)
-    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    device = getattr(args, "device", "cpu")
+    x, y = x.to(device), y.to(device)
+    logits = model(x).flatten(0, 1)
+    loss = (criterion or F.cross_entropy)(logits, y.flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.item()
+    if criterion is not None and criterion.label_smoothing > 0:
+        with th.no_grad():
+            return F.cross_entropy(logits, y.flatten())
+    return loss.detach()
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -108,16 +136,60 @@ def _setup(args: argparse.Namespace):
     )
 
 
+def manager_gates(args: argparse.Namespace) -> GateConfig | None:
+    """The managed arm's gates: the library defaults unless ``--rollback-margin`` is given."""
+    margin = getattr(args, "rollback_margin", None)
+    return None if margin is None else GateConfig(rollback_margin=margin)
+
+
+def _values(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in text.split(","))
+
+
+def managed_knobs(args: argparse.Namespace, opt, model, criterion) -> list:
+    """LR, dropout, weight decay (:func:`default_knobs`) and label smoothing; ``--*-values`` replace the
+    listed values of the regularisation knobs."""
+    from rl_manager.supervised import dropout_knob, lr_knob, weight_decay_knob
+
+    knobs = [lr_knob(opt)]
+    dropout, wd = _values(args.dropout_values), _values(args.wd_values)
+    knobs.append(dropout_knob(model, **({"values": dropout} if dropout else {})))
+    knobs.append(weight_decay_knob(opt, **({"values": wd} if wd else {})))
+    if args.smoothing_knob:
+        ls = _values(args.ls_values)
+        knobs.append(label_smoothing_knob(criterion, **({"values": ls} if ls else {})))
+    assert [k.name for k in knobs[:3]] == [k.name for k in default_knobs(opt, model)]
+    return knobs
+
+
+def make_rule_manager(name: str) -> Manager:
+    """``rule``: the library's rule manager; ``proposed``: :mod:`proposed_rule` (an experiment arm)."""
+    if name == "proposed":
+        from proposed_rule import RegularizeFirstRuleManager
+
+        return RegularizeFirstRuleManager()
+    return RuleManager()
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     corpus = _setup(args)
-    model, opt = build(args, corpus)
+    model, opt, criterion = build(args, corpus)
     vx, vy = eval_windows(corpus.val, args.context, args.eval_windows)
-    run_dir = Path(args.out) / f"{args.arm}_s{args.seed}"
+    vx, vy = vx.to(args.device), vy.to(args.device)
+    run_dir = Path(args.out) / f"{args.name or args.arm}_s{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     tm = None
     if args.arm == "managed":
         tm = TorchManager(
-            opt, model, "rule", run_dir=run_dir, total_steps=args.steps, task="tinystories-char", async_=True
+            opt,
+            model,
+            make_rule_manager(args.manager),
+            run_dir=run_dir,
+            knobs=managed_knobs(args, opt, model, criterion),
+            total_steps=args.steps,
+            task="tinystories-word",
+            async_=not args.sync,
+            gates=manager_gates(args),
         )
     gen = th.Generator().manual_seed(args.seed)
     curve: list[dict[str, Any]] = []
@@ -133,31 +205,39 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         corpus.n_val_stories,
         len(corpus.vocab),
     )
+
+    def knob_values() -> dict[str, float]:
+        if tm is not None:
+            return tm.knob_values()
+        return {
+            "learning_rate": opt.param_groups[0]["lr"],
+            "weight_decay": opt.param_groups[0]["weight_decay"],
+            "dropout": model.drop.p,
+            "label_smoothing": criterion.label_smoothing,
+        }
+
     step = 0
     for step in range(1, args.steps + 1):
-        loss = train_step(model, opt, corpus, args, gen)
+        loss = train_step(model, opt, corpus, args, gen, criterion)
         window.append(loss)
-        val = None
+        val = train = None
         if step % args.eval_freq == 0:
             val = evaluate_loss(model, vx, vy)
-            knobs = tm.knob_values() if tm is not None else {"learning_rate": opt.param_groups[0]["lr"]}
+            train = th.stack(window).mean().item()  # the only synchronisation between evaluations
+            knobs = knob_values()
             curve.append(
-                {
-                    "step": step,
-                    "time_s": time.perf_counter() - start,
-                    "train_loss": sum(window) / len(window),
-                    "val_loss": val,
-                    "knobs": knobs,
-                }
+                {"step": step, "time_s": time.perf_counter() - start, "train_loss": train, "val_loss": val, "knobs": knobs}
             )
             window = []
-            logger.info("%s step %d train %.3f val %.3f %s", args.arm, step, curve[-1]["train_loss"], val, knobs)
-        if tm is not None and not tm.report(step, train_loss=loss, val_loss=val):
+            logger.info("%s step %d train %.3f val %.3f %s", args.arm, step, train, val, knobs)
+        # the manager sees the mean training loss of the evaluation interval at each boundary
+        if tm is not None and not tm.report(step, train_loss=train, val_loss=val):
             break
     summary = tm.close() if tm is not None else {}
     vals = [c["val_loss"] for c in curve]
     result = {
-        "arm": args.arm,
+        "arm": args.name or args.arm,
+        "kind": args.arm,
         "seed": args.seed,
         "params": model.n_params(),
         "train_tokens": len(corpus.train),
@@ -188,10 +268,11 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved segments of ``none`` / ``async`` / ``sync`` training; tokens/s of each."""
     corpus = _setup(args)
     vx, vy = eval_windows(corpus.val, args.context, args.eval_windows)
+    vx, vy = vx.to(args.device), vy.to(args.device)
     arms = ["none", "async", "sync"]
     setups = {}
     for arm in arms:
-        model, opt = build(args, corpus)
+        model, opt, _ = build(args, corpus)
         setups[arm] = (model, opt, th.Generator().manual_seed(args.seed))
     totals = {arm: {"tokens": 0, "seconds": 0.0, "train_seconds": 0.0} for arm in arms}
     rounds: list[dict[str, float]] = []
@@ -216,7 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
             t0 = time.perf_counter()
             for step in range(1, args.segment_steps + 1):
-                loss = train_step(model, opt, corpus, args, gen)
+                loss = train_step(model, opt, corpus, args, gen).item()  # every arm reads its loss each step
                 val = evaluate_loss(model, vx, vy) if step % args.eval_freq == 0 else None
                 if tm is not None:
                     tm.report(step, train_loss=loss, val_loss=val)
@@ -315,7 +396,24 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="run one arm")
     add_recipe_args(p_train)
-    p_train.add_argument("--arm", choices=["baseline", "managed"], required=True)
+    p_train.add_argument(
+        "--arm",
+        choices=["baseline", "fixed", "managed"],
+        required=True,
+        help="fixed (= baseline): the recipe as given, no manager; managed: the recipe under TorchManager('rule')",
+    )
+    p_train.add_argument("--name", default=None, help="arm name and run-folder prefix (default: --arm)")
+    p_train.add_argument("--sync", action="store_true", help="managed: decide at the boundary (default: async)")
+    p_train.add_argument(
+        "--rollback-margin", type=float, default=None, help="managed: GateConfig.rollback_margin (default 0.10)"
+    )
+    p_train.add_argument(
+        "--no-smoothing-knob", dest="smoothing_knob", action="store_false", help="managed: no label-smoothing knob"
+    )
+    p_train.add_argument("--manager", choices=["rule", "proposed"], default="rule", help="managed: which rules")
+    p_train.add_argument("--dropout-values", default=None, help="managed: listed dropout values, comma-separated")
+    p_train.add_argument("--wd-values", default=None, help="managed: listed weight-decay values")
+    p_train.add_argument("--ls-values", default=None, help="managed: listed label-smoothing values")
     p_train.set_defaults(func=cmd_train)
     p_bench = sub.add_parser("bench", help="throughput: no manager vs async vs sync (slow decisions)")
     add_recipe_args(p_bench)
