@@ -94,11 +94,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dev-seeds", type=int, nargs="+", default=[100, 101])
+    p.add_argument("--dev-seeds", type=int, nargs="*", default=[100, 101], help="managed-variant selection seeds")
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=[100], help="seeds of the tuned recipe's sweep")
     p.add_argument("--final-seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
     p.add_argument("--budget-s", type=float, default=420, help="jobs not started by then are skipped")
     p.add_argument("--no-sweep", action="store_true", help="skip the sweep (and the tuned arm)")
+    p.add_argument("--report-managed", default=None, help="the reported managed arm, declared beforehand (no dev seeds)")
+    p.add_argument("--report-proposed", default=None, help="the reported proposed-rule arm, declared beforehand")
+    p.add_argument("--sweep-lr", type=float, nargs="+", default=list(SWEEP_LR))
+    p.add_argument("--sweep-dropout", type=float, nargs="+", default=list(SWEEP_DROPOUT))
+    p.add_argument("--sweep-wd", type=float, nargs="+", default=list(SWEEP_WD))
     p.add_argument("--variants", nargs="*", default=list(MANAGED), help="managed variants to run")
     p.add_argument("extra", nargs="*", help="extra train_lm.py arguments for every run (after --)")
     args = p.parse_args(argv)
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sweep = {}
     if not args.no_sweep:
-        for lr, do, wd in itertools.product(SWEEP_LR, SWEEP_DROPOUT, SWEEP_WD):
+        for lr, do, wd in itertools.product(args.sweep_lr, args.sweep_dropout, args.sweep_wd):
             sweep[sweep_name(lr, do, wd)] = ["--lr", f"{lr:g}", "--dropout", f"{do:g}", "--weight-decay", f"{wd:g}"]
     first = [job(name, s, *a) for name, a in sweep.items() for s in args.sweep_seeds]
     # queued after the sweep: overfit and the managed variants on the dev seeds; the tuned arm is queued once
@@ -159,13 +164,13 @@ def main(argv: list[str] | None = None) -> None:
             path = out / f"{v}_s{s}" / "result.json"
             if path.exists():
                 vals.append(json.loads(path.read_text())["best_val_loss"])
-        if len(vals) == len(args.dev_seeds):
+        if vals and len(vals) == len(args.dev_seeds):
             dev[v] = statistics.fmean(vals)
     log["dev_managed_mean_best"] = dev
     library = {v: x for v, x in dev.items() if v in LIBRARY_VARIANTS}
     proposed = {v: x for v, x in dev.items() if v in PROPOSED_VARIANTS}
-    log["managed"] = min(library, key=library.get) if library else None
-    log["proposed"] = min(proposed, key=proposed.get) if proposed else None
+    log["managed"] = args.report_managed or (min(library, key=library.get) if library else None)
+    log["proposed"] = args.report_proposed or (min(proposed, key=proposed.get) if proposed else None)
     log["seconds"] = time.time() - start
     log["args"] = vars(args)
     log["device"] = args.device
