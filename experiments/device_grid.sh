@@ -7,7 +7,9 @@
 # Missing packages travel in .whl/ (wheels, installed offline) and .whl/pkgs/ (unpacked packages, e.g. a
 # gymnasium_robotics trimmed to the Fetch assets); WHL names another folder (e.g. when this script runs
 # from a snapshot of the source under .whl/, so that uncommitted edits in the checkout do not travel into
-# the runs). Each grid gets every core: the OS shares them out.
+# the runs). Each grid gets every core: the OS shares them out (WORKERS=N sets a grid's worker count).
+# The runs execute from a copy under /tmp/grid: every call that carries .whl replaces it on the machine,
+# which would pull the source and packages from under runs still going (they died at their next import).
 set -uo pipefail
 whl=$(realpath "${WHL:-.whl}")
 cd "$(dirname "$0")/.."
@@ -15,7 +17,11 @@ res=/tmp/res
 if ls "$whl"/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$whl"/*.whl || exit 1
 fi
-export PYTHONPATH=/tmp/site:$whl/pkgs:$PWD
+if [ "$1" = start ] && [ ! -d /tmp/grid ]; then
+  mkdir -p /tmp/grid && cp -r . /tmp/grid/src && { [ ! -d "$whl/pkgs" ] || cp -r "$whl/pkgs" /tmp/grid/pkgs; }
+fi
+[ -d /tmp/grid/src ] && cd /tmp/grid/src
+export PYTHONPATH=/tmp/site:/tmp/grid/pkgs:$PWD
 [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
 case "${1:?start|poll}" in
   start)
