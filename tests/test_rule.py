@@ -458,3 +458,24 @@ def test_unsafe_at_the_penalty_cap_does_not_slow_a_healthy_run_down():
         r.action_std = 0.9 + 0.2 * i
     out = decide(snap, RuleManager())
     assert out.changes and all(c.after < c.before for c in out.changes)
+
+
+def test_off_policy_starved_moves_lr_and_exploration_before_the_collapse_ladder():
+    """SafeFetchReach's conservative SAC recipe (LR 5e-5, entropy bonus fixed at 1e-4): 0 success while
+    the entropy collapses. The collapse rule alone doubled the entropy bonus every other decision and left
+    the LR for the last quarter of the budget; the starved move raises both at the first diagnosis."""
+    rows = [
+        HistoryRow(evaluation_index=i, step=i, score=0.0, success_rate=0.0, mean_return=-50.0, entropy=-2.0 - 3 * i)
+        for i in range(3)
+    ]
+    snap = make_snapshot(
+        algo="sac", position=RunPosition(step=3, total_steps=20, evaluation_index=2), history=rows, best=None
+    )
+    snap.knobs[0].low, snap.knobs[0].high = 1e-5, 3e-3
+    snap.knobs[0].value = 5e-5
+    snap.knobs[1].value = 1e-4
+    out = decide(snap, RuleManager())
+    assert "starved" in out.decision.reason
+    assert [(c.knob, round(c.after / c.before, 3)) for c in out.changes] == [("learning_rate", 3.0), ("ent_coef", 2.0)]
+    snap.knobs[0].value = 1e-3  # at a learning rate in the upper half, the collapse rule answers alone
+    assert [c.knob for c in decide(snap, RuleManager()).changes] == ["ent_coef"]

@@ -31,6 +31,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        success not significantly rising        the success bonus; success bonus up when
                                                                the penalty outweighs it), exploration up
                                                                when it sits at its floor
+ 6b    starved         no approx KL (off-policy): success      the same bold combined move: LR
+       (off-policy)    < 0.05 on 3 evaluations, LR in the      ×``bold_lr`` and exploration ×2 when at
+                       lower half of its (log) range           its floor or collapsed
  7     unsafe          the task is being solved (success ≥     cost penalty up (×2), capped at
                        ``solving_success``) and violations     ``max_ratio`` × the success bonus, else
                        are high for the run: violation rate    success bonus down toward the penalty,
@@ -216,6 +219,7 @@ class RuleManager(Manager):
             (self._undo_harm, self.min_measured),
             (self._diverging, 1),
             (self._starved, 1),
+            (self._starved_off_policy, self.min_measured),
             (self._unsafe, self.min_measured),
             (self._overfitting, self.min_measured),
             (self._collapse, self.min_measured),
@@ -655,6 +659,32 @@ class RuleManager(Manager):
             changes=changes[: menu.max_changes],
             reason=reason,
             expected_outcome="larger policy updates (KL toward its target) and rising success",
+        )
+
+    def _starved_off_policy(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        """No approx KL to show it (SAC, TD3, DQN...): no success at all on 3 evaluations at an LR in the
+        lower half of its (log) range. The same bold combined move as the PPO starved state, at once: the
+        ladder of single ×2 moves, each waiting for its measurement, is too slow for a short budget."""
+        if self._kl(s) or "adjust" not in menu.actions:
+            return None
+        success = self._success_series(s)
+        if len(success) < 3 or max(success) >= 0.05:
+            return None
+        lr = next((k for k in menu.knobs if k.role == "learning_rate" and k.low > 0 and k.current > 0), None)
+        if lr is None or math.log(lr.current / lr.low) >= math.log(lr.high / lr.low) / 2:
+            return None
+        changes = [c for c in [self._change(menu, "learning_rate", "up", self.bold_lr)] if c]
+        if changes and len(changes) < menu.max_changes:
+            if self._exploration_at_floor(s) or self._collapsed(s, menu):
+                up = self._change(menu, "exploration", "up", 2.0)
+                if up is not None:
+                    changes.append(up)
+        if not changes:
+            return None
+        return Adjust(
+            changes=changes,
+            reason=f"starved: no success on 3 evaluations at a small learning rate ({lr.current:.2g})",
+            expected_outcome="larger updates and exploration, success starts rising",
         )
 
     @staticmethod
