@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--final-seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
     p.add_argument("--budget-s", type=float, default=420, help="jobs not started by then are skipped")
     p.add_argument("--no-sweep", action="store_true", help="skip the sweep (and the tuned arm)")
-    p.add_argument("--report-managed", default=None, help="the reported managed arm, declared beforehand (no dev seeds)")
+    p.add_argument(
+        "--report-managed", default=None, help="the reported managed arm, declared beforehand (no dev seeds)"
+    )
     p.add_argument("--report-proposed", default=None, help="the reported proposed-rule arm, declared beforehand")
     p.add_argument("--sweep-lr", type=float, nargs="+", default=list(SWEEP_LR))
     p.add_argument("--sweep-dropout", type=float, nargs="+", default=list(SWEEP_DROPOUT))
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
                     if path.exists():
                         bests.append(json.loads(path.read_text())["best_val_loss"])
                 if len(bests) == len(args.sweep_seeds):
-                    table.append({"name": name, "args": sweep[name], "dev_best_val": bests,
-                                  "mean": statistics.fmean(bests)})
+                    table.append(
+                        {"name": name, "args": sweep[name], "dev_best_val": bests, "mean": statistics.fmean(bests)}
+                    )
             table.sort(key=lambda r: r["mean"])
             log["sweep"] = table
             if table:
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                 log["tuned"] = chosen
                 futures += [pool.submit(_run, job("tuned", s, *chosen["args"])) for s in args.final_seeds]
         futures += [pool.submit(_run, a) for a in last]
-        for f in futures[len(sweep_futures):]:
+        for f in futures[len(sweep_futures) :]:
             log["jobs"].append(f.result())
     # the reported managed arm: the library-rule variant with the lowest mean best val on the dev seeds
     dev = {}

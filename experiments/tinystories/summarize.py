@@ -99,8 +99,22 @@ def main(argv: list[str] | None = None) -> None:
             "best": [r["best_val_loss"] for r in runs],
             "seeds": [r["seed"] for r in runs],
         }
-    out(f"Final seeds {final}; dev seeds {dev} (sweep and variant selection only).\n")
-    out("| arm | final val loss, IQM [95% CI] | best val loss, IQM [95% CI] | final, mean | best, mean | per seed final / best |")
+    sweep_seeds = meta["args"].get("sweep_seeds", dev)
+    chosen_how = (
+        f"chosen on the dev seeds {dev}" if dev else "declared before the run (no dev seeds for the managed variants)"
+    )
+    out(f"Final seeds {final}; sweep seed(s) {sweep_seeds}; reported managed arm {chosen_how}.\n")
+    skipped = []
+    for j in meta["jobs"]:
+        if j and "skipped" in j:
+            a = j["skipped"]
+            skipped.append(f"{a[a.index('--name') + 1]} seed {a[a.index('--seed') + 1]}")
+    if skipped:
+        out(f"Not run (the grid's time budget ran out before they started): {', '.join(skipped)}.\n")
+    out(
+        "| arm | final val loss, IQM [95% CI] | best val loss, IQM [95% CI] | final, mean | best, mean "
+        "| per seed final / best |"
+    )
     out("|---|---|---|---|---|---|")
     stats: dict[str, dict[str, tuple[float, float, float]]] = {}
     for name, a in arms.items():
@@ -146,26 +160,31 @@ def main(argv: list[str] | None = None) -> None:
             f"[{', '.join(f'{100 * x:+.2f}' for x in per_tuned)}] | {'yes' if gap_tuned <= 0.05 else 'no'} |"
         )
 
-    for v in (managed, proposed):
-        if v:
+    for v in [managed, proposed, *(v for v in variants if v not in (managed, proposed))]:
+        if v and runs_of.get(v):
             targets(v)
 
     # ------------------------------------------------------------------ sweep and dev selection
     if meta.get("sweep"):
-        sweep_seeds = meta["args"].get("sweep_seeds", dev)
-        out(f"\n**Sweep of the tuned fixed recipe** (dev seeds {sweep_seeds}, same step budget; best val loss, lowest first):\n")
-        out("| config | best val loss per dev seed | mean |")
-        out("|---|---|---|")
+        out(
+            f"\n**Sweep of the tuned fixed recipe** (dev seeds {sweep_seeds}, same step budget; "
+            "best val loss, lowest first):\n"
+        )
+        out("| config | best val loss per sweep seed (step) | mean best | final val loss per sweep seed |")
+        out("|---|---|---|---|")
         for row in meta["sweep"]:
-            vals = ", ".join(f"{x:.3f}" for x in row["dev_best_val"])
-            out(f"| {row['name']} | {vals} | {row['mean']:.3f} |")
+            runs = load(grid, row["name"], sweep_seeds)
+            vals = ", ".join(f"{r['best_val_loss']:.3f} ({r['best_step']})" for r in runs)
+            finals = ", ".join(f"{r['final_val_loss']:.3f}" for r in runs)
+            out(f"| {row['name']} | {vals} | {row['mean']:.3f} | {finals} |")
         if meta.get("tuned"):
             out(f"\nChosen: `{meta['tuned']['name']}` ({' '.join(meta['tuned']['args'])}).")
-    out(f"\n**Managed variants on the dev seeds {dev}** (mean best val loss; selection of the reported arm):\n")
-    out("| variant | mean best val loss (dev) |")
-    out("|---|---|")
-    for v, x in sorted(meta.get("dev_managed_mean_best", {}).items(), key=lambda t: t[1]):
-        out(f"| {v} | {x:.4f} |")
+    if meta.get("dev_managed_mean_best"):
+        out(f"\n**Managed variants on the dev seeds {dev}** (mean best val loss; selection of the reported arm):\n")
+        out("| variant | mean best val loss (dev) |")
+        out("|---|---|")
+        for v, x in sorted(meta["dev_managed_mean_best"].items(), key=lambda t: t[1]):
+            out(f"| {v} | {x:.4f} |")
     out(f"\nReported managed arm (library rule manager): `{managed}`; proposed rule: `{proposed}`.")
 
     # ------------------------------------------------------------------ interventions
@@ -222,7 +241,13 @@ def plot(path: str, runs_of: dict[str, list[dict[str, Any]]], managed: str | Non
                 ax.plot([iv["step"]], [y], MARKERS.get(iv["action"], "s"), color=color, ms=4, alpha=0.6)
     es = arms.get("early stopping (keep-best of overfit)")
     if es and es["best"]:
-        ax.axhline(metrics.aggregate_iqm(np.array(es["best"])), color="tab:red", ls="--", lw=1, label="early stopping (IQM best)")
+        ax.axhline(
+            metrics.aggregate_iqm(np.array(es["best"])),
+            color="tab:red",
+            ls="--",
+            lw=1,
+            label="early stopping (IQM best)",
+        )
     ax.set_title("validation loss per arm (band: min-max over seeds)")
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("validation cross-entropy (nats/token)")

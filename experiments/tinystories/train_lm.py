@@ -84,9 +84,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "tinystories"))
 
 
-def build(
-    args: argparse.Namespace, corpus: Corpus
-) -> tuple[CharTransformer, th.optim.Optimizer, nn.CrossEntropyLoss]:
+def build(args: argparse.Namespace, corpus: Corpus) -> tuple[CharTransformer, th.optim.Optimizer, nn.CrossEntropyLoss]:
     """Model, optimiser and training criterion of the recipe (defaults: the overfitting recipe a user
     would plausibly start with: no dropout, no weight decay, no label smoothing, a high LR)."""
     th.manual_seed(args.seed)
@@ -168,6 +166,10 @@ def make_rule_manager(name: str) -> Manager:
         from proposed_rule import RegularizeFirstRuleManager
 
         return RegularizeFirstRuleManager()
+    if name == "proposed_bold":
+        from proposed_rule import BoldRegularizeRuleManager
+
+        return BoldRegularizeRuleManager()
     return RuleManager()
 
 
@@ -226,7 +228,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             train = th.stack(window).mean().item()  # the only synchronisation between evaluations
             knobs = knob_values()
             curve.append(
-                {"step": step, "time_s": time.perf_counter() - start, "train_loss": train, "val_loss": val, "knobs": knobs}
+                {
+                    "step": step,
+                    "time_s": time.perf_counter() - start,
+                    "train_loss": train,
+                    "val_loss": val,
+                    "knobs": knobs,
+                }
             )
             window = []
             logger.info("%s step %d train %.3f val %.3f %s", args.arm, step, train, val, knobs)
@@ -410,7 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     p_train.add_argument(
         "--no-smoothing-knob", dest="smoothing_knob", action="store_false", help="managed: no label-smoothing knob"
     )
-    p_train.add_argument("--manager", choices=["rule", "proposed"], default="rule", help="managed: which rules")
+    p_train.add_argument(
+        "--manager", choices=["rule", "proposed", "proposed_bold"], default="rule", help="managed: which rules"
+    )
     p_train.add_argument("--dropout-values", default=None, help="managed: listed dropout values, comma-separated")
     p_train.add_argument("--wd-values", default=None, help="managed: listed weight-decay values")
     p_train.add_argument("--ls-values", default=None, help="managed: listed label-smoothing values")
