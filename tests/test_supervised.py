@@ -284,3 +284,60 @@ def test_tinystories_script_tiny(tmp_path: Path) -> None:
     assert set(bench["tokens_per_s"]) == {"none", "async", "sync"}
     mod.main(["summarize", "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "plot.png")])
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_label_smoothing_knob_is_a_regularisation_knob(tmp_path: Path) -> None:
+    from rl_manager.supervised import label_smoothing_knob
+
+    model, opt = tiny()
+    criterion = nn.CrossEntropyLoss()
+    knob = label_smoothing_knob(criterion)
+    assert knob.name == "label_smoothing" and knob.role == "regularization" and knob.conservative == "up"
+    tm = TorchManager(
+        opt,
+        model,
+        Scripted([adjust(label_smoothing=0.1)]),
+        run_dir=tmp_path,
+        async_=False,
+        extra_knobs=[knob],
+        fallback=None,
+    )
+    tm.report(5, train_loss=1.0, val_loss=1.0)
+    assert criterion.label_smoothing == pytest.approx(0.1)
+    tm.close()
+    with pytest.raises(SupervisedManagerError):
+        label_smoothing_knob(nn.MSELoss())
+
+
+def test_tinystories_proposed_rules_roll_back_with_more_regularisation(tmp_path: Path) -> None:
+    """The experiment's proposed overfitting rules (issue 15): once the rollback gate opens on an overfitting
+    run, back to the best weights with a regularisation knob raised, the LR in force kept."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "tinystories"))
+    from proposed_rule import BoldRegularizeRuleManager, RegularizeFirstRuleManager
+
+    from rl_manager.supervised import default_knobs
+
+    val = [5.0, 4.6, 4.3, 4.1, 4.15, 4.3, 4.45, 4.6]
+    for i, manager in enumerate((RegularizeFirstRuleManager(), BoldRegularizeRuleManager())):
+        model, opt = tiny(lr=3e-3)
+        tm = TorchManager(
+            opt,
+            model,
+            manager,
+            run_dir=tmp_path / str(i),
+            async_=False,
+            knobs=default_knobs(opt, model),
+            gates=GateConfig(rollback_margin=0.02),
+            total_steps=100,
+            fallback=None,
+        )
+        for step, v in enumerate(val, start=1):
+            tm.report(10 * step, train_loss=4.0 - 0.3 * step, val_loss=v)
+        tm.close()
+        decisions = [r for r in records(tmp_path / str(i), "decision") if r.applied]
+        rollback = next(r for r in decisions if r.decision.action == "rollback_and_consolidate")
+        assert rollback.decision.change.knob in {"dropout", "weight_decay"}
+        assert rollback.knobs_after["learning_rate"] == rollback.knobs_before["learning_rate"]
+        assert model[2].p > 0
