@@ -31,6 +31,7 @@ from rl_manager.managers.llm import LLMManager
 from rl_manager.managers.rule import RuleManager
 from rl_manager.settings import LLMSettings
 from rl_manager.train import _local_gguf
+from tests.conftest import needs_real_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT_VARS = ("RL_MANAGER_BASE_URL", "OPENAI_BASE_URL", "RL_MANAGER_API_KEY", "OPENAI_API_KEY")
@@ -107,7 +108,7 @@ def _real() -> tuple[Path | None, Path | None, str]:
 
 
 BINARY, GGUF, WHY = _real()
-needs_model = pytest.mark.skipif(GGUF is None, reason=f"needs llama-server and a pulled model: {WHY}")
+needs_model = needs_real_llm(GGUF is not None, f"needs llama-server and a pulled model: {WHY}")
 
 
 @pytest.fixture(scope="module")

