@@ -670,15 +670,10 @@ class RuleManager(Manager):
         success = self._success_series(s)
         if len(success) < 3 or max(success) >= 0.05:
             return None
-        lr = next((k for k in menu.knobs if k.role == "learning_rate" and k.low > 0 and k.current > 0), None)
-        if lr is None or math.log(lr.current / lr.low) >= math.log(lr.high / lr.low) / 2:
+        lr = self._small_lr(menu)
+        if lr is None:
             return None
-        changes = [c for c in [self._change(menu, "learning_rate", "up", self.bold_lr)] if c]
-        if changes and len(changes) < menu.max_changes:
-            if self._exploration_at_floor(s) or self._collapsed(s, menu):
-                up = self._change(menu, "exploration", "up", 2.0)
-                if up is not None:
-                    changes.append(up)
+        changes = self._bold_changes(menu, self._exploration_at_floor(s) or self._collapsed(s, menu))
         if not changes:
             return None
         return Adjust(
@@ -686,6 +681,25 @@ class RuleManager(Manager):
             reason=f"starved: no success on 3 evaluations at a small learning rate ({lr.current:.2g})",
             expected_outcome="larger updates and exploration, success starts rising",
         )
+
+    @staticmethod
+    def _small_lr(menu: ActionSpace):
+        """The learning-rate knob if it sits in the lower half of its (log) range, else None."""
+        for knob in menu.knobs:
+            if knob.role == "learning_rate" and knob.low > 0 and knob.current > 0:
+                span = math.log(knob.high / knob.low)
+                if span > 0 and math.log(knob.current / knob.low) < span / 2:
+                    return knob
+        return None
+
+    def _bold_changes(self, menu: ActionSpace, explore: bool) -> list[KnobChange]:
+        """LR ×``bold_lr``, and exploration ×2 with it when ``explore`` (as far as the menu allows)."""
+        changes = [c for c in [self._change(menu, "learning_rate", "up", self.bold_lr)] if c]
+        if changes and explore and len(changes) < menu.max_changes:
+            up = self._change(menu, "exploration", "up", 2.0)
+            if up is not None:
+                changes.append(up)
+        return changes
 
     @staticmethod
     def _exploration_at_floor(s: TelemetrySnapshot) -> bool:
@@ -792,22 +806,11 @@ class RuleManager(Manager):
             return None  # the slow start of a slow task is not "stuck"
         if self._improving_return(s):
             return None
-        for knob in menu.knobs:
-            if knob.role == "learning_rate" and knob.low > 0 and knob.current > 0:
-                span = math.log(knob.high / knob.low)
-                if span > 0 and math.log(knob.current / knob.low) < span / 2:
-                    # starved without a KL to show it (off-policy): one bold combined move, as for PPO
-                    changes = [c for c in [self._change(menu, "learning_rate", "up", self.bold_lr)] if c]
-                    if changes and len(changes) < menu.max_changes and self._exploration_at_floor(s):
-                        up = self._change(menu, "exploration", "up", 2.0)
-                        if up is not None:
-                            changes.append(up)
-                    if changes:
-                        return Adjust(
-                            changes=changes,
-                            reason="no progress at a small learning rate",
-                            expected_outcome="success starts rising",
-                        )
+        changes = self._bold_changes(menu, self._exploration_at_floor(s)) if self._small_lr(menu) else []
+        if changes:  # one bold combined move, as in the starved states
+            return Adjust(
+                changes=changes, reason="no progress at a small learning rate", expected_outcome="success starts rising"
+            )
         decision = self._adjust(
             menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising"
         )
