@@ -120,18 +120,42 @@ def pop_curve(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return steps, scores.max(axis=0), stamps.max(axis=0) - start
 
 
-def lane_starts() -> dict[str, float]:
-    """Command start times of the populations (lane logs copied as ``lanes.log``)."""
+def lane_times() -> dict[str, dict[str, float]]:
+    """Command start and end times of the populations (lane logs copied as ``lanes.log``)."""
     import datetime as dt
 
-    starts = {}
+    times: dict[str, dict[str, float]] = {}
     log = RESULTS / "lanes.log"
     for line in log.read_text().splitlines() if log.exists() else []:
-        m = re.match(r"(\S+) start (\w+):(\w+):(\d+)", line)
-        if m:
+        m = re.match(r"(\S+) (start|end) (\w+):(\w+):(\d+)(?: sid (\d+))?", line)
+        if m and m.group(3) in ("pbt", "pb2"):
             t = dt.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-            starts[f"{m.group(2)}4_{m.group(3)}_s{m.group(4)}"] = t
-    return starts
+            entry = times.setdefault(f"{m.group(3)}4_{m.group(4)}_s{m.group(5)}", {})
+            entry[m.group(2)] = t
+            if m.group(6) and m.group(2) == "start":
+                entry["sid"] = m.group(6)
+    return times
+
+
+def pop_cpu(name: str, start: float, end: float, sid: str | None = None) -> float:
+    """CPU seconds of a population: the growth of its lane's process-session CPU (``cpu.tsv.gz``, written by
+    ``population_cpu.py``) between the population's start and end; nan where the monitor was not running."""
+    path = RESULTS / "cpu.tsv.gz"
+    sids = json.loads((RESULTS / "cpu_sids.json").read_text()) if (RESULTS / "cpu_sids.json").exists() else {}
+    if not path.exists():
+        return float("nan")
+    rows = np.array([[float(x) for x in line.split()] for line in gzip.decompress(path.read_bytes()).decode().splitlines()])
+    if sid is not None:
+        sids = {sid: [name]}
+    for sid, names in sids.items():
+        if name in names:
+            r = rows[rows[:, 1] == float(sid)]
+            if len(r) == 0 or r[0, 0] > start - 1:
+                return float("nan")  # the monitor started after this population
+            before = np.interp(start, r[:, 0], r[:, 2])
+            after = np.interp(end, r[:, 0], r[:, 2])
+            return round(float(after - before), 1)
+    return float("nan")
 
 
 def report() -> str:
@@ -140,12 +164,15 @@ def report() -> str:
     from rl_manager.compare import _ci, _fmt_ci
 
     data = load()
-    starts = lane_starts()
+    times = lane_times()
     for (arm, recipe), runs in data.items():
         for seed, run in runs.items():
             if "timeline" in run:
+                name = f"{arm}_{recipe}_s{seed}"
                 first = min(t[0][1] - t[0][2] for t in run["timeline"].values())
-                run["start"] = starts.get(f"{arm}_{recipe}_s{seed}", first)
+                run["start"] = times.get(name, {}).get("start", first)
+                if "end" in times.get(name, {}):
+                    run["summary"]["time"]["cpu_s"] = pop_cpu(name, run["start"], times[name]["end"], times[name].get("sid"))
     iqm = metrics.aggregate_iqm
     out = []
     for recipe in RECIPES:
