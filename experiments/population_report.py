@@ -150,9 +150,10 @@ def pop_cpu(name: str, start: float, end: float, sid: str | None = None) -> floa
     for sid, names in sids.items():
         if name in names:
             r = rows[rows[:, 1] == float(sid)]
-            if len(r) == 0 or r[0, 0] > start - 1:
-                return float("nan")  # the monitor started after this population
-            before = np.interp(start, r[:, 0], r[:, 2])
+            if len(r) == 0 or r[0, 0] > start + 60:
+                return float("nan")  # the monitor started well after this population
+            # a monitor started within a minute of the population read the cumulative CPU of its processes
+            before = np.interp(start, r[:, 0], r[:, 2]) if r[0, 0] < start else 0.0
             after = np.interp(end, r[:, 0], r[:, 2])
             return round(float(after - before), 1)
     return float("nan")
@@ -187,12 +188,17 @@ def report() -> str:
             ss = np.array([heldout(r)["safe_success_rate"] for r in runs.values()])
             vr = np.array([heldout(r)["violation_rate"] for r in runs.values()])
             steps = [r["summary"].get("env_steps_total", r["summary"].get("timesteps")) for r in runs.values()]
+            steps_txt = f"{int(np.mean(steps)):,}" if min(steps) == max(steps) else (
+                f"{int(np.mean(steps)):,} (mean; {min(steps):,}–{max(steps):,}: the manager stopped at the target)")
+            n_cpu = int(np.isfinite(np.array(cpu_list := [r["summary"]["time"].get("cpu_s", np.nan)
+                                                          for r in runs.values()], dtype=float)).sum())
             wall = [r["summary"]["time"].get("elapsed_s", np.nan) for r in runs.values()]
             cpu = [r["summary"]["time"].get("cpu_s", np.nan) for r in runs.values()]
             out.append(
-                f"| {LABEL[arm]} | {len(runs)} ({','.join(map(str, sorted(runs)))}) | {int(np.mean(steps)):,} | "
+                f"| {LABEL[arm]} | {len(runs)} ({','.join(map(str, sorted(runs)))}) | {steps_txt} | "
                 f"{_fmt_ci(_ci(ss, iqm))} | {ss.mean():.3f} | {_fmt_ci(_ci(vr, iqm))} | {vr.mean():.3f} | "
-                f"{np.nanmean(wall):.0f} | {np.nanmean(cpu):.0f} |"
+                f"{np.nanmean(wall):.0f} | {np.nanmean(cpu):.0f}"
+                + (f" ({n_cpu} of {len(runs)} measured)" if n_cpu < len(runs) else "") + " |"
             )
         out.append("")
         # per seed
@@ -242,7 +248,9 @@ def report() -> str:
                 continue
             if arm in ("fixed", "rule"):
                 final = [float(r["eval"]["scores"][-1]) for r in runs.values()]
-                out.append(f"| {LABEL[arm]} | {np.mean(final):.3f} | (budget 1,024,000) | "
+                used = [int(r["eval"]["timesteps"][-1]) for r in runs.values()]
+                out.append(f"| {LABEL[arm]} | {np.mean(final):.3f} (last evaluation; at {int(np.mean(used)):,} steps "
+                           f"on average) | (budget 1,024,000) | "
                            f"{np.mean(final) if arm == 'rule' else float('nan'):.3f} | {np.mean(final):.3f} (finished) |")
                 continue
             at1, at4, atw = [], [], []
@@ -320,7 +328,9 @@ def plots(data) -> None:
                         ax.step(xs, ys, where="post", color=colors[arm], alpha=0.5, lw=1,
                                 label=LABEL[arm] if j == 0 else None)
             ax.set_ylabel(knob, fontsize=7)
-            if knob not in ("action_std", "clip_range"):
+            if knob == "ent_coef":
+                ax.set_yscale("symlog", linthresh=1e-4)
+            elif knob not in ("action_std", "clip_range"):
                 ax.set_yscale("log")
         axes[0].legend(fontsize=6)
         axes[0].set_title(f"{recipe}: knobs of the rule-managed run and of the populations' best members", fontsize=9)
@@ -338,11 +348,55 @@ def main() -> None:
     c.add_argument("--single-runs", type=Path, required=True)
     c.add_argument("--commits", nargs="*", default=[], metavar="KEY=SHA", help="population=, rule=, fixed=")
     sub.add_parser("report")
+    sub.add_parser("knobs")
     args = p.parse_args()
     if args.cmd == "collect":
         collect(args.pop_runs, args.single_runs, dict(kv.split("=", 1) for kv in args.commits))
+    elif args.cmd == "knobs":
+        print(knob_summary())
     else:
         print(report())
+
+
+
+def knob_summary() -> str:
+    """Final knobs (median over seeds) of the rule-managed runs and of the populations' best members, and
+    two checks on the populations: configs outside the knob bounds, action std reset at restores."""
+    data = load()
+    bounds = {"action_std": 2.0, "collision_penalty": 100.0, "success_bonus": 50.0, "progress_scale": 50.0}
+    out = ["| start | arm | " + " | ".join(["learning_rate", "critic_lr", "ent_coef", "clip_range", "action_std",
+                                           "collision_penalty", "success_bonus", "progress_scale"]) + " |",
+           "|---" * 10 + "|"]
+    checks = []
+    for recipe in RECIPES:
+        for arm in ("rule", "pbt4", "pb24"):
+            finals = []
+            for _, r in sorted(data.get((arm, recipe), {}).items()):
+                rows = _knob_rows(r, arm)
+                if rows:
+                    finals.append(rows[-1][1])
+            if not finals:
+                continue
+            names = ["learning_rate", "critic_lr", "ent_coef", "clip_range", "action_std", "collision_penalty",
+                     "success_bonus", "progress_scale"]
+            out.append(f"| {recipe} | {LABEL[arm]} | " + " | ".join(
+                f"{np.median([f[n] for f in finals if n in f]):.3g}" for n in names) + " |")
+        for arm in ("pbt4", "pb24"):
+            over = total = resets = windows = 0
+            for _, r in sorted(data.get((arm, recipe), {}).items()):
+                for m in r["summary"]["members"]:
+                    total += 1
+                    over += any(m["config"].get(k, 0) > b * 1.0001 for k, b in bounds.items())
+                    stds = [row[2]["action_std"] for row in m["trajectory"]]
+                    per = r["summary"]["perturb_every"]
+                    for i in range(per, len(stds), per):  # first evaluation after a restore
+                        windows += 1
+                        resets += abs(stds[i] - stds[i - per]) < 1e-3 and abs(stds[i - 1] - stds[i - per]) > 3e-3
+            if total:
+                checks.append(f"{recipe} {dict(pbt4='PBT(4)', pb24='PB2(4)')[arm]}, all members: {over}/{total} members end with a config value beyond a "
+                              f"knob bound (written clamped); at {resets}/{windows} perturbation boundaries the action std, "
+                              f"having drifted > 0.003 in training, is back within 0.001 of the previous window's start")
+    return "\n".join(out) + "\n\n" + "\n".join(f"- {c}" for c in checks)
 
 
 if __name__ == "__main__":
