@@ -11,6 +11,9 @@ Sub-commands::
     # table and plot of the arms found under --out
     python experiments/tinystories/train_lm.py summarize --out experiments/results/tinystories
 
+The 5-seed grid of issue 15 (overfitting recipe, early stopping, tuned recipe, rule manager) is
+``grid.py`` (many of these runs in parallel on one device) and ``summarize.py`` (tables and plot).
+
 The data is read from ``--data`` (default: ``../shared/data/tinystories/tinystories_2mib.txt``
 relative to the repository, when present); it is never copied.
 """
