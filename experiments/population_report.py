@@ -59,7 +59,9 @@ def collect(pop_runs: Path, single_runs: Path, commits: dict[str, str]) -> None:
         for m in summary["members"]:
             m["checkpoint"] = Path(m["checkpoint"]).parent.name + "/" + Path(m["checkpoint"]).name if m["checkpoint"] else None
         summary["commit"] = commits.get("population")
-        summary["time"] = _time_file(src / "time.txt")
+        t = _time_file(src / "time.txt")
+        # /usr/bin/time counts the driver only: Ray's workers are not its reaped children (see cpu.tsv.gz)
+        summary["time"] = {"elapsed_s": t.get("elapsed_s"), "driver_cpu_s": t.get("cpu_s")}
         (dst / "summary.json").write_text(json.dumps(summary, separators=(",", ":")))
         timeline = {}
         for trial in sorted((src / summary["scheduler"]).glob("SB3Member_*")):
@@ -172,6 +174,7 @@ def report() -> str:
                 name = f"{arm}_{recipe}_s{seed}"
                 first = min(t[0][1] - t[0][2] for t in run["timeline"].values())
                 run["start"] = times.get(name, {}).get("start", first)
+                run["summary"]["time"]["cpu_s"] = float("nan")
                 if "end" in times.get(name, {}):
                     run["summary"]["time"]["cpu_s"] = pop_cpu(name, run["start"], times[name]["end"], times[name].get("sid"))
     iqm = metrics.aggregate_iqm
@@ -330,7 +333,7 @@ def plots(data) -> None:
             ax.set_ylabel(knob, fontsize=7)
             if knob == "ent_coef":
                 ax.set_yscale("symlog", linthresh=1e-4)
-            elif knob not in ("action_std", "clip_range"):
+            elif knob != "clip_range":
                 ax.set_yscale("log")
         axes[0].legend(fontsize=6)
         axes[0].set_title(f"{recipe}: knobs of the rule-managed run and of the populations' best members", fontsize=9)
