@@ -216,8 +216,8 @@ class Guard:
     def _review_consolidate(self, decision: RollbackAndConsolidate, menu: ActionSpace) -> Review:
         knob = menu.knob(decision.change.knob)
         options = knob.conservative_options if knob else []
-        base = knob.best_value if knob and knob.best_value is not None else (knob.current if knob else None)
-        r, err = self._resolve(decision.change, knob, options, "change", base=base)
+        # the rollback keeps the recipe in force: the change is made from the current value
+        r, err = self._resolve(decision.change, knob, options, "change")
         if err or r is None:
             return Review(errors=[(err or "change rejected") + " (a consolidation must be a conservative change)"])
         exact = decision.model_copy(update={"change": KnobChange(knob=r.knob, value=r.after)})

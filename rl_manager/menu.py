@@ -90,10 +90,19 @@ def knob_options(spec: KnobSpec) -> list[KnobOption]:
     return sorted(options, key=lambda o: o.value)
 
 
-def _conservative(spec: KnobSpec, base: float) -> list[KnobOption]:
-    """Conservative moves from ``base`` (the value a rollback restores)."""
+def _conservative(spec: KnobSpec, best_value: float | None) -> list[KnobOption]:
+    """Conservative moves beyond both the value in force and the best checkpoint's value.
+
+    A rollback keeps the recipe in force (``Controller.rollback(keep_recipe=True)``), so a consolidation
+    must be more conservative than the current value (it never raises an LR already cut since the best,
+    and is never a no-op), and than the best's value.
+    """
     if spec.conservative is None:
         return []
+    if best_value is None:
+        base = spec.value
+    else:
+        base = min(spec.value, best_value) if spec.conservative == "down" else max(spec.value, best_value)
     options = knob_options(spec.model_copy(update={"value": min(spec.high, max(spec.low, base))}))
     if spec.conservative == "down":
         return [o for o in options if o.value < base]
@@ -203,7 +212,7 @@ def build_action_space(snapshot: TelemetrySnapshot, gates: GateConfig | None = N
                 high=spec.high,
                 options=options,
                 best_value=best_value,
-                conservative_options=_conservative(spec, spec.value if best_value is None else best_value),
+                conservative_options=_conservative(spec, best_value),
             )
         )
     actions: list[ActionName] = ["no_action"]

@@ -479,3 +479,41 @@ def test_off_policy_starved_moves_lr_and_exploration_before_the_collapse_ladder(
     assert [(c.knob, round(c.after / c.before, 3)) for c in out.changes] == [("learning_rate", 3.0), ("ent_coef", 2.0)]
     snap.knobs[0].value = 1e-3  # at a learning rate in the upper half, the collapse rule answers alone
     assert [c.knob for c in decide(snap, RuleManager()).changes] == ["ent_coef"]
+
+
+def test_consolidation_is_conservative_from_the_recipe_in_force():
+    """A rollback keeps the current recipe, so a consolidation moves from the value in force: an LR cut
+    to 1e-4 since the best (1e-3) is never raised back toward it, and the move is never a no-op."""
+    from rl_manager.menu import build_action_space
+
+    snap = regressed(2)
+    snap.knobs[0].value = 1e-4  # the best checkpoint's LR was 1e-3
+    menu = build_action_space(snap)
+    lr = menu.knob("learning_rate")
+    assert lr.conservative_options and all(o.value < 1e-4 for o in lr.conservative_options)
+    out = decide(snap, RuleManager())
+    assert out.decision.action == "rollback_and_consolidate"
+    assert out.changes[0].knob == "learning_rate" and out.changes[0].after < 1e-4
+
+
+def test_no_overfitting_while_the_training_loss_is_above_the_validation_loss():
+    """An early plateau (seed 12 of the TinyStories grid): validation loss creeping up while the training
+    loss, still above it, falls is no generalisation gap to regularise."""
+    from rl_manager.schema import EvalMetrics
+
+    def snap(train):
+        rows = [
+            HistoryRow(evaluation_index=i, step=i, score=-v, val_loss=v, train_loss=t)
+            for i, (v, t) in enumerate(zip([5.00, 5.01, 5.02, 5.03], train, strict=True))
+        ]
+        return make_snapshot(
+            kind="supervised",
+            score_name="neg_val_loss",
+            position=RunPosition(step=4, total_steps=100, evaluation_index=3),
+            history=rows,
+            best=None,
+            evaluation=EvalMetrics(n_episodes=0, val_loss=5.03),
+        )
+
+    assert "overfitting" not in decide(snap([5.6, 5.5, 5.4, 5.3]), RuleManager()).decision.reason
+    assert "overfitting" in decide(snap([4.9, 4.8, 4.7, 4.6]), RuleManager()).decision.reason

@@ -47,6 +47,7 @@ rule uses the knobs of that role that the menu offers, in menu order.
                                                                beyond its noise: the run's own level)
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
+                       and lies below the validation loss
  9     learning        success (or score) rose significantly   no_action
                        over the last 3 evaluations (rise
                        above 2 s.e. of the difference)
@@ -308,10 +309,15 @@ class RuleManager(Manager):
             for role in ("learning_rate", None):
                 for knob in menu.knobs:
                     if knob.conservative_options and (role is None or knob.role == role):
-                        base = knob.current if knob.best_value is None else knob.best_value
-                        direction = "down" if knob.conservative_options[0].value < base else "up"
+                        # the rollback keeps the recipe in force: consolidate from it (the menu's options
+                        # lie beyond both it and the best checkpoint's value)
+                        direction = "down" if knob.conservative_options[0].value < knob.current else "up"
                         option = self._option(
-                            knob, direction, 0.5 if direction == "down" else 2.0, knob.conservative_options
+                            knob,
+                            direction,
+                            0.5 if direction == "down" else 2.0,
+                            knob.conservative_options,
+                            base=knob.current,
                         )
                         if option is not None:
                             return RollbackAndConsolidate(
@@ -738,13 +744,19 @@ class RuleManager(Manager):
             return NoAction(reason="learning: success rose beyond the noise", expected_outcome="keep improving")
         return None
 
+    @staticmethod
+    def _generalisation_gap(s: TelemetrySnapshot) -> bool:
+        """Training loss falling over the last 3 evaluations and below the validation loss (a gap to close)."""
+        rows = [r for r in s.history if finite(r.val_loss) and finite(r.train_loss)][-3:]
+        return len(rows) == 3 and rows[2].train_loss < rows[0].train_loss and rows[2].train_loss < rows[2].val_loss
+
     def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         rows = [r for r in s.history if finite(r.val_loss) and finite(r.train_loss)][-3:]
         if len(rows) < 3:
             return None
         val_up = rows[2].val_loss > rows[1].val_loss > rows[0].val_loss
-        train_down = rows[2].train_loss < rows[0].train_loss
-        if not (val_up and train_down):
+        # a training loss above the validation loss (e.g. on an early plateau) leaves no gap to overfit
+        if not (val_up and self._generalisation_gap(s)):
             return None
         return self._adjust(
             menu,
