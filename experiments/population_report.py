@@ -113,7 +113,8 @@ def heldout(run: dict) -> dict:
 
 def pop_curve(run: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per Tune iteration: population env steps so far, best member score, wall seconds since start."""
-    trials = list(run["timeline"].values())
+    # a resumed member repeats the iterations after its last checkpoint: keep the last row of each iteration
+    trials = [sorted({row[0]: row for row in t}.values()) for t in run["timeline"].values()]
     n = min(len(t) for t in trials)
     scores = np.array([[t[i][3] for i in range(n)] for t in trials])
     stamps = np.array([[t[i][1] for i in range(n)] for t in trials])
@@ -175,7 +176,9 @@ def report() -> str:
                 first = min(t[0][1] - t[0][2] for t in run["timeline"].values())
                 run["start"] = times.get(name, {}).get("start", first)
                 run["summary"]["time"]["cpu_s"] = float("nan")
-                if "end" in times.get(name, {}):
+                if "resumed" in run["summary"]:  # stalled ~35 min on a dead worker: no usable wall or CPU time
+                    run["summary"]["time"]["elapsed_s"] = float("nan")
+                elif "end" in times.get(name, {}):
                     run["summary"]["time"]["cpu_s"] = pop_cpu(name, run["start"], times[name]["end"], times[name].get("sid"))
     iqm = metrics.aggregate_iqm
     out = []
@@ -262,7 +265,7 @@ def report() -> str:
                 k = np.searchsorted(steps, 1_024_000, side="right") - 1
                 at1.append(best[k])
                 at4.append(best[-1])
-                if rule_wall.get(s):
+                if rule_wall.get(s) and "resumed" not in r["summary"]:
                     mask = secs <= rule_wall[s]
                     atw.append(best[mask].max() if mask.any() else 0.0)
             out.append(f"| {LABEL[arm]} | {np.mean(at1):.3f} (members at {int(steps[k] / 4):,} each) | "
@@ -305,7 +308,8 @@ def plots(data) -> None:
                 else:
                     steps, best, secs = pop_curve(r)
                     axes[row, 0].plot(steps, best, color=colors[arm], alpha=0.6, lw=1, label=lab)
-                    axes[row, 1].plot(secs, best, color=colors[arm], alpha=0.6, lw=1, label=lab)
+                    if "resumed" not in r["summary"]:
+                        axes[row, 1].plot(secs, best, color=colors[arm], alpha=0.6, lw=1, label=lab)
         axes[row, 0].set_xscale("log")
         axes[row, 1].set_xscale("log")
         axes[row, 0].set_title(f"{recipe}: score vs env steps used in total", fontsize=9)

@@ -1,0 +1,71 @@
+"""Resume a population whose Tune run stopped with an errored member (issue 17 item 3, PBT reckless s54).
+
+    python experiments/population_resume.py OUT   (OUT: the -o folder of rl_manager.population; kind from OUT/pbt|pb2)
+
+A Ray worker failed to start under a load spike (ActorUnschedulableError: worker startup repeatedly failed);
+the member errored (no max_failures) and the synchronous scheduler then waited for it forever. This restores
+the Tune experiment with ``resume_errored=True`` (the errored member restarts from its last checkpoint) and
+writes ``summary.json`` with the same code path as ``run_population`` (copied here: that function has no
+resume entry point). Tuner.restore brings back the scheduler object pickled at the start, so PBT's
+synchronous perturbation clock restarts: one exploit/explore step happens at the first boundary after the
+resume. ``wall_time_s`` is the resumed part only; the first part's time is in ``time_first_part.txt``.
+"""
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from rl_manager.io import write_text_atomic
+from rl_manager.population import SCORE, SB3Member, _model, search_space
+from rl_manager.train import heldout_evaluation
+
+out = Path(sys.argv[1]).resolve()
+kind = "pbt" if (out / "pbt").exists() else "pb2"
+params = json.loads(next((out / kind).glob("SB3Member_*/params.json")).read_text())
+run = params["run"]
+space = search_space(run)
+ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+start = time.time()
+try:
+    tuner = tune.Tuner.restore(str(out / kind), trainable=tune.with_resources(SB3Member, {"cpu": 1}), resume_errored=True)
+    grid = tuner.fit()
+finally:
+    ray.shutdown()
+wall = time.time() - start
+members = []
+for index, result in enumerate(grid):
+    df = result.metrics_dataframe
+    knob_cols = [c for c in df.columns if c.startswith("knob/")]
+    members.append({
+        "member": index,
+        "final_score": float(df[SCORE].iloc[-1]),
+        "env_steps": int(df["steps_trained"].max()),
+        "config": {k: v for k, v in result.config.items() if k in space},
+        "trajectory": [[int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]
+                       for _, row in df.iterrows()],
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+    })
+best = max(members, key=lambda m: m["final_score"])
+with tempfile.TemporaryDirectory() as tmp:
+    env, model, actuators = _model(run, 0, Path(tmp))
+    model.set_parameters(str(Path(best["checkpoint"]) / "model.zip"), exact_match=True)
+    for name, value in best["config"].items():
+        actuators[name].write(model, float(value))
+    heldout = heldout_evaluation(model, run, 240)
+    env.close()
+summary = {
+    "env_id": run["env_id"], "algo": run["algo"], "recipe": run.get("recipe_name", ""), "seed": run["seed"],
+    "scheduler": kind, "population": len(members), "perturb_every": 4, "timesteps": 1_024_000,
+    "env_steps_total": sum(m["env_steps"] for m in members), "wall_time_s": round(wall, 2),
+    "resumed": "Tuner.restore(resume_errored=True) after a worker start failure; wall_time_s is the resumed part",
+    "best_member": best["member"], "heldout": heldout, "members": members,
+}
+write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+held = heldout["deterministic/all"]
+print(f"{kind}: best member {best['member']}, held-out safe success {held['safe_success_rate']}, "
+      f"violation {held['violation_rate']}; {summary['env_steps_total']} env steps; resumed part {wall:.0f} s")
