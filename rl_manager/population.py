@@ -225,6 +225,9 @@ def run_population(
                 storage_path=str(out.resolve()),
                 stop={"training_iteration": max(1, n_timesteps // int(run["eval_freq"]))},
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_at_end=True),
+                # a member whose worker dies is retried from its last checkpoint: without retries the
+                # synchronous scheduler waits for it forever (a PBT population was lost so)
+                failure_config=tune.FailureConfig(max_failures=3),
                 verbose=0,
             ),
         )
