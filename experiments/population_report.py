@@ -26,8 +26,12 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results" / "population_paper_reacher"
 RECIPES = ("conservative", "reckless")
 ARMS = ("fixed", "rule", "pbt4", "pb24")  # single runs, then populations
-LABEL = {"fixed": "fixed recipe (1 run)", "rule": "rule manager (1 run)", "pbt4": "PBT(4), best member",
-         "pb24": "PB2(4), best member"}
+LABEL = {
+    "fixed": "fixed recipe (1 run)",
+    "rule": "rule manager (1 run)",
+    "pbt4": "PBT(4), best member",
+    "pb24": "PB2(4), best member",
+}
 EVAL_FREQ = 20_480
 
 
@@ -57,7 +61,9 @@ def collect(pop_runs: Path, single_runs: Path, commits: dict[str, str]) -> None:
         dst.mkdir(exist_ok=True)
         summary = json.loads((src / "summary.json").read_text())
         for m in summary["members"]:
-            m["checkpoint"] = Path(m["checkpoint"]).parent.name + "/" + Path(m["checkpoint"]).name if m["checkpoint"] else None
+            m["checkpoint"] = (
+                Path(m["checkpoint"]).parent.name + "/" + Path(m["checkpoint"]).name if m["checkpoint"] else None
+            )
         summary["commit"] = commits.get("population")
         t = _time_file(src / "time.txt")
         # /usr/bin/time counts the driver only: Ray's workers are not its reaped children (see cpu.tsv.gz)
@@ -67,13 +73,32 @@ def collect(pop_runs: Path, single_runs: Path, commits: dict[str, str]) -> None:
         for trial in sorted((src / summary["scheduler"]).glob("SB3Member_*")):
             rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
             timeline[trial.name] = [
-                [r["training_iteration"], r["timestamp"], round(r["time_this_iter_s"], 3), r["score"],
-                 r["env_steps"], r["steps_trained"]]
+                [
+                    r["training_iteration"],
+                    r["timestamp"],
+                    round(r["time_this_iter_s"], 3),
+                    r["score"],
+                    r["env_steps"],
+                    r["steps_trained"],
+                ]
                 for r in rows
             ]
-        (dst / "timeline.json").write_text(json.dumps(
-            {"columns": ["training_iteration", "timestamp", "time_this_iter_s", "score", "env_steps", "steps_trained"],
-             "trials": timeline}, separators=(",", ":")))
+        (dst / "timeline.json").write_text(
+            json.dumps(
+                {
+                    "columns": [
+                        "training_iteration",
+                        "timestamp",
+                        "time_this_iter_s",
+                        "score",
+                        "env_steps",
+                        "steps_trained",
+                    ],
+                    "trials": timeline,
+                },
+                separators=(",", ":"),
+            )
+        )
         shutil.copy(src / "time.txt", dst / "time.txt")
     for src in sorted(single_runs.glob("*_s*")):
         if not src.is_dir() or not (src / "summary.json").exists():
@@ -147,7 +172,9 @@ def pop_cpu(name: str, start: float, end: float, sid: str | None = None) -> floa
     sids = json.loads((RESULTS / "cpu_sids.json").read_text()) if (RESULTS / "cpu_sids.json").exists() else {}
     if not path.exists():
         return float("nan")
-    rows = np.array([[float(x) for x in line.split()] for line in gzip.decompress(path.read_bytes()).decode().splitlines()])
+    rows = np.array(
+        [[float(x) for x in line.split()] for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
+    )
     if sid is not None:
         sids = {sid: [name]}
     for sid, names in sids.items():
@@ -179,13 +206,18 @@ def report() -> str:
                 if "resumed" in run["summary"]:  # stalled ~35 min on a dead worker: no usable wall or CPU time
                     run["summary"]["time"]["elapsed_s"] = float("nan")
                 elif "end" in times.get(name, {}):
-                    run["summary"]["time"]["cpu_s"] = pop_cpu(name, run["start"], times[name]["end"], times[name].get("sid"))
+                    run["summary"]["time"]["cpu_s"] = pop_cpu(
+                        name, run["start"], times[name]["end"], times[name].get("sid")
+                    )
     iqm = metrics.aggregate_iqm
     out = []
     for recipe in RECIPES:
         out += [f"### {recipe} start", ""]
-        out += ["| arm | seeds | env steps / run | held-out safe success IQM [95% CI] | mean | collision rate IQM "
-                "[95% CI] | mean | wall time / run, s (mean) | CPU time / run, s (mean) |", "|---" * 9 + "|"]
+        out += [
+            "| arm | seeds | env steps / run | held-out safe success IQM [95% CI] | mean | collision rate IQM "
+            "[95% CI] | mean | wall time / run, s (mean) | CPU time / run, s (mean) |",
+            "|---" * 9 + "|",
+        ]
         for arm in ARMS:
             runs = data.get((arm, recipe), {})
             if not runs:
@@ -194,17 +226,23 @@ def report() -> str:
             ss = np.array([heldout(r)["safe_success_rate"] for r in runs.values()])
             vr = np.array([heldout(r)["violation_rate"] for r in runs.values()])
             steps = [r["summary"].get("env_steps_total", r["summary"].get("timesteps")) for r in runs.values()]
-            steps_txt = f"{int(np.mean(steps)):,}" if min(steps) == max(steps) else (
-                f"{int(np.mean(steps)):,} (mean; {min(steps):,}–{max(steps):,}: the manager stopped at the target)")
-            n_cpu = int(np.isfinite(np.array(cpu_list := [r["summary"]["time"].get("cpu_s", np.nan)
-                                                          for r in runs.values()], dtype=float)).sum())
+            steps_txt = (
+                f"{int(np.mean(steps)):,}"
+                if min(steps) == max(steps)
+                else (
+                    f"{int(np.mean(steps)):,} (mean; {min(steps):,}–{max(steps):,}: the manager stopped at the target)"
+                )
+            )
+            cpu = np.array([r["summary"]["time"].get("cpu_s", np.nan) for r in runs.values()], dtype=float)
+            n_cpu = int(np.isfinite(cpu).sum())
             wall = [r["summary"]["time"].get("elapsed_s", np.nan) for r in runs.values()]
             cpu = [r["summary"]["time"].get("cpu_s", np.nan) for r in runs.values()]
             out.append(
                 f"| {LABEL[arm]} | {len(runs)} ({','.join(map(str, sorted(runs)))}) | {steps_txt} | "
                 f"{_fmt_ci(_ci(ss, iqm))} | {ss.mean():.3f} | {_fmt_ci(_ci(vr, iqm))} | {vr.mean():.3f} | "
                 f"{np.nanmean(wall):.0f} | {np.nanmean(cpu):.0f}"
-                + (f" ({n_cpu} of {len(runs)} measured)" if n_cpu < len(runs) else "") + " |"
+                + (f" ({n_cpu} of {len(runs)} measured)" if n_cpu < len(runs) else "")
+                + " |"
             )
         out.append("")
         # per seed
@@ -213,8 +251,12 @@ def report() -> str:
         out += ["| arm | " + " | ".join(f"s{s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
         for arm in ARMS:
             runs = data.get((arm, recipe), {})
-            cells = [f"{heldout(runs[s])['safe_success_rate']:.3f} / {heldout(runs[s])['violation_rate']:.3f}"
-                     if s in runs else "-" for s in seeds]
+            cells = [
+                f"{heldout(runs[s])['safe_success_rate']:.3f} / {heldout(runs[s])['violation_rate']:.3f}"
+                if s in runs
+                else "-"
+                for s in seeds
+            ]
             out.append(f"| {LABEL[arm]} | " + " | ".join(cells) + " |")
         out.append("")
         # target and probability of improvement
@@ -232,21 +274,30 @@ def report() -> str:
             point, interval = rly.get_interval_estimates(
                 {"p": (x.reshape(-1, 1), y.reshape(-1, 1))},
                 lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-                reps=2000, random_state=np.random.RandomState(0))
+                reps=2000,
+                random_state=np.random.RandomState(0),
+            )
             d = x - y
             dci = _ci(d, np.mean)
             out.append(
                 f"- rule vs {LABEL[pop]} on seeds {common}: IQM {iqm(x):.3f} vs {iqm(y):.3f}; rule ≥ population on "
                 f"{wins}/{len(common)} seeds; mean paired difference {_fmt_ci(dci)}; P(rule > population) "
                 f"{point['p'][0]:.3f} [{interval['p'][0, 0]:.3f}, {interval['p'][1, 0]:.3f}]; "
-                f"target (rule IQM ≥ population IQM at ¼ of the env steps): **{'met' if iqm(x) >= iqm(y) else 'not met'}**"
+                "target (rule IQM ≥ population IQM at ¼ of the env steps): "
+                f"**{'met' if iqm(x) >= iqm(y) else 'not met'}**"
             )
         out.append("")
         # equal env steps / equal wall time on the paired evaluation scenes
-        out += ["Equal env steps and equal wall time (deterministic score on the 150 paired evaluation scenes, "
-                "the scenes PBT selects on; mean over seeds; a population's score is its best member's):", ""]
-        out += ["| arm | at 1,024,000 env steps in total | at 4,096,000 | at the rule run's wall time | "
-                "at the population's wall time |", "|---|---|---|---|---|"]
+        out += [
+            "Equal env steps and equal wall time (deterministic score on the 150 paired evaluation scenes, "
+            "the scenes PBT selects on; mean over seeds; a population's score is its best member's):",
+            "",
+        ]
+        out += [
+            "| arm | at 1,024,000 env steps in total | at 4,096,000 | at the rule run's wall time | "
+            "at the population's wall time |",
+            "|---|---|---|---|---|",
+        ]
         rule_wall = {s: r["summary"]["time"].get("elapsed_s") for s, r in rule.items()}
         for arm in ARMS:
             runs = data.get((arm, recipe), {})
@@ -255,9 +306,11 @@ def report() -> str:
             if arm in ("fixed", "rule"):
                 final = [float(r["eval"]["scores"][-1]) for r in runs.values()]
                 used = [int(r["eval"]["timesteps"][-1]) for r in runs.values()]
-                out.append(f"| {LABEL[arm]} | {np.mean(final):.3f} (last evaluation; at {int(np.mean(used)):,} steps "
-                           f"on average) | (budget 1,024,000) | "
-                           f"{np.mean(final) if arm == 'rule' else float('nan'):.3f} | {np.mean(final):.3f} (finished) |")
+                out.append(
+                    f"| {LABEL[arm]} | {np.mean(final):.3f} (last evaluation; at {int(np.mean(used)):,} steps "
+                    f"on average) | (budget 1,024,000) | "
+                    f"{np.mean(final) if arm == 'rule' else float('nan'):.3f} | {np.mean(final):.3f} (finished) |"
+                )
                 continue
             at1, at4, atw = [], [], []
             for s, r in runs.items():
@@ -268,8 +321,10 @@ def report() -> str:
                 if rule_wall.get(s) and "resumed" not in r["summary"]:
                     mask = secs <= rule_wall[s]
                     atw.append(best[mask].max() if mask.any() else 0.0)
-            out.append(f"| {LABEL[arm]} | {np.mean(at1):.3f} (members at {int(steps[k] / 4):,} each) | "
-                       f"{np.mean(at4):.3f} | {np.mean(atw) if atw else float('nan'):.3f} | {np.mean(at4):.3f} |")
+            out.append(
+                f"| {LABEL[arm]} | {np.mean(at1):.3f} (members at {int(steps[k] / 4):,} each) | "
+                f"{np.mean(at4):.3f} | {np.mean(atw) if atw else float('nan'):.3f} | {np.mean(at4):.3f} |"
+            )
         out.append("")
     text = "\n".join(out)
     (RESULTS / "tables.md").write_text(text + "\n")
@@ -303,8 +358,14 @@ def plots(data) -> None:
                     axes[row, 0].plot(t, r["eval"]["scores"], color=colors[arm], alpha=0.6, lw=1, label=lab)
                     w = r["summary"]["time"].get("elapsed_s")
                     if w:
-                        axes[row, 1].plot(np.linspace(0, w, len(t) + 1)[1:], r["eval"]["scores"], color=colors[arm],
-                                          alpha=0.6, lw=1, label=lab)
+                        axes[row, 1].plot(
+                            np.linspace(0, w, len(t) + 1)[1:],
+                            r["eval"]["scores"],
+                            color=colors[arm],
+                            alpha=0.6,
+                            lw=1,
+                            label=lab,
+                        )
                 else:
                     steps, best, secs = pop_curve(r)
                     axes[row, 0].plot(steps, best, color=colors[arm], alpha=0.6, lw=1, label=lab)
@@ -322,8 +383,16 @@ def plots(data) -> None:
     fig.savefig(RESULTS / "curves.png", dpi=100)
     plt.close(fig)
 
-    knobs = ["learning_rate", "success_bonus", "collision_penalty", "action_std", "ent_coef", "clip_range",
-             "critic_lr", "progress_scale"]
+    knobs = [
+        "learning_rate",
+        "success_bonus",
+        "collision_penalty",
+        "action_std",
+        "ent_coef",
+        "clip_range",
+        "critic_lr",
+        "progress_scale",
+    ]
     for recipe in RECIPES:
         fig, axes = plt.subplots(len(knobs), 1, figsize=(8, 1.6 * len(knobs)), sharex=True)
         for ax, knob in zip(axes, knobs, strict=True):
@@ -332,8 +401,15 @@ def plots(data) -> None:
                     pts = [(s, k[knob]) for s, k in _knob_rows(r, arm) if knob in k]
                     if pts:
                         xs, ys = zip(*pts, strict=True)
-                        ax.step(xs, ys, where="post", color=colors[arm], alpha=0.5, lw=1,
-                                label=LABEL[arm] if j == 0 else None)
+                        ax.step(
+                            xs,
+                            ys,
+                            where="post",
+                            color=colors[arm],
+                            alpha=0.5,
+                            lw=1,
+                            label=LABEL[arm] if j == 0 else None,
+                        )
             ax.set_ylabel(knob, fontsize=7)
             if knob == "ent_coef":
                 ax.set_yscale("symlog", linthresh=1e-4)
@@ -365,15 +441,28 @@ def main() -> None:
         print(report())
 
 
-
 def knob_summary() -> str:
     """Final knobs (median over seeds) of the rule-managed runs and of the populations' best members, and
     two checks on the populations: configs outside the knob bounds, action std reset at restores."""
     data = load()
     bounds = {"action_std": 2.0, "collision_penalty": 100.0, "success_bonus": 50.0, "progress_scale": 50.0}
-    out = ["| start | arm | " + " | ".join(["learning_rate", "critic_lr", "ent_coef", "clip_range", "action_std",
-                                           "collision_penalty", "success_bonus", "progress_scale"]) + " |",
-           "|---" * 10 + "|"]
+    out = [
+        "| start | arm | "
+        + " | ".join(
+            [
+                "learning_rate",
+                "critic_lr",
+                "ent_coef",
+                "clip_range",
+                "action_std",
+                "collision_penalty",
+                "success_bonus",
+                "progress_scale",
+            ]
+        )
+        + " |",
+        "|---" * 10 + "|",
+    ]
     checks = []
     for recipe in RECIPES:
         for arm in ("rule", "pbt4", "pb24"):
@@ -384,10 +473,21 @@ def knob_summary() -> str:
                     finals.append(rows[-1][1])
             if not finals:
                 continue
-            names = ["learning_rate", "critic_lr", "ent_coef", "clip_range", "action_std", "collision_penalty",
-                     "success_bonus", "progress_scale"]
-            out.append(f"| {recipe} | {LABEL[arm]} | " + " | ".join(
-                f"{np.median([f[n] for f in finals if n in f]):.3g}" for n in names) + " |")
+            names = [
+                "learning_rate",
+                "critic_lr",
+                "ent_coef",
+                "clip_range",
+                "action_std",
+                "collision_penalty",
+                "success_bonus",
+                "progress_scale",
+            ]
+            out.append(
+                f"| {recipe} | {LABEL[arm]} | "
+                + " | ".join(f"{np.median([f[n] for f in finals if n in f]):.3g}" for n in names)
+                + " |"
+            )
         for arm in ("pbt4", "pb24"):
             over = total = resets = windows = 0
             for _, r in sorted(data.get((arm, recipe), {}).items()):
@@ -400,9 +500,12 @@ def knob_summary() -> str:
                         windows += 1
                         resets += abs(stds[i] - stds[i - per]) < 1e-3 and abs(stds[i - 1] - stds[i - per]) > 3e-3
             if total:
-                checks.append(f"{recipe} {dict(pbt4='PBT(4)', pb24='PB2(4)')[arm]}, all members: {over}/{total} members end with a config value beyond a "
-                              f"knob bound (written clamped); at {resets}/{windows} perturbation boundaries the action std, "
-                              f"having drifted > 0.003 in training, is back within 0.001 of the previous window's start")
+                checks.append(
+                    f"{recipe} {dict(pbt4='PBT(4)', pb24='PB2(4)')[arm]}, all members: {over}/{total} members "
+                    "end with a config value beyond a "
+                    f"knob bound (written clamped); at {resets}/{windows} perturbation boundaries the action std, "
+                    f"having drifted > 0.003 in training, is back within 0.001 of the previous window's start"
+                )
     return "\n".join(out) + "\n\n" + "\n".join(f"- {c}" for c in checks)
 
 

@@ -32,7 +32,9 @@ space = search_space(run)
 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 start = time.time()
 try:
-    tuner = tune.Tuner.restore(str(out / kind), trainable=tune.with_resources(SB3Member, {"cpu": 1}), resume_errored=True)
+    tuner = tune.Tuner.restore(
+        str(out / kind), trainable=tune.with_resources(SB3Member, {"cpu": 1}), resume_errored=True
+    )
     grid = tuner.fit()
 finally:
     ray.shutdown()
@@ -41,15 +43,19 @@ members = []
 for index, result in enumerate(grid):
     df = result.metrics_dataframe
     knob_cols = [c for c in df.columns if c.startswith("knob/")]
-    members.append({
-        "member": index,
-        "final_score": float(df[SCORE].iloc[-1]),
-        "env_steps": int(df["steps_trained"].max()),
-        "config": {k: v for k, v in result.config.items() if k in space},
-        "trajectory": [[int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]
-                       for _, row in df.iterrows()],
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
-    })
+    members.append(
+        {
+            "member": index,
+            "final_score": float(df[SCORE].iloc[-1]),
+            "env_steps": int(df["steps_trained"].max()),
+            "config": {k: v for k, v in result.config.items() if k in space},
+            "trajectory": [
+                [int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]
+                for _, row in df.iterrows()
+            ],
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        }
+    )
 best = max(members, key=lambda m: m["final_score"])
 with tempfile.TemporaryDirectory() as tmp:
     env, model, actuators = _model(run, 0, Path(tmp))
@@ -59,13 +65,24 @@ with tempfile.TemporaryDirectory() as tmp:
     heldout = heldout_evaluation(model, run, 240)
     env.close()
 summary = {
-    "env_id": run["env_id"], "algo": run["algo"], "recipe": run.get("recipe_name", ""), "seed": run["seed"],
-    "scheduler": kind, "population": len(members), "perturb_every": 4, "timesteps": 1_024_000,
-    "env_steps_total": sum(m["env_steps"] for m in members), "wall_time_s": round(wall, 2),
+    "env_id": run["env_id"],
+    "algo": run["algo"],
+    "recipe": run.get("recipe_name", ""),
+    "seed": run["seed"],
+    "scheduler": kind,
+    "population": len(members),
+    "perturb_every": 4,
+    "timesteps": 1_024_000,
+    "env_steps_total": sum(m["env_steps"] for m in members),
+    "wall_time_s": round(wall, 2),
     "resumed": "Tuner.restore(resume_errored=True) after a worker start failure; wall_time_s is the resumed part",
-    "best_member": best["member"], "heldout": heldout, "members": members,
+    "best_member": best["member"],
+    "heldout": heldout,
+    "members": members,
 }
 write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
 held = heldout["deterministic/all"]
-print(f"{kind}: best member {best['member']}, held-out safe success {held['safe_success_rate']}, "
-      f"violation {held['violation_rate']}; {summary['env_steps_total']} env steps; resumed part {wall:.0f} s")
+print(
+    f"{kind}: best member {best['member']}, held-out safe success {held['safe_success_rate']}, "
+    f"violation {held['violation_rate']}; {summary['env_steps_total']} env steps; resumed part {wall:.0f} s"
+)
