@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from rl_manager.io import write_text_atomic
-from rl_manager.population import SCORE, SB3Member, _model, search_space
+from rl_manager.population import SB3Member, _model, collect_members, search_space
 from rl_manager.train import heldout_evaluation
 
 out = Path(sys.argv[1]).resolve()
@@ -39,23 +39,7 @@ try:
 finally:
     ray.shutdown()
 wall = time.time() - start
-members = []
-for index, result in enumerate(grid):
-    df = result.metrics_dataframe
-    knob_cols = [c for c in df.columns if c.startswith("knob/")]
-    members.append(
-        {
-            "member": index,
-            "final_score": float(df[SCORE].iloc[-1]),
-            "env_steps": int(df["steps_trained"].max()),
-            "config": {k: v for k, v in result.config.items() if k in space},
-            "trajectory": [
-                [int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]
-                for _, row in df.iterrows()
-            ],
-            "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        }
-    )
+members = collect_members(grid, space)
 best = max(members, key=lambda m: m["final_score"])
 with tempfile.TemporaryDirectory() as tmp:
     env, model, actuators = _model(run, 0, Path(tmp))

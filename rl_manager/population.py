@@ -186,6 +186,29 @@ def scheduler(kind: str, space: dict[str, dict[str, Any]], perturb_every: int):
     raise ValueError(f"unknown scheduler {kind!r}: pbt or pb2")
 
 
+def collect_members(grid, space: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each member of a finished Tune run: last score, env steps, config, trajectory, checkpoint."""
+    members = []
+    for index, result in enumerate(grid):  # (the "member" key is copied from the donor on exploit)
+        df = result.metrics_dataframe
+        knob_cols = [c for c in df.columns if c.startswith("knob/")]
+        members.append(
+            {
+                "member": index,
+                "final_score": float(df[SCORE].iloc[-1]),
+                # what this member trained (a copy rewinds its step count to the donor's)
+                "env_steps": int(df["steps_trained"].max()),
+                "config": {k: v for k, v in result.config.items() if k in space},
+                "trajectory": [
+                    [int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]
+                    for _, row in df.iterrows()
+                ],
+                "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            }
+        )
+    return sorted(members, key=lambda m: m["member"])
+
+
 def run_population(
     run: dict[str, Any],
     out: Path,
@@ -236,25 +259,7 @@ def run_population(
         if started:
             ray.shutdown()
     wall = time.time() - start
-    members = []
-    for index, result in enumerate(grid):  # (the "member" key is copied from the donor on exploit)
-        df = result.metrics_dataframe
-        knob_cols = [c for c in df.columns if c.startswith("knob/")]
-        members.append(
-            {
-                "member": index,
-                "final_score": float(df[SCORE].iloc[-1]),
-                # what this member trained (a copy rewinds its step count to the donor's)
-                "env_steps": int(df["steps_trained"].max()),
-                "config": {k: v for k, v in result.config.items() if k in space},
-                "trajectory": [
-                    [int(row["env_steps"]), float(row[SCORE]), {c[5:]: float(row[c]) for c in knob_cols}]
-                    for _, row in df.iterrows()
-                ],
-                "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            }
-        )
-    members.sort(key=lambda m: m["member"])
+    members = collect_members(grid, space)
     best = max(members, key=lambda m: m["final_score"])
     with tempfile.TemporaryDirectory() as tmp:
         env, model, actuators = _model(run, 0, Path(tmp))
