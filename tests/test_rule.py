@@ -281,6 +281,17 @@ def test_under_stepping_raises_the_lr_by_1_5():
     assert out.changes[0].after / out.changes[0].before == pytest.approx(1.5)
 
 
+def test_under_stepping_waits_while_the_clip_range_binds_or_the_kl_is_noisy():
+    """A small clip range keeps the approx KL low at any LR: a clip fraction ≥ 0.1 means the LR is not
+    the bound (v4's ladder drove conservative PaperReacher runs to LR 2.3e-3 at clip fraction 0.3)."""
+    clipped = decide(_ppo_snapshot(0.003, 0.2, [0.5, 0.5, 0.51, 0.5]), RuleManager())
+    assert not any(c.knob == "learning_rate" and c.after > c.before for c in clipped.changes)
+    noisy = _ppo_snapshot(0.003, 0.03, [0.5, 0.5, 0.51, 0.5])
+    noisy.history[-2].approx_kl = 0.008  # one small KL after a normal one
+    out = decide(noisy, RuleManager())
+    assert not any(c.knob == "learning_rate" and c.after > c.before for c in out.changes)
+
+
 def test_exploding_exploration_is_cut_at_once():
     snap = _ppo_snapshot(0.01, 0.1, [0.1, 0.1, 0.1, 0.1], action_std=4.0, stds=[0.5, 1.0, 2.0, 4.0])
     snap.knobs.append(

@@ -56,7 +56,11 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        at its floor only where exploration is
                        not measured); success flat; return
                        not improving (†)
- 11    under-stepping  PPO: approx KL < target/2               LR ×1.5 (rl_games' KL-adaptive rule)
+ 11    under-stepping  PPO: approx KL < target/2 and clip      LR ×1.5 (rl_games' KL-adaptive rule)
+                       fraction < ``healthy_clip`` at both of
+                       the last 2 boundaries (a clip fraction
+                       that high means the clip range, not the
+                       LR, bounds the update)
  12    stuck           success flat below 0.1 for 3            LR sits in the lower half of its (log)
                        evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
                        the budget used, return not             exploration ×2 when at its floor (the
@@ -143,6 +147,9 @@ class RuleManager(Manager):
         rule raises the LR below half of it, as KL-adaptive schedules do).
     :param diverge_kl_factor: approx KL above ``diverge_kl_factor × target_kl`` counts as diverging.
     :param starved_clip: clip fraction under which (with approx KL < target/4) a PPO run is starved.
+    :param healthy_clip: clip fraction from which the clip range bounds a PPO update: the
+        under-stepping rule does not raise the LR then, whatever the approx KL (a small clip range
+        keeps the KL low at any LR).
     :param bold_lr: LR factor of the starved state's combined move.
     :param max_ratio: largest cost-penalty/success-bonus ratio (and its inverse) the manager builds.
     :param solving_success: (unsafe) success rate from which the task counts as being solved.
@@ -165,6 +172,7 @@ class RuleManager(Manager):
         target_kl: float = 0.01,
         diverge_kl_factor: float = 8.0,
         starved_clip: float = 0.01,
+        healthy_clip: float = 0.1,
         bold_lr: float = 3.0,
         max_ratio: float = 2.0,
         solving_success: float = 0.2,
@@ -182,6 +190,7 @@ class RuleManager(Manager):
         self.target_kl = target_kl
         self.kl_limit = diverge_kl_factor * target_kl
         self.starved_clip = starved_clip
+        self.healthy_clip = healthy_clip
         self.bold_lr = bold_lr
         self.max_ratio = max_ratio
         self.solving_success = solving_success
@@ -729,13 +738,18 @@ class RuleManager(Manager):
         return changes
 
     def _under_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        kl = self._kl(s, 1)
-        if not kl or kl[-1] >= self.target_kl / 2:
+        """Both trust-region signals small at the last 2 boundaries (one noisy update is no trend)."""
+        kl = self._kl(s)
+        clip = [r.clip_fraction for r in s.history[-2:] if finite(r.clip_fraction)] or [s.health.clip_fraction]
+        if len(kl) < 2 or max(kl) >= self.target_kl / 2:
+            return None
+        if any(finite(c) and c >= self.healthy_clip for c in clip):
             return None
         return self._adjust(
             menu,
             [("learning_rate", "up", 1.5)],
-            f"approx KL {kl[-1]:.2g} below half its target {self.target_kl:g}: the learning rate under-steps",
+            f"approx KL {max(kl):.2g} below half its target {self.target_kl:g} and clip fraction under "
+            f"{self.healthy_clip:g} at the last 2 evaluations: the learning rate under-steps",
             "approx KL closer to its target, faster progress",
         )
 
