@@ -380,6 +380,23 @@ def test_plateau_decay_is_not_compounded_unless_it_helped():
     assert [c.knob for c in decide(_plateaued_run([decay("improved")]), RuleManager()).changes] == ["learning_rate"]
 
 
+def test_ppo_plateau_decays_the_lr_only_while_updates_are_large():
+    """A PPO plateau at approx KL below its target is no reason to halve the LR (v4/v6 tuned runs lost
+    0.06-0.19 after such decays); at a KL above its target (reckless runs) the decay stays."""
+
+    def ppo_plateau(kl: float):
+        snap = _plateaued_run()
+        snap.algo = "ppo"
+        for row in snap.history:
+            row.approx_kl, row.clip_fraction = kl, 0.3 if kl > 0.01 else 0.05
+        snap.health.approx_kl, snap.health.clip_fraction = kl, snap.history[-1].clip_fraction
+        return snap
+
+    assert not any(c.knob == "learning_rate" for c in decide(ppo_plateau(0.006), RuleManager()).changes)
+    large = decide(ppo_plateau(0.02), RuleManager())
+    assert [(c.knob, c.after < c.before) for c in large.changes] == [("learning_rate", True)]
+
+
 def test_trend_t_of_the_mean_return():
     from rl_manager.managers.rule import _trend_t
 

@@ -70,7 +70,12 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        ``plateau_evals`` evaluations and no    decay was measured ``improved``
                        new best mean return either, ≥ 30% of
                        the budget used, success flat, return
-                       not improving (†)
+                       not improving (†); PPO: only while the
+                       updates are large (mean approx KL of
+                       the last 2 boundaries ≥ target: halving
+                       an LR that already steps below its
+                       target only slows a run, the opposite
+                       of the under-stepping rule)
  14    otherwise       (incl. a dip within the noise)          no_action
 =====  ==============  ======================================  ==========================================
 
@@ -861,6 +866,9 @@ class RuleManager(Manager):
             return None  # the mean return still sets new bests: progress has not stopped
         if self._improving_return(s):
             return None
+        kl = self._kl(s)
+        if kl and statistics.fmean(kl) < self.target_kl:
+            return None  # small updates: the LR is not what keeps the score from rising
         return self._adjust(
             menu,
             [("learning_rate", "down", 0.5)],
