@@ -119,18 +119,30 @@ class SB3Member(tune.Trainable):
             **{f"knob/{k}": v for k, v in effective.items()},
         }
 
+    def _configured(self, config: dict[str, Any]) -> dict[str, float]:
+        """The knob values ``config`` sets (as configured, before any clamping by the model)."""
+        return {name: float(config[name]) for name in self.actuators if name in config}
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         # Tune passes this folder to load_checkpoint
         self.model.save(Path(checkpoint_dir) / "model.zip")
-        (Path(checkpoint_dir) / "steps.json").write_text(json.dumps({"num_timesteps": int(self.model.num_timesteps)}))
+        state = {"num_timesteps": int(self.model.num_timesteps), "knobs": self._configured(self.config)}
+        (Path(checkpoint_dir) / "steps.json").write_text(json.dumps(state))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        # weights and optimiser state only: the member keeps its own (perturbed) knobs ...
+        """Restore weights and optimiser state; the member keeps its own (perturbed) knobs.
+
+        A knob that is a parameter (the action std is ``log_std``) comes back with the weights. It is written
+        again only where the member's configured value differs from the one the checkpoint was trained with
+        (an exploit that perturbed it): a plain restore after a failure keeps the learned value.
+        """
         self.model.set_parameters(str(Path(checkpoint_dir) / "model.zip"), exact_match=True, device=self.model.device)
+        state = json.loads((Path(checkpoint_dir) / "steps.json").read_text())
         # the env-step count goes with the weights, as Tune's training_iteration does
-        self.model.num_timesteps = json.loads((Path(checkpoint_dir) / "steps.json").read_text())["num_timesteps"]
-        # ... written again, since the action std (log_std) is a parameter restored with the weights
-        self._apply(self.config)
+        self.model.num_timesteps = state["num_timesteps"]
+        saved = state.get("knobs")  # absent in checkpoints of older versions: write every knob
+        mine = self._configured(self.config)
+        self._apply({k: v for k, v in mine.items() if saved is None or saved.get(k) != v})
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         self._apply(new_config)
@@ -163,10 +175,21 @@ def scheduler(kind: str, space: dict[str, dict[str, Any]], perturb_every: int):
                 mutations[name] = tune.loguniform(k["low"], k["high"])
             else:
                 mutations[name] = tune.uniform(k["low"], k["high"])
+
+        def clip(config: dict[str, Any]) -> dict[str, Any]:
+            # a perturbation (value x multiplier) may leave the bounds; the model clamps what it is given,
+            # so an unclipped config would drift away from the value in effect, and later perturbations
+            # of it would have no effect
+            for name, k in space.items():
+                if name in config and not k["values"]:
+                    config[name] = min(k["high"], max(k["low"], float(config[name])))
+            return config
+
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=perturb_every,
             hyperparam_mutations=mutations,
+            custom_explore_fn=clip,
             perturbation_factors=tuple(DEFAULT_MULTIPLIERS),
             resample_probability=0.25,
             quantile_fraction=0.25,
@@ -263,9 +286,10 @@ def run_population(
     best = max(members, key=lambda m: m["final_score"])
     with tempfile.TemporaryDirectory() as tmp:
         env, model, actuators = _model(run, 0, Path(tmp))
-        model.set_parameters(str(Path(best["checkpoint"]) / "model.zip"), exact_match=True)
         for name, value in best["config"].items():
             actuators[name].write(model, float(value))
+        # after the knobs: a knob that is a parameter (the action std) comes back as learned
+        model.set_parameters(str(Path(best["checkpoint"]) / "model.zip"), exact_match=True)
         heldout = heldout_evaluation(model, run, heldout_episodes)
         env.close()
     summary = {

@@ -47,3 +47,46 @@ def test_population_perturbs_knobs_that_take_effect(tmp_path, scheduler):
             assert math.isclose(last_knobs[name], min(high, max(low, member["config"][name])), rel_tol=1e-6)
         moved |= any(not math.isclose(row[2]["learning_rate"], 3e-5) for row in member["trajectory"])
     assert moved  # a perturbation happened and was applied
+
+
+def _member(**knobs):
+    import rl_manager.envs  # noqa: F401
+
+    from rl_manager.population import SB3Member
+    from rl_manager.train import parse_overrides
+
+    recipe = load_recipe("ppo", "rl_manager/PaperReacher-v0", "conservative", None) | parse_overrides(TINY)
+    run = {"env_id": "rl_manager/PaperReacher-v0", "algo": "ppo", "recipe": recipe, "seed": 0}
+    run |= {"eval_freq": 256, "eval_episodes": 3}
+    return SB3Member(config={"run": run, "member": 0, **knobs})  # a temporary logdir, no Tune run
+
+
+def test_restore_keeps_the_learned_action_std_unless_the_member_perturbed_it(tmp_path):
+    """A plain restore (a failed worker retried) must not reset the learned log_std to the configured
+    action std; an exploit that perturbed the action std must write it (ray issue 62173's pitfall)."""
+    donor = _member(action_std=0.5, learning_rate=3e-4)
+    donor.model.policy.log_std.data += 0.3  # as if learned: the value in effect differs from the config
+    learned = donor.actuators["action_std"].read(donor.model)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    donor.save_checkpoint(str(ckpt))
+
+    same = _member(action_std=0.5, learning_rate=3e-4)
+    same.load_checkpoint(str(ckpt))
+    assert same.actuators["action_std"].read(same.model) == pytest.approx(learned)
+
+    perturbed = _member(action_std=0.25, learning_rate=1e-3)
+    perturbed.load_checkpoint(str(ckpt))
+    assert perturbed.actuators["action_std"].read(perturbed.model) == pytest.approx(0.25)
+    assert perturbed.actuators["learning_rate"].read(perturbed.model) == pytest.approx(1e-3)
+    for member in (donor, same, perturbed):
+        member.cleanup()
+
+
+def test_pbt_perturbations_stay_within_the_bounds():
+    from rl_manager.population import scheduler
+
+    space = {"learning_rate": {"value": 2e-3, "low": 1e-5, "high": 3e-3, "values": [], "scale": "log"}}
+    pbt = scheduler("pbt", space, 2)
+    assert pbt._custom_explore_fn({"learning_rate": 1e-2})["learning_rate"] == 3e-3
+    assert pbt._custom_explore_fn({"learning_rate": 1e-6})["learning_rate"] == 1e-5
