@@ -57,7 +57,9 @@ DEFAULT_ALGO = {"Fetch": "tqc", "PlanarReacher": "ppo"}
 OFF_POLICY = ("sac", "tqc", "td3", "ddpg")
 RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
 #: keys of a recipe that are not algorithm constructor arguments
-RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "policy", "manager_knobs", "targets", "env_kwargs")
+RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "vec_env", "policy", "manager_knobs", "targets", "env_kwargs")
+#: the recipe key ``vec_env``: how its ``n_envs`` copies run (``subproc``: one process each)
+VEC_ENVS = ("dummy", "subproc")
 
 
 def algo_classes() -> dict[str, type]:
@@ -425,6 +427,8 @@ def _main(args: argparse.Namespace) -> int:
         recipe_name = RECIPE_ALIASES.get(args.recipe, args.recipe)
         recipe = load_recipe(algo, env_id, args.recipe, args.hyperparams_file)
         recipe.update(parse_overrides(args.hyperparams))
+        if recipe.get("vec_env", "dummy") not in VEC_ENVS:
+            raise InputError(f"recipe key vec_env must be one of {VEC_ENVS}, not {recipe['vec_env']!r}")
         manager_name, manager_line = choose_manager(args.manager)
         if args.llm_gguf:
             if args.manager not in ("auto", "llm"):
@@ -486,7 +490,7 @@ def train(
     """Run (or resume) one training run described by ``config`` in ``run_dir``."""
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecCheckNan
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecCheckNan
 
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
     from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last, save_model
@@ -496,14 +500,18 @@ def train(
     recipe = config["recipe"]
     n_envs = int(recipe.get("n_envs", 1))
     env_kwargs = recipe.get("env_kwargs") or None
+    subproc = recipe.get("vec_env") == "subproc" and n_envs > 1
     env = make_vec_env(
-        config["env_id"],
+        # gymnasium imports the module before the "module:id" lookup: worker processes register the envs too
+        f"rl_manager.envs:{config['env_id']}" if subproc else config["env_id"],
         n_envs=n_envs,
         seed=config["seed"] + (1000 if resume else 0),
         monitor_dir=str(run_dir),
         # a resumed run appends to its episode logs
         monitor_kwargs={"info_keywords": tuple(config["info_keywords"]), "override_existing": not resume},
         env_kwargs=env_kwargs,
+        # MuJoCo steps in parallel worker processes; the manager's env knobs reach them through set_attr
+        vec_env_cls=SubprocVecEnv if subproc else None,
     )
     # a NaN/inf observation, reward or action stops training at once with a clear error, before
     # it reaches the weights (and the last checkpoint)

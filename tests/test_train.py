@@ -77,6 +77,20 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["--resume", str(tmp_path / "missing")]) == 2
 
 
+def test_subproc_vec_env_runs_the_envs_in_workers(tmp_path, capsys):
+    """``vec_env: subproc`` (the GPU machine's recipe key): the envs step in worker processes, and the
+    manager's env knobs (reward weights) are read from them."""
+    args = ["--env", "PaperReacher", "--recipe", "conservative", "-n", "512", "--eval-freq", "256"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "rule"]
+    assert main([*args, *TINY_PPO, "vec_env:subproc"]) == 0
+    run = run_dir_of(tmp_path)
+    assert json.loads((run / "summary.json").read_text())["timesteps"] == 512
+    knobs = {k.name: k.value for k in read_audit(run)[0].snapshot.knobs}
+    assert knobs["collision_penalty"] == 25.0  # read through the workers
+    assert main([*args, *TINY_PPO, "vec_env:threads"]) == 2
+    assert "vec_env must be one of" in capsys.readouterr().err
+
+
 def test_plug_in_three_lines(tmp_path):
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
