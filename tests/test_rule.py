@@ -57,6 +57,17 @@ def test_regression_rolls_back_and_consolidates_lr_down():
     assert out.knobs_after(regressed(2))["learning_rate"] == out.changes[0].after
 
 
+def test_no_second_rollback_to_a_best_that_led_nowhere():
+    """A rollback to the best of evaluation 3 that brought no new best is not repeated to the same best
+    (PaperReacher conservative s62 of v6 went back 4 times to a lucky early evaluation)."""
+    snap = regressed(6)
+    snap.position.last_rollback_at = 5  # rolled back to evaluation 3's best at evaluation 5; no new best since
+    assert "rollback_to_best" in build_action_space(snap).actions  # the gate is open again ...
+    assert not decide(snap, RuleManager()).decision.action.startswith("rollback")  # ... the rule declines
+    snap.best.evaluation_index = 7  # a new best after that rollback may be returned to
+    assert decide(snap, RuleManager()).decision.action.startswith("rollback")
+
+
 def test_nan_losses_lower_the_lr_without_a_rollback_gate():
     snap = make_snapshot()
     snap.health.critic_loss = math.nan

@@ -17,7 +17,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        ≥ ``std_ceiling``                       bonus down), no waiting
  4     regressed       rollback gate open and the drop         rollback_and_consolidate (LR down), else
                        exceeds the noise (the best's           rollback_to_best (the controller keeps the
-                       interval, or 2 binomial s.e.)           current recipe)
+                       interval, or 2 binomial s.e.); not      current recipe)
+                       again to a best that predates the last
+                       rollback (that one led to no new best)
  — warm-up (< ``min_evaluations`` evaluations) or the latest intervention still on probation
    (< ``min_measured`` evaluations measured after it): no_action —
  4b    harmed          the latest adjust was measured worse    move its knobs back toward their old values
@@ -422,6 +424,11 @@ class RuleManager(Manager):
 
     def _regression(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         if "rollback_to_best" not in menu.actions or s.best is None:
+            return None
+        last = s.position.last_rollback_at
+        if last is not None and s.best.evaluation_index < last:
+            # the last rollback returned to this best and no new best came of it: going back again only
+            # replays that failure (a lucky early evaluation drew a run back 4 times so, never to progress)
             return None
         # a rate measured on few episodes is noisy: the drop must also exceed 2 standard errors
         n = s.evaluation.n_episodes
