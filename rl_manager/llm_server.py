@@ -274,6 +274,9 @@ class LlamaServer:
     :param startup_timeout_s: seconds to wait for ``/health`` to report ready.
     :param log_path: file receiving the server's stdout and stderr (default: a temporary file,
         deleted at stop unless the start failed).
+    :param batch_size: prompt tokens per processing batch. The server checks for a cancelled request
+        between batches: with llama.cpp's default of 2,048 a request the client gave up on held the
+        only slot for ~50 s more on 2 cores, so every later request timed out behind it.
     :param extra_args: more ``llama-server`` arguments, passed as given.
     :param binary: the ``llama-server`` binary (default: :func:`find_llama_server`).
     """
@@ -290,6 +293,7 @@ class LlamaServer:
         alias: str | None = None,
         startup_timeout_s: float = 120.0,
         log_path: str | os.PathLike | None = None,
+        batch_size: int = 256,
         extra_args: Sequence[str] = (),
         binary: str | os.PathLike | None = None,
     ) -> None:
@@ -300,6 +304,8 @@ class LlamaServer:
             raise ValueError(f"threads must be >= 1, got {threads}")
         if ctx_size < 256:
             raise ValueError(f"ctx_size must be >= 256, got {ctx_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if startup_timeout_s <= 0:
             raise ValueError(f"startup_timeout_s must be > 0, got {startup_timeout_s}")
         self.binary = Path(binary) if binary is not None else find_llama_server()
@@ -308,6 +314,7 @@ class LlamaServer:
         self.chat_template = chat_template
         self.threads = threads
         self.ctx_size = ctx_size
+        self.batch_size = batch_size
         self.host = host
         self.alias = alias or self.gguf_path.stem
         self.startup_timeout_s = startup_timeout_s
@@ -378,6 +385,10 @@ class LlamaServer:
             str(self.ctx_size),
             "--parallel",
             "1",
+            "--batch-size",
+            str(self.batch_size),
+            "--ubatch-size",
+            str(self.batch_size),
         ]
         if self.chat_template is not None:
             cmd += ["--chat-template", self.chat_template, "--no-jinja"]

@@ -476,7 +476,12 @@ def _main(args: argparse.Namespace) -> int:
             from rl_manager.llm_server import LlamaServer, LlamaServerError
 
             try:
-                server = stack.enter_context(LlamaServer(config["llm_gguf"], log_path=run_dir / "llama_server.log"))
+                # sync: training waits for the decision, the server gets every core; async: one is left to training
+                cores = os.cpu_count() or 1
+                threads = max(1, cores - 1) if config.get("async_decisions") else cores
+                server = stack.enter_context(
+                    LlamaServer(config["llm_gguf"], threads=threads, log_path=run_dir / "llama_server.log")
+                )
             except LlamaServerError as exc:
                 raise InputError(str(exc)) from exc
             os.environ["RL_MANAGER_BASE_URL"], os.environ["RL_MANAGER_MODEL"] = server.base_url, server.model

@@ -132,6 +132,7 @@ def test_command_line(tmp_path):
     assert cmd[cmd.index("--chat-template") + 1] == "chatml"
     assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--threads") + 1] == "1" and cmd[cmd.index("--ctx-size") + 1] == "2048"
+    assert cmd[cmd.index("--batch-size") + 1] == "256"  # a cancelled request frees the slot within a batch
     assert "--no-jinja" not in LlamaServer(gguf, binary=sys.executable).command(1234)
 
 
