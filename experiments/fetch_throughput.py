@@ -26,7 +26,7 @@ from typing import Any
 import rl_manager.envs  # noqa: F401  (registers the env ids)
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rl_manager.train import _build_model, load_recipe
+from rl_manager.train import _build_model, load_recipe, make_train_env
 
 ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
@@ -65,15 +65,8 @@ class Clock(BaseCallback):
 
 
 def measure(name: str, args: argparse.Namespace) -> tuple[float, float]:
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import SubprocVecEnv
-
     recipe = load_recipe("tqc", ENV_ID, "tuned", None) | overrides(name)
-    n_envs = int(recipe.get("n_envs", 1))
-    subproc = recipe.get("vec_env") == "subproc" and n_envs > 1
-    env = make_vec_env(
-        f"rl_manager.envs:{ENV_ID}", n_envs=n_envs, seed=args.seed, vec_env_cls=SubprocVecEnv if subproc else None
-    )
+    env = make_train_env(ENV_ID, recipe, seed=args.seed)
     config = {"algo": "tqc", "recipe": recipe, "seed": args.seed, "tensorboard_log": None, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         model = _build_model(config, env, Path(tmp), None)

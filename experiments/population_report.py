@@ -441,26 +441,26 @@ def main() -> None:
         print(report())
 
 
+#: the knobs of the final-knob table, in column order
+KNOB_NAMES = (
+    "learning_rate",
+    "critic_lr",
+    "ent_coef",
+    "clip_range",
+    "action_std",
+    "collision_penalty",
+    "success_bonus",
+    "progress_scale",
+)
+
+
 def knob_summary() -> str:
     """Final knobs (median over seeds) of the rule-managed runs and of the populations' best members, and
     two checks on the populations: configs outside the knob bounds, action std reset at restores."""
     data = load()
     bounds = {"action_std": 2.0, "collision_penalty": 100.0, "success_bonus": 50.0, "progress_scale": 50.0}
     out = [
-        "| start | arm | "
-        + " | ".join(
-            [
-                "learning_rate",
-                "critic_lr",
-                "ent_coef",
-                "clip_range",
-                "action_std",
-                "collision_penalty",
-                "success_bonus",
-                "progress_scale",
-            ]
-        )
-        + " |",
+        "| start | arm | " + " | ".join(KNOB_NAMES) + " |",
         "|---" * 10 + "|",
     ]
     checks = []
@@ -473,19 +473,9 @@ def knob_summary() -> str:
                     finals.append(rows[-1][1])
             if not finals:
                 continue
-            names = [
-                "learning_rate",
-                "critic_lr",
-                "ent_coef",
-                "clip_range",
-                "action_std",
-                "collision_penalty",
-                "success_bonus",
-                "progress_scale",
-            ]
             out.append(
                 f"| {recipe} | {LABEL[arm]} | "
-                + " | ".join(f"{np.median([f[n] for f in finals if n in f]):.3g}" for n in names)
+                + " | ".join(f"{np.median([f[n] for f in finals if n in f]):.3g}" for n in KNOB_NAMES)
                 + " |"
             )
         for arm in ("pbt4", "pb24"):

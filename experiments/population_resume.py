@@ -5,15 +5,15 @@
 A Ray worker failed to start under a load spike (ActorUnschedulableError: worker startup repeatedly failed);
 the member errored (no max_failures) and the synchronous scheduler then waited for it forever. This restores
 the Tune experiment with ``resume_errored=True`` (the errored member restarts from its last checkpoint) and
-writes ``summary.json`` with the same code path as ``run_population`` (copied here: that function has no
-resume entry point). Tuner.restore brings back the scheduler object pickled at the start, so PBT's
-synchronous perturbation clock restarts: one exploit/explore step happens at the first boundary after the
-resume. ``wall_time_s`` is the resumed part only; the first part's time is in ``time_first_part.txt``.
+writes ``summary.json`` as ``run_population`` does (that function has no resume entry point; the
+held-out evaluation is the shared :func:`~rl_manager.population.best_heldout`). Tuner.restore brings
+back the scheduler object pickled at the start, so PBT's synchronous perturbation clock restarts: one
+exploit/explore step happens at the first boundary after the resume. ``wall_time_s`` is the resumed part
+only; the first part's time is in ``time_first_part.txt``.
 """
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,8 +21,7 @@ import ray
 from ray import tune
 
 from rl_manager.io import write_text_atomic
-from rl_manager.population import SB3Member, _model, collect_members, search_space
-from rl_manager.train import heldout_evaluation
+from rl_manager.population import SB3Member, best_heldout, collect_members, search_space
 
 out = Path(sys.argv[1]).resolve()
 kind = "pbt" if (out / "pbt").exists() else "pb2"
@@ -41,13 +40,7 @@ finally:
 wall = time.time() - start
 members = collect_members(grid, space)
 best = max(members, key=lambda m: m["final_score"])
-with tempfile.TemporaryDirectory() as tmp:
-    env, model, actuators = _model(run, 0, Path(tmp))
-    model.set_parameters(str(Path(best["checkpoint"]) / "model.zip"), exact_match=True)
-    for name, value in best["config"].items():
-        actuators[name].write(model, float(value))
-    heldout = heldout_evaluation(model, run, 240)
-    env.close()
+heldout = best_heldout(run, best, 240)
 summary = {
     "env_id": run["env_id"],
     "algo": run["algo"],

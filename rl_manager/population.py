@@ -232,6 +232,22 @@ def collect_members(grid, space: dict[str, dict[str, Any]]) -> list[dict[str, An
     return sorted(members, key=lambda m: m["member"])
 
 
+def best_heldout(run: dict[str, Any], best: dict[str, Any], episodes: int) -> dict[str, Any]:
+    """The held-out evaluation of a member (from :func:`collect_members`): its knobs, then its checkpoint."""
+    from rl_manager.train import heldout_evaluation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env, model, actuators = _model(run, 0, Path(tmp))
+        try:
+            for name, value in best["config"].items():
+                actuators[name].write(model, float(value))
+            # after the knobs: a knob that is a parameter (the action std) comes back as learned
+            model.set_parameters(str(Path(best["checkpoint"]) / "model.zip"), exact_match=True)
+            return heldout_evaluation(model, run, episodes)
+        finally:
+            env.close()
+
+
 def run_population(
     run: dict[str, Any],
     out: Path,
@@ -250,7 +266,6 @@ def run_population(
     import ray
 
     from rl_manager.io import write_text_atomic
-    from rl_manager.train import heldout_evaluation
 
     space = search_space(run)
     param_space = {name: k["value"] for name, k in space.items()}
@@ -284,14 +299,7 @@ def run_population(
     wall = time.time() - start
     members = collect_members(grid, space)
     best = max(members, key=lambda m: m["final_score"])
-    with tempfile.TemporaryDirectory() as tmp:
-        env, model, actuators = _model(run, 0, Path(tmp))
-        for name, value in best["config"].items():
-            actuators[name].write(model, float(value))
-        # after the knobs: a knob that is a parameter (the action std) comes back as learned
-        model.set_parameters(str(Path(best["checkpoint"]) / "model.zip"), exact_match=True)
-        heldout = heldout_evaluation(model, run, heldout_episodes)
-        env.close()
+    heldout = best_heldout(run, best, heldout_episodes)
     summary = {
         "env_id": run["env_id"],
         "algo": run["algo"],

@@ -489,13 +489,35 @@ def _main(args: argparse.Namespace) -> int:
         return train(config, run_dir, resume=bool(args.resume), progress=args.progress, verbose=args.verbose)
 
 
+def make_train_env(env_id: str, recipe: dict[str, Any], seed: int, **kwargs: Any):
+    """The recipe's ``n_envs`` training envs, in worker processes when its ``vec_env`` is ``subproc``.
+
+    :param kwargs: more :func:`~stable_baselines3.common.env_util.make_vec_env` arguments (monitor files).
+    """
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    n_envs = int(recipe.get("n_envs", 1))
+    subproc = recipe.get("vec_env") == "subproc" and n_envs > 1
+    return make_vec_env(
+        # gymnasium imports the module before the "module:id" lookup: worker processes register the envs too
+        f"rl_manager.envs:{env_id}" if subproc else env_id,
+        n_envs=n_envs,
+        seed=seed,
+        env_kwargs=recipe.get("env_kwargs") or None,
+        # MuJoCo steps in parallel worker processes; the manager's env knobs reach them through set_attr
+        vec_env_cls=SubprocVecEnv if subproc else None,
+        **kwargs,
+    )
+
+
 def train(
     config: dict[str, Any], run_dir: Path, *, resume: bool = False, progress: bool = False, verbose: int = 1
 ) -> int:
     """Run (or resume) one training run described by ``config`` in ``run_dir``."""
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import SubprocVecEnv, VecCheckNan
+    from stable_baselines3.common.vec_env import VecCheckNan
 
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
     from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last, save_model
@@ -505,18 +527,13 @@ def train(
     recipe = config["recipe"]
     n_envs = int(recipe.get("n_envs", 1))
     env_kwargs = recipe.get("env_kwargs") or None
-    subproc = recipe.get("vec_env") == "subproc" and n_envs > 1
-    env = make_vec_env(
-        # gymnasium imports the module before the "module:id" lookup: worker processes register the envs too
-        f"rl_manager.envs:{config['env_id']}" if subproc else config["env_id"],
-        n_envs=n_envs,
+    env = make_train_env(
+        config["env_id"],
+        recipe,
         seed=config["seed"] + (1000 if resume else 0),
         monitor_dir=str(run_dir),
         # a resumed run appends to its episode logs
         monitor_kwargs={"info_keywords": tuple(config["info_keywords"]), "override_existing": not resume},
-        env_kwargs=env_kwargs,
-        # MuJoCo steps in parallel worker processes; the manager's env knobs reach them through set_attr
-        vec_env_cls=SubprocVecEnv if subproc else None,
     )
     # a NaN/inf observation, reward or action stops training at once with a clear error, before
     # it reaches the weights (and the last checkpoint)
