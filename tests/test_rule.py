@@ -247,13 +247,21 @@ def _with_weights(snap, penalty: float, bonus: float):
     return snap
 
 
-def test_unsafe_penalty_never_exceeds_max_ratio_times_the_bonus():
+def test_unsafe_moves_the_reward_toward_balance_never_past_it():
+    """Rule v9. The unsafe raise of a balanced reward (penalty 5 → 10 next to a bonus of 5 on PaperReacher's
+    tuned recipe, 10 → 20 next to 10 on PlanarReacher's) ended below the fixed run in 5 of 7 PaperReacher
+    cases of the v4–v8 grids; and a second raise of a rebalanced reward (3 / 5) went to 9 / 2.5, past
+    ``max_ratio``, because the bonus was lowered against the penalty's old value."""
+    balanced = decide(_with_weights(_unsafe_snapshot([0.4] * 4, [0.4] * 4), 5.0, 5.0), RuleManager())
+    assert not any(c.knob in ("collision_penalty", "success_bonus") for c in balanced.changes)
     capped = decide(_with_weights(_unsafe_snapshot([0.4] * 4, [0.4] * 4), 10.0, 5.0), RuleManager())
     assert not any(c.knob == "collision_penalty" and c.after > c.before for c in capped.changes)
-    cheap = decide(_with_weights(_unsafe_snapshot([0.4] * 4, [0.4] * 4), 1.0, 10.0), RuleManager())
-    moved = {c.knob: (c.before, c.after) for c in cheap.changes}
-    assert moved["collision_penalty"][1] > 1.0 and moved["success_bonus"][1] < 10.0  # toward balance
-    assert moved["collision_penalty"][1] <= 2.0 * moved["success_bonus"][1]
+    for penalty, bonus in ((1.0, 10.0), (3.0, 5.0)):
+        cheap = decide(_with_weights(_unsafe_snapshot([0.4] * 4, [0.4] * 4), penalty, bonus), RuleManager())
+        moved = {c.knob: c.after for c in cheap.changes}
+        new_penalty, new_bonus = moved.get("collision_penalty", penalty), moved.get("success_bonus", bonus)
+        assert new_penalty > penalty  # toward balance ...
+        assert new_penalty <= new_bonus * (1 + 1e-9)  # ... never past it
 
 
 def _ppo_snapshot(kl: float, clip: float, successes, action_std=None, stds=None):
@@ -493,8 +501,12 @@ def test_unsafe_at_the_penalty_cap_does_not_slow_a_healthy_run_down():
     snap.knobs[1].value = 0.005
     out = decide(snap, RuleManager())
     assert not out.changes, out.decision.reason
-    for i, r in enumerate(snap.history):  # exploration grown past its start: cut it
+    for i, r in enumerate(snap.history):  # exploration grown past its start, below the exploding rule's bar
         r.action_std = 0.9 + 0.2 * i
+    # v9: next to a success bonus the reward weights are the safety lever; at their bound the rule stops
+    assert not decide(snap, RuleManager()).changes
+    snap.knobs.remove(bonus)  # no bonus to balance against and the penalty at its bound: exploration comes down
+    next(k for k in snap.knobs if k.name == "collision_penalty").value = 20.0
     out = decide(snap, RuleManager())
     assert out.changes and all(c.after < c.before for c in out.changes)
 

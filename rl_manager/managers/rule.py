@@ -36,13 +36,14 @@ rule uses the knobs of that role that the menu offers, in menu order.
  6b    starved         no approx KL (off-policy): success      the same bold combined move: LR
        (off-policy)    < 0.05 on 3 evaluations, LR in the      ×``bold_lr`` and exploration ×2 when at
                        lower half of its (log) range           its floor or collapsed
- 7     unsafe          the task is being solved (success ≥     cost penalty up (×2), capped at
-                       ``solving_success``) and violations     ``max_ratio`` × the success bonus, else
-                       are high for the run: violation rate    success bonus down toward the penalty,
-                       above the target and ≥ half the         else exploration down under a
-                       success rate, on the last 2             ``cost_limit`` or once the action std grew
-                       evaluations, and not falling; or the    past its start; never LR down (it only
-                       episode cost over ``cost_limit`` on 2   slows a learning policy)
+ 7     unsafe          the task is being solved (success ≥     cost penalty up (×2; ×3 capped at
+                       ``solving_success``) and violations     ``unsafe_ratio`` × the success bonus where
+                       are high for the run: violation rate    one exists: toward balance, never past
+                       above the target and ≥ half the         it), success bonus down toward the
+                       success rate, on the last 2             penalty, else exploration down under a
+                       evaluations, and not falling; or the    ``cost_limit`` or (without a bonus) once
+                       episode cost over ``cost_limit`` on 2   the action std grew past its start; never
+                                                               LR down (it only slows a learning policy)
                        evaluations, once solving or while the  (not again while the latest measured
                        entropy bonus is far above usual        safety move left the cost within 10% of
                                                                its level and the cost is not rising
@@ -159,6 +160,8 @@ class RuleManager(Manager):
         keeps the KL low at any LR).
     :param bold_lr: LR factor of the starved state's combined move.
     :param max_ratio: largest cost-penalty/success-bonus ratio (and its inverse) the manager builds.
+    :param unsafe_ratio: largest cost-penalty/success-bonus ratio the *unsafe* rule raises the penalty to
+        (balance by default: it rebalances a lopsided reward and leaves a balanced one alone).
     :param solving_success: (unsafe) success rate from which the task counts as being solved.
     :param explode_ratio: action std this many times its first recorded value counts as exploding.
     :param std_ceiling: action std above which exploration counts as exploding in any case.
@@ -182,6 +185,7 @@ class RuleManager(Manager):
         healthy_clip: float = 0.1,
         bold_lr: float = 3.0,
         max_ratio: float = 2.0,
+        unsafe_ratio: float = 1.0,
         solving_success: float = 0.2,
         explode_ratio: float = 3.0,
         std_ceiling: float = 3.0,
@@ -200,6 +204,7 @@ class RuleManager(Manager):
         self.healthy_clip = healthy_clip
         self.bold_lr = bold_lr
         self.max_ratio = max_ratio
+        self.unsafe_ratio = unsafe_ratio
         self.solving_success = solving_success
         self.explode_ratio = explode_ratio
         self.std_ceiling = std_ceiling
@@ -524,14 +529,18 @@ class RuleManager(Manager):
         )
         expected = SAFETY_OUTCOME
         penalty, bonus = self._weights(s)
+        weighed = penalty is not None and bonus is not None and bonus.value > 0
         changes: list[KnobChange] = []
         if penalty is not None:
-            cap = self.max_ratio * bonus.value if bonus is not None and bonus.value > 0 else None
-            change = self._change(menu, "cost_penalty", "up", 2.0 if bonus is None or cap is None else 3.0, cap=cap)
+            # next to a success bonus the penalty rises toward balance, never past it: a balanced reward is the
+            # recipe's choice and its violations at mid-training are the run's own level
+            cap = self.unsafe_ratio * bonus.value if weighed else None
+            change = self._change(menu, "cost_penalty", "up", 3.0 if weighed else 2.0, cap=cap)
             if change is not None:
                 changes.append(change)
-            if bonus is not None and penalty.value < bonus.value:  # a cheap violation next to a large bonus
-                floor = penalty.value / self.max_ratio
+            new_penalty = change.value if change is not None else penalty.value
+            if weighed and new_penalty < bonus.value:  # a cheap violation next to a large bonus
+                floor = new_penalty / self.unsafe_ratio  # the ratio stays within bounds after both moves
                 option = self._named_option(menu, bonus.name, "down", 0.5, floor=floor)
                 if option is not None:
                     changes.append(KnobChange(knob=bonus.name, value=option.value))
@@ -544,7 +553,7 @@ class RuleManager(Manager):
         # start; a lower LR (or, without a constraint, less exploration than the recipe's own) only slows
         # a learning policy down: its cost is the run's own level
         stds = [r.action_std for r in s.history if finite(r.action_std)]
-        if constrained or (len(stds) >= 2 and stds[-1] > stds[0]):
+        if constrained or (not weighed and len(stds) >= 2 and stds[-1] > stds[0]):
             return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
         return None
 
