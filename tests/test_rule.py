@@ -568,3 +568,22 @@ def test_no_overfitting_while_the_training_loss_is_above_the_validation_loss():
 
     assert "overfitting" not in decide(snap([5.6, 5.5, 5.4, 5.3]), RuleManager()).decision.reason
     assert "overfitting" in decide(snap([4.9, 4.8, 4.7, 4.6]), RuleManager()).decision.reason
+
+
+def test_clip_bound_widens_a_tight_clip_range_up_to_the_usual_one():
+    """Rule v10. The conservative PaperReacher recipe's clip range of 0.1 holds the approx KL at 1-3e-3 while
+    10-19% of the samples clip (v9, seed 84): the under-stepping LR ladder stalls and the run ends at 0.73."""
+    snap = _ppo_snapshot(0.002, 0.12, [0.2, 0.2, 0.21, 0.2])
+    clip = KnobSpec(
+        name="clip_range", value=0.1, low=0.05, high=0.4, values=[0.05, 0.1, 0.15, 0.2, 0.3], role="clip_range"
+    )
+    snap.knobs.append(clip)
+    out = decide(snap, RuleManager())
+    assert [(c.knob, c.after) for c in out.changes] == [("clip_range", 0.15)]
+    clip.value = 0.2  # at the usual clip range: the rule leaves it there
+    assert not any(c.knob == "clip_range" for c in decide(snap, RuleManager()).changes)
+    clip.value = 0.1
+    for r in snap.history:  # a clip fraction under healthy_clip: the LR, not the clip range, is the bound
+        r.clip_fraction = 0.03
+    snap.health.clip_fraction = 0.03
+    assert [c.knob for c in decide(snap, RuleManager()).changes] == ["learning_rate"]

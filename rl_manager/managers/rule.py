@@ -64,6 +64,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        the last 2 boundaries (a clip fraction
                        that high means the clip range, not the
                        LR, bounds the update)
+ 11b   clip-bound      PPO: approx KL < target/2 at the last   clip range ×1.5, up to ``clip_cap`` (a
+                       2 boundaries while the clip fraction    clip range of 0.1 holds the KL low at any
+                       reaches ``healthy_clip`` at one of      LR: the LR ladder stalls behind it)
+                       them
  12    stuck           success flat below 0.1 for 3            LR sits in the lower half of its (log)
                        evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
                        the budget used, return not             exploration ×2 when at its floor (the
@@ -158,6 +162,7 @@ class RuleManager(Manager):
     :param healthy_clip: clip fraction from which the clip range bounds a PPO update: the
         under-stepping rule does not raise the LR then, whatever the approx KL (a small clip range
         keeps the KL low at any LR).
+    :param clip_cap: largest PPO clip range the *clip-bound* rule raises it to (PPO's usual 0.2).
     :param bold_lr: LR factor of the starved state's combined move.
     :param max_ratio: largest cost-penalty/success-bonus ratio (and its inverse) the manager builds.
     :param unsafe_ratio: largest cost-penalty/success-bonus ratio the *unsafe* rule raises the penalty to
@@ -183,6 +188,7 @@ class RuleManager(Manager):
         diverge_kl_factor: float = 8.0,
         starved_clip: float = 0.01,
         healthy_clip: float = 0.1,
+        clip_cap: float = 0.2,
         bold_lr: float = 3.0,
         max_ratio: float = 2.0,
         unsafe_ratio: float = 1.0,
@@ -202,6 +208,7 @@ class RuleManager(Manager):
         self.kl_limit = diverge_kl_factor * target_kl
         self.starved_clip = starved_clip
         self.healthy_clip = healthy_clip
+        self.clip_cap = clip_cap
         self.bold_lr = bold_lr
         self.max_ratio = max_ratio
         self.unsafe_ratio = unsafe_ratio
@@ -246,6 +253,7 @@ class RuleManager(Manager):
             (self._overfitting, self.min_measured),
             (self._collapse, self.min_measured),
             (self._under_stepping, 1),
+            (self._clip_bound, 1),
             (self._learning, 0),
             (self._stuck, self.min_measured),
             (self._plateau, self.min_measured),
@@ -772,6 +780,28 @@ class RuleManager(Manager):
             f"approx KL {max(kl):.2g} below half its target {self.target_kl:g} and clip fraction under "
             f"{self.healthy_clip:g} at the last 2 evaluations: the learning rate under-steps",
             "approx KL closer to its target, faster progress",
+        )
+
+    def _clip_bound(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        """Small approx KL at the last 2 boundaries while the clip fraction is high: the policy reaches the
+        clip boundary on many samples, so a larger LR only clips more; the clip range is the bound."""
+        kl = self._kl(s)
+        clip = [r.clip_fraction for r in s.history[-2:] if finite(r.clip_fraction)]
+        if len(kl) < 2 or max(kl) >= self.target_kl / 2 or not any(c >= self.healthy_clip for c in clip):
+            return None
+        knob = menu.knob("clip_range")
+        if knob is None or "adjust" not in menu.actions:
+            return None
+        option = self._option(knob, "up", 1.5, base=knob.current, cap=self.clip_cap)
+        if option is None:
+            return None
+        return Adjust(
+            changes=[KnobChange(knob=knob.name, value=option.value)],
+            reason=(
+                f"clip-bound: approx KL {max(kl):.2g} below half its target {self.target_kl:g} while the clip "
+                f"fraction reached {max(clip):.2g}: the clip range, not the learning rate, bounds the update"
+            ),
+            expected_outcome="larger policy updates within the usual clip range, faster progress",
         )
 
     def _learning(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
