@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -365,12 +366,13 @@ def _compact_run(s: TelemetrySnapshot) -> list[str]:
     return lines
 
 
-def _compact_now(s: TelemetrySnapshot) -> list[str]:
+def _compact_now(s: TelemetrySnapshot, cells: bool = True) -> list[str]:
     lines = []
     ev = _fields(s.evaluation, skip=("n_episodes", "std_return", "mean_ep_length"))
     if ev:
         lines.append(f"evaluation now ({s.evaluation.n_episodes} episodes): " + _kv(ev))
-    for cell in [*s.evaluation.cells, *([s.evaluation.stochastic] if s.evaluation.stochastic else [])]:
+    shown = [*s.evaluation.cells, *([s.evaluation.stochastic] if s.evaluation.stochastic else [])] if cells else []
+    for cell in shown:
         items = _fields(cell, skip=("n_episodes",))
         if items:
             lines.append(f"  cell {quote(cell.name, 30)}: " + _kv(items))
@@ -462,8 +464,8 @@ def _compact_signals(s: TelemetrySnapshot) -> list[str]:
     return lines
 
 
-def _compact_history(s: TelemetrySnapshot) -> list[str]:
-    rows = s.history[-COMPACT_HISTORY_ROWS:]
+def _compact_history(s: TelemetrySnapshot, n_rows: int = COMPACT_HISTORY_ROWS) -> list[str]:
+    rows = s.history[-n_rows:]
     if not rows:
         return []
     measured = [c for c in _COMPACT_COLUMN_ORDER if any(getattr(r, c) is not None for r in rows)]
@@ -493,9 +495,9 @@ def _compact_history(s: TelemetrySnapshot) -> list[str]:
     return lines
 
 
-def _compact_interventions(s: TelemetrySnapshot) -> list[str]:
+def _compact_interventions(s: TelemetrySnapshot, n_interventions: int = MAX_INTERVENTIONS) -> list[str]:
     lines = []
-    for iv in s.interventions[-MAX_INTERVENTIONS:]:
+    for iv in s.interventions[-n_interventions:]:
         changes = ", ".join(f"{c.knob} {exact(c.before)} -> {exact(c.after)}" for c in iv.changes)
         what = iv.action + (f" {changes}" if changes else "")
         after = ", ".join(fmt(x) for x in iv.scores_after) or "none yet"
@@ -513,11 +515,11 @@ def _split(options: list[KnobOption], pivot: float) -> str:
     return f"lower: {', '.join(lower) or 'none'}; higher: {', '.join(higher) or 'none'}"
 
 
-def _compact_menu(s: TelemetrySnapshot, menu: ActionSpace) -> list[str]:
+def _compact_menu(s: TelemetrySnapshot, menu: ActionSpace, descriptions: bool = True) -> list[str]:
     lines = ["allowed now: " + ", ".join(menu.actions)]
     for name in sorted(menu.closed):
         lines.append(f"not allowed now: {name} ({menu.closed[name]})")
-    described = {k.name: k.description for k in s.knobs}
+    described = {k.name: k.description for k in s.knobs} if descriptions else {}
     if "adjust" in menu.actions:
         lines.append(f"adjust sets 1 to {menu.max_changes} knobs to these values:")
         for k in menu.knobs:
@@ -565,20 +567,77 @@ def fold_problem(reply: str) -> str:
     return json.dumps(obj)
 
 
+#: most prompt tokens of one compact request (system and user message), as estimated by
+#: :func:`estimate_tokens`. On 2 CPU cores the 1.5B model took a median 51 s per decision at ~2,700
+#: prompt tokens, against a 60 s timeout (issue 13, experiments/results/llm_live)
+PROMPT_TOKEN_BUDGET = 3000
+#: characters per token assumed by :func:`estimate_tokens`. The Qwen2.5 tokenizer (one token per
+#: digit) gave 2.17-2.69 characters per token on the 52 logged prompts of the live PaperReacher runs
+#: (2.33 pooled), so 2.0 overestimates the count
+CHARS_PER_TOKEN = 2.0
+
+
+def estimate_tokens(messages: Sequence[dict[str, str]]) -> int:
+    """A conservative estimate of the prompt tokens of ``messages`` (:data:`CHARS_PER_TOKEN`).
+
+    :param messages: chat messages.
+    :return: the estimated token count.
+    """
+    return math.ceil(len(render_messages(messages)) / CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class Detail:
+    """What the compact prompt shows of the run's past (less of it to fit :data:`PROMPT_TOKEN_BUDGET`).
+
+    :param rows: history rows (the newest ones).
+    :param interventions: past interventions (the newest ones, at least 1).
+    :param cells: the evaluation's per-cell lines.
+    :param descriptions: the knob descriptions in the menu.
+    """
+
+    rows: int = COMPACT_HISTORY_ROWS
+    interventions: int = MAX_INTERVENTIONS
+    cells: bool = True
+    descriptions: bool = True
+
+
+#: the trimming steps of the compact prompt, tried in order until one fits the budget: the oldest
+#: history rows go first, then the per-cell lines, the oldest interventions, the knob descriptions.
+#: The run, the numbers now, the signals, the menu and the reply shapes are never cut.
+TRIM_STEPS: tuple[Detail, ...] = (
+    Detail(),
+    Detail(rows=5),
+    Detail(rows=4),
+    Detail(rows=3),
+    Detail(rows=3, cells=False),
+    Detail(rows=3, cells=False, interventions=3),
+    Detail(rows=3, cells=False, interventions=2),
+    Detail(rows=3, cells=False, interventions=2, descriptions=False),
+    Detail(rows=2, cells=False, interventions=1, descriptions=False),
+)
+
+
 def build_compact_user_prompt(
-    snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None = None, *, formats: bool = True
+    snapshot: TelemetrySnapshot,
+    menu: ActionSpace,
+    feedback: str | None = None,
+    *,
+    formats: bool = True,
+    detail: Detail = Detail(),
 ) -> str:
     """The compact user message: run, numbers now, history, interventions, menu (and reply shapes).
 
     :param formats: list the reply shapes (leave out when the server enforces a schema).
+    :param detail: how much of the run's past to show.
     """
     sections = [
         ("Run", _compact_run(snapshot)),
-        ("Now", _compact_now(snapshot)),
-        ("History", _compact_history(snapshot)),
-        ("Past interventions and their measured effect", _compact_interventions(snapshot)),
+        ("Now", _compact_now(snapshot, detail.cells)),
+        ("History", _compact_history(snapshot, detail.rows)),
+        ("Past interventions and their measured effect", _compact_interventions(snapshot, detail.interventions)),
         ("Signals (computed from the numbers above)", _compact_signals(snapshot)),
-        ("Menu", _compact_menu(snapshot, menu)),
+        ("Menu", _compact_menu(snapshot, menu, detail.descriptions)),
     ]
     if formats:
         sections.append(("Reply", [_COMPACT_FORMATS[a] for a in menu.actions]))
@@ -601,15 +660,25 @@ def build_compact_messages(
     *,
     formats: bool = True,
     two_stage: bool = False,
+    budget: int | None = PROMPT_TOKEN_BUDGET,
 ) -> list[dict[str, str]]:
-    """The chat messages (system, user) of the compact prompt.
+    """The chat messages (system, user) of the compact prompt, trimmed to ``budget`` tokens.
+
+    The first of :data:`TRIM_STEPS` whose messages :func:`estimate_tokens` puts within ``budget``
+    is used; the last step if none is.
 
     :param two_stage: end with :data:`PROSE_REQUEST` (the first request of a two-stage decision).
+    :param budget: most estimated prompt tokens (``None``: no trimming).
     """
-    user = build_compact_user_prompt(snapshot, menu, feedback, formats=formats and not two_stage)
-    if two_stage:
-        user += "\n" + PROSE_REQUEST
-    return [{"role": "system", "content": COMPACT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    messages: list[dict[str, str]] = []
+    for detail in TRIM_STEPS if budget is not None else TRIM_STEPS[:1]:
+        user = build_compact_user_prompt(snapshot, menu, feedback, formats=formats and not two_stage, detail=detail)
+        if two_stage:
+            user += "\n" + PROSE_REQUEST
+        messages = [{"role": "system", "content": COMPACT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        if budget is None or estimate_tokens(messages) <= budget:
+            break
+    return messages
 
 
 #: bounds of the reply's free-text fields in the menu schema

@@ -13,7 +13,8 @@ variable                       meaning
 ``RL_MANAGER_MAX_TOKENS``      largest reply, in tokens
 ``RL_MANAGER_RESPONSE_FORMAT`` ``menu_schema`` (default: a schema of this decision's menu, reason first),
                                ``json_schema`` (the static decision schema), ``json_object`` or ``none``
-``RL_MANAGER_PROMPT``          ``compact`` (default; ~600-900 tokens) or ``full`` (the long prompt)
+``RL_MANAGER_PROMPT``          ``compact`` (default; ~800-3,000 tokens, trimmed to ``PROMPT_TOKEN_BUDGET``)
+                               or ``full`` (the long prompt)
 ``RL_MANAGER_TWO_STAGE``       decide in prose, then format with the menu schema (default false: it
                                scored lower on the visible suite with the 1.5B model)
 ``RL_MANAGER_MAX_CALLS``       budget guard: most LLM requests per run (``None``: no limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -15,14 +16,28 @@ from rl_manager.managers.rule import RuleManager
 from rl_manager.menu import build_action_space
 from rl_manager.prompt import (
     COMPACT_SYSTEM_PROMPT,
+    PROMPT_TOKEN_BUDGET,
     PROSE_REQUEST,
     build_compact_messages,
     build_compact_user_prompt,
+    estimate_tokens,
+    exact,
+    fmt,
     fold_problem,
     menu_schema,
-    render_messages,
 )
-from rl_manager.schema import InterventionOutcome, ResolvedChange
+from rl_manager.schema import (
+    AlgoHealth,
+    EvalCell,
+    EvalMetrics,
+    HistoryRow,
+    InterventionOutcome,
+    KnobSpec,
+    ResolvedChange,
+    RunPosition,
+    Targets,
+    TrainWindow,
+)
 from rl_manager.settings import LLMSettings
 from tests.conftest import make_snapshot
 
@@ -123,10 +138,133 @@ def test_fold_problem():
 
 
 def test_compact_prompt_fits_the_budget_on_every_suite_scenario():
-    # ~4 characters per token for this text (Qwen2.5 tokenizer: 3.3-3.7 measured on these prompts)
     for name, snapshot, menu in _scenarios():
-        text = render_messages(build_compact_messages(snapshot, menu, formats=True))
-        assert len(text) < 4 * 1500, (name, len(text))
+        assert estimate_tokens(build_compact_messages(snapshot, menu, formats=True)) <= PROMPT_TOKEN_BUDGET, name
+
+
+def _noisy(i: int, scale: float = 1.0) -> float:
+    """A deterministic value with many significant digits, like a measured metric."""
+    return scale * (0.5 + 0.4 * math.sin(1.7 * i + 0.3))
+
+
+def long_snapshot(n_rows: int = 50, n_interventions: int = 20):
+    """A late snapshot of a PaperReacher-like run: 8 described knobs, 3 cells, full health, long past."""
+    knobs = [
+        KnobSpec(
+            name=name, value=value, low=low, high=high, role=role, description=f"{name}: " + "a described knob " * 4
+        )
+        for name, value, low, high, role in [
+            ("learning_rate", 0.000174348, 1e-5, 3e-3, "learning_rate"),
+            ("critic_lr", 0.00113, 1e-5, 1e-2, "other"),
+            ("ent_coef", 0.0011, 1e-5, 0.1, "exploration"),
+            ("clip_range", 0.1375, 0.05, 0.4, "clip_range"),
+            ("action_std", 0.39677703380584717, 0.05, 2.0, "exploration"),
+            ("collision_penalty", 27.5, 0.0, 100.0, "cost_penalty"),
+            ("success_bonus", 3.22865, 0.0, 50.0, "loss_weight"),
+            ("progress_scale", 1.65, 0.0, 50.0, "loss_weight"),
+        ]
+    ]
+    rows = [
+        HistoryRow(
+            evaluation_index=i,
+            step=20480 * i,
+            score=_noisy(i, 0.1),
+            success_rate=_noisy(i, 0.1),
+            mean_cost=_noisy(i + 1, 0.05),
+            violation_rate=_noisy(i + 1, 0.05),
+            train_episode_cost=_noisy(i + 2, 0.1),
+            train_loss=_noisy(i, 4.0),
+            entropy=_noisy(i + 3, 1.5),
+            approx_kl=_noisy(i + 4, 0.001),
+            clip_fraction=_noisy(i + 5, 0.01),
+            action_std=_noisy(i + 6, 0.4),
+        )
+        for i in range(n_rows)
+    ]
+    interventions = [
+        InterventionOutcome(
+            evaluation_index=n_rows - 2 * n_interventions + 2 * j,
+            step=20480 * (n_rows - 2 * n_interventions + 2 * j),
+            action="adjust",
+            changes=[
+                ResolvedChange(knob="learning_rate", before=_noisy(j, 1e-4), after=_noisy(j + 1, 1e-4)),
+                ResolvedChange(knob="success_bonus", before=_noisy(j, 3.0), after=_noisy(j + 1, 3.0)),
+            ],
+            score_before=_noisy(j, 0.1),
+            scores_after=[_noisy(j + k, 0.1) for k in (1, 2, 3)][: min(3, 2 * (n_interventions - j))],
+            cost_before=_noisy(j, 0.05),
+            costs_after=[_noisy(j + k, 0.05) for k in (1, 2, 3)][: min(3, 2 * (n_interventions - j))],
+            verdict="pending" if j == n_interventions - 1 else ("worse", "neutral", "improved")[j % 3],
+        )
+        for j in range(n_interventions)
+    ]
+    cells = [
+        EvalCell(name=name, n_episodes=50, mean_return=-_noisy(k, 2.0), success_rate=_noisy(k, 0.1))
+        for k, name in enumerate(("easy", "medium", "hard"))
+    ]
+    return make_snapshot(
+        task="rl_manager/PaperReacher-v0",
+        algo="ppo",
+        position=RunPosition(step=20480 * (n_rows - 1), total_steps=1024000, evaluation_index=n_rows - 1),
+        targets=Targets(success_rate=0.85, max_violation_rate=0.15),
+        knobs=knobs,
+        history=rows,
+        interventions=interventions,
+        best=None,
+        evaluation=EvalMetrics(
+            n_episodes=150,
+            mean_return=-_noisy(1, 1.0),
+            success_rate=rows[-1].success_rate,
+            mean_cost=rows[-1].mean_cost,
+            violation_rate=rows[-1].violation_rate,
+            safe_success_rate=rows[-1].score,
+            cells=cells,
+            stochastic=EvalCell(name="stochastic", n_episodes=150, success_rate=_noisy(7, 0.1)),
+        ),
+        training=TrainWindow(n_episodes=100, mean_return=-_noisy(2, 4.0), success_rate=_noisy(3, 0.1)),
+        health=AlgoHealth(
+            entropy=rows[-1].entropy,
+            action_std=rows[-1].action_std,
+            policy_loss=-_noisy(4, 0.002),
+            value_loss=_noisy(5, 4.0),
+            approx_kl=rows[-1].approx_kl,
+            clip_fraction=rows[-1].clip_fraction,
+            explained_variance=_noisy(6, 1.0),
+        ),
+    )
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_compact_prompt_trimmed_to_the_token_budget(two_stage):
+    # a long run: the prompt of the live PaperReacher run passed 3,000 Qwen2.5 tokens from evaluation 18 on
+    snapshot = long_snapshot()
+    menu = build_action_space(snapshot)
+    assert len(menu.knobs) == 8 and "adjust" in menu.actions
+    untrimmed = build_compact_messages(snapshot, menu, "the value 9.9 is not on the menu", budget=None)
+    assert estimate_tokens(untrimmed) > PROMPT_TOKEN_BUDGET
+    messages = build_compact_messages(snapshot, menu, "the value 9.9 is not on the menu", two_stage=two_stage)
+    assert estimate_tokens(messages) <= PROMPT_TOKEN_BUDGET
+    assert messages == build_compact_messages(
+        long_snapshot(), menu, "the value 9.9 is not on the menu", two_stage=two_stage
+    )
+    text = messages[1]["content"]
+    # the newest history rows, the newest interventions with their measured effect, the signals
+    for row in snapshot.history[-2:]:
+        assert f"\n{row.evaluation_index} | {fmt(row.score)} | " in text
+    for iv in snapshot.interventions[-2:]:
+        assert f"- evaluation {iv.evaluation_index}: adjust learning_rate {exact(iv.changes[0].before)}" in text
+        assert f"score {fmt(iv.score_before)} -> [{', '.join(fmt(x) for x in iv.scores_after)}]" in text
+    assert "is still pending" in text and "was measured worse" in text
+    # the whole menu, the feedback and the reply request
+    for k in menu.knobs:
+        for o in k.options:
+            assert exact(o.value) in text, (k.name, o.value)
+    assert "the value 9.9 is not on the menu" in text
+    assert text.endswith(PROSE_REQUEST) if two_stage else all(f'"action": "{a}"' in text for a in menu.actions)
+    # the oldest rows and interventions went first (here the per-cell lines and descriptions too)
+    assert f"\n{snapshot.history[-4].evaluation_index} | " not in text
+    assert f"- evaluation {snapshot.interventions[-3].evaluation_index}:" not in text
+    assert 'cell "easy"' not in text and "a described knob" not in text
 
 
 def test_compact_prompt_information_level():
