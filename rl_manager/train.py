@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,26 @@ def _run_dir(args: argparse.Namespace, algo: str, env_id: str, recipe: str, mana
     return run_dir
 
 
+def _her_learning_starts(learning_starts: int, env) -> int:
+    """HER samples only from finished episodes: ``learning_starts`` (counted over all envs) must cover one
+    episode of every env, else SB3 raises on the first gradient step (16 Fetch envs x 50 steps = 800 fit a
+    recipe's 1,000; 32 envs do not). Raised to ``n_envs x (max_episode_steps + 1)`` where needed, with a
+    warning."""
+    spec = env.get_attr("spec", indices=0)[0]
+    horizon = getattr(spec, "max_episode_steps", None)
+    if horizon is None:
+        return learning_starts
+    needed = env.num_envs * (horizon + 1)
+    if learning_starts < needed:
+        warnings.warn(
+            f"learning_starts {learning_starts} < n_envs x (max_episode_steps + 1) = {needed}: HER could not "
+            f"sample before the first episodes end; using {needed}",
+            stacklevel=2,
+        )
+        return needed
+    return learning_starts
+
+
 def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | None):
     from stable_baselines3 import HerReplayBuffer
     from stable_baselines3.common.noise import NormalActionNoise
@@ -225,6 +246,7 @@ def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | N
     kwargs = {k: v for k, v in config["recipe"].items() if k not in RUN_KEYS}
     if kwargs.get("replay_buffer_class") == "HerReplayBuffer":
         kwargs["replay_buffer_class"] = HerReplayBuffer
+        kwargs["learning_starts"] = _her_learning_starts(kwargs.get("learning_starts", 100), env)
     noise_std = kwargs.pop("noise_std", None)
     kwargs.pop("noise_type", None)
     if noise_std is not None:

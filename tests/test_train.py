@@ -137,3 +137,18 @@ def test_bad_numbers_are_usage_errors(capsys):
         with pytest.raises(SystemExit) as exc:
             main(args)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_her_learning_starts_covers_one_episode_of_every_env(tmp_path):
+    """HER samples finished episodes only: 4 Fetch envs x 50 steps do not end within learning_starts=100, and
+    SB3 raised "Unable to sample before the end of the first episode" (32 envs did so on the GPU machine's
+    recipe, whose learning_starts is 1,000). train raises it to n_envs x 51, with a warning."""
+    import pytest
+
+    args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "tuned", "-n", "400", "--eval-freq", "400"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "none"]
+    args += ["-params", "n_envs:4", "learning_starts:100", "batch_size:32", "policy_kwargs:{net_arch: [16]}"]
+    with pytest.warns(UserWarning, match="learning_starts 100 < n_envs"):
+        assert main([*args, "buffer_size:2000"]) == 0
+    config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
+    assert config["recipe"]["n_envs"] == 4
