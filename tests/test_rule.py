@@ -587,3 +587,14 @@ def test_clip_bound_widens_a_tight_clip_range_up_to_the_usual_one():
         r.clip_fraction = 0.03
     snap.health.clip_fraction = 0.03
     assert [c.knob for c in decide(snap, RuleManager()).changes] == ["learning_rate"]
+
+
+def test_under_stepping_reads_the_mean_of_the_last_2_updates():
+    """Rule v11. Requiring *both* of the last 2 approx KLs under target/2 let one noisy update veto the move:
+    on the tuned recipe (KL 0.004-0.011 per update) v9 raised the LR at evaluation 8-24 or never, where the
+    KL-adaptive controller (one update's KL) raised it at evaluation 2-4 and ended 0.026 higher."""
+    snap = _ppo_snapshot(0.004, 0.05, [0.5, 0.5, 0.51, 0.5])
+    snap.history[-1].approx_kl = 0.0055  # above target/2 once, below it on average
+    assert [c.knob for c in decide(snap, RuleManager()).changes] == ["learning_rate"]
+    snap.history[-1].approx_kl = 0.0075  # mean 0.00575: not under-stepping
+    assert not decide(snap, RuleManager()).changes

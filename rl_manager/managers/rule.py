@@ -59,15 +59,14 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        at its floor only where exploration is
                        not measured); success flat; return
                        not improving (†)
- 11    under-stepping  PPO: approx KL < target/2 and clip      LR ×1.5 (rl_games' KL-adaptive rule)
-                       fraction < ``healthy_clip`` at both of
-                       the last 2 boundaries (a clip fraction
-                       that high means the clip range, not the
-                       LR, bounds the update)
- 11b   clip-bound      PPO: approx KL < target/2 at the last   clip range ×1.5, up to ``clip_cap`` (a
-                       2 boundaries while the clip fraction    clip range of 0.1 holds the KL low at any
-                       reaches ``healthy_clip`` at one of      LR: the LR ladder stalls behind it)
-                       them
+ 11    under-stepping  PPO: mean approx KL of the last 2       LR ×1.5 (rl_games' KL-adaptive rule)
+                       boundaries < target/2 and their mean
+                       clip fraction < ``healthy_clip`` (a
+                       clip fraction that high means the clip
+                       range, not the LR, bounds the update)
+ 11b   clip-bound      PPO: the same small KL at a mean clip   clip range ×1.5, up to ``clip_cap`` (a
+                       fraction ≥ ``healthy_clip``             clip range of 0.1 holds the KL low at any
+                                                               LR: the LR ladder stalls behind it)
  12    stuck           success flat below 0.1 for 3            LR sits in the lower half of its (log)
                        evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
                        the budget used, return not             exploration ×2 when at its floor (the
@@ -766,28 +765,35 @@ class RuleManager(Manager):
                 changes.append(KnobChange(knob=bonus.name, value=up.value))
         return changes
 
+    def _clips(self, s: TelemetrySnapshot, n: int = 2) -> list[float]:
+        """The clip fraction of the last update at the latest ``n`` boundaries (history rows, else health)."""
+        values = [r.clip_fraction for r in s.history[-n:] if finite(r.clip_fraction)]
+        if not values and finite(s.health.clip_fraction):
+            values = [s.health.clip_fraction]
+        return values
+
     def _under_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        """Both trust-region signals small at the last 2 boundaries (one noisy update is no trend)."""
-        kl = self._kl(s)
-        clip = [r.clip_fraction for r in s.history[-2:] if finite(r.clip_fraction)] or [s.health.clip_fraction]
-        if len(kl) < 2 or max(kl) >= self.target_kl / 2:
+        """Both trust-region signals small on average over the last 2 boundaries (one update is noise)."""
+        kl, clip = self._kl(s), self._clips(s)
+        if len(kl) < 2 or statistics.fmean(kl) >= self.target_kl / 2:
             return None
-        if any(finite(c) and c >= self.healthy_clip for c in clip):
+        if clip and statistics.fmean(clip) >= self.healthy_clip:
             return None
         return self._adjust(
             menu,
             [("learning_rate", "up", 1.5)],
-            f"approx KL {max(kl):.2g} below half its target {self.target_kl:g} and clip fraction under "
-            f"{self.healthy_clip:g} at the last 2 evaluations: the learning rate under-steps",
+            f"mean approx KL {statistics.fmean(kl):.2g} below half its target {self.target_kl:g} and clip "
+            f"fraction under {self.healthy_clip:g} over the last 2 evaluations: the learning rate under-steps",
             "approx KL closer to its target, faster progress",
         )
 
     def _clip_bound(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         """Small approx KL at the last 2 boundaries while the clip fraction is high: the policy reaches the
         clip boundary on many samples, so a larger LR only clips more; the clip range is the bound."""
-        kl = self._kl(s)
-        clip = [r.clip_fraction for r in s.history[-2:] if finite(r.clip_fraction)]
-        if len(kl) < 2 or max(kl) >= self.target_kl / 2 or not any(c >= self.healthy_clip for c in clip):
+        kl, clip = self._kl(s), self._clips(s)
+        if len(kl) < 2 or statistics.fmean(kl) >= self.target_kl / 2:
+            return None
+        if not clip or statistics.fmean(clip) < self.healthy_clip:
             return None
         knob = menu.knob("clip_range")
         if knob is None or "adjust" not in menu.actions:
@@ -798,8 +804,9 @@ class RuleManager(Manager):
         return Adjust(
             changes=[KnobChange(knob=knob.name, value=option.value)],
             reason=(
-                f"clip-bound: approx KL {max(kl):.2g} below half its target {self.target_kl:g} while the clip "
-                f"fraction reached {max(clip):.2g}: the clip range, not the learning rate, bounds the update"
+                f"clip-bound: mean approx KL {statistics.fmean(kl):.2g} below half its target {self.target_kl:g} "
+                f"at a clip fraction of {statistics.fmean(clip):.2g}: the clip range, not the learning rate, "
+                "bounds the update"
             ),
             expected_outcome="larger policy updates within the usual clip range, faster progress",
         )
