@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -98,6 +99,8 @@ def run_arms(args: argparse.Namespace) -> dict[str, Path]:
     ) as progress:
         tasks = {arm: progress.add_task(arm, total=args.n_timesteps) for arm in ARMS}
         for arm, manager in ARMS.items():
+            if (dirs[arm] / "config.yml").exists():  # this demo's own earlier run: start afresh
+                shutil.rmtree(dirs[arm])
             dirs[arm].mkdir(parents=True, exist_ok=True)
             log = (args.out / f"{arm}.log").open("w")
             procs[arm] = subprocess.Popen(

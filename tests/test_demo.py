@@ -23,6 +23,9 @@ def test_demo_runs_both_arms_and_reports_them(tmp_path, capsys):
     assert demo.summarize(out / "fixed")["interventions"] == 0
     assert demo.last_step(out / "managed") > 0
     assert (out / "demo.png").stat().st_size > 10_000
+    # run again into the same folder: the demo replaces its own earlier runs (it refused to start before)
+    assert demo.main(["--out", str(out), "-n", "20480", "--eval-freq", "10240", "--heldout-episodes", "4"]) == 0
+    assert json.loads((out / "managed" / "summary.json").read_text())["timesteps"] == 20480
 
 
 def test_demo_reports_a_failed_run(tmp_path, monkeypatch):
