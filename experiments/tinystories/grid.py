@@ -51,10 +51,12 @@ MANAGED: dict[str, list[str]] = {
     "managed_m02_coarse": ["--rollback-margin", "0.02", *COARSE],
     "proposed_m02": ["--manager", "proposed", "--rollback-margin", "0.02"],
     "proposed_m02_coarse": ["--manager", "proposed", "--rollback-margin", "0.02", *COARSE],
+    # tinystories_v3: early LR-too-high cut + bold regularisation at the overfitting onset (proposed_rule.py)
+    "proposed_v3": ["--manager", "proposed_v3", "--restart-knob", "--rollback-margin", "0.02", *COARSE],
 }
 #: the library-rule variants the reported ``managed`` arm is chosen from (on the dev seeds)
 LIBRARY_VARIANTS = ("managed_default", "managed_m02", "managed_m02_coarse")
-PROPOSED_VARIANTS = ("proposed_m02", "proposed_m02_coarse")
+PROPOSED_VARIANTS = ("proposed_m02", "proposed_m02_coarse", "proposed_v3")
 
 
 def sweep_name(lr: float, dropout: float, wd: float) -> str:
@@ -88,6 +90,25 @@ def _run(argv: list[str]) -> dict[str, Any] | None:
     return {"ok": argv, "seconds": time.time() - t0}
 
 
+def seed_major_jobs(args: argparse.Namespace, job) -> list[list[str]]:
+    """``--seed-major``: the dev runs (``--dev-arms``), then every ``--final-arms`` arm of each final seed in turn."""
+
+    def arm_job(arm: str, seed: int, *extra: str) -> list[str]:
+        if arm == "overfit":
+            return job("overfit", seed, *extra)
+        if arm == "tuned":
+            return job("tuned", seed, *args.tuned_args.split(), *extra)
+        return job(arm, seed, *MANAGED[arm], *extra, kind="managed")
+
+    halt = ["--halt-at", str(args.dev_halt_at)] if args.dev_halt_at else []
+    dev_arms = args.dev_arms if args.dev_arms is not None else ["overfit", *args.variants]
+    final_arms = args.final_arms
+    if final_arms is None:
+        final_arms = ["overfit", *(["tuned"] if args.tuned_args else []), *args.variants]
+    jobs = [arm_job(a, s, *halt) for s in args.dev_seeds for a in dev_arms]
+    return jobs + [arm_job(a, s) for s in args.final_seeds for a in final_arms]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -107,6 +128,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep-dropout", type=float, nargs="+", default=list(SWEEP_DROPOUT))
     p.add_argument("--sweep-wd", type=float, nargs="+", default=list(SWEEP_WD))
     p.add_argument("--variants", nargs="*", default=list(MANAGED), help="managed variants to run")
+    p.add_argument(
+        "--tuned-args",
+        default=None,
+        help='the tuned arm\'s recipe given beforehand, e.g. "--lr 1e-3 --dropout 0.3 --weight-decay 0.1" (no sweep)',
+    )
+    p.add_argument(
+        "--final-arms", nargs="*", default=None, help="arms run on the final seeds (default: overfit, tuned, variants)"
+    )
+    p.add_argument("--dev-arms", nargs="*", default=None, help="arms run on the dev seeds (default: overfit, variants)")
+    p.add_argument("--dev-halt-at", type=int, default=None, help="dev runs end after this step (train_lm --halt-at)")
+    p.add_argument(
+        "--seed-major",
+        action="store_true",
+        help="queue the dev runs, then the final seeds one by one (every arm of a seed before the next seed), so "
+        "that a time budget leaves whole seeds; needs --tuned-args or --no-sweep",
+    )
     p.add_argument("extra", nargs="*", help="extra train_lm.py arguments for every run (after --)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -119,17 +156,27 @@ def main(argv: list[str] | None = None) -> None:
         return [*base, "--arm", kind, "--name", arm, "--seed", str(seed), *sync, *extra]
 
     sweep = {}
-    if not args.no_sweep:
+    if args.seed_major and not (args.tuned_args or args.no_sweep):
+        p.error("--seed-major needs --tuned-args or --no-sweep")
+    if not args.no_sweep and not args.tuned_args:
         for lr, do, wd in itertools.product(args.sweep_lr, args.sweep_dropout, args.sweep_wd):
             sweep[sweep_name(lr, do, wd)] = ["--lr", f"{lr:g}", "--dropout", f"{do:g}", "--weight-decay", f"{wd:g}"]
     first = [job(name, s, *a) for name, a in sweep.items() for s in args.sweep_seeds]
+    if args.seed_major:
+        first = seed_major_jobs(args, job)
     # queued after the sweep: overfit and the managed variants on the dev seeds; the tuned arm is queued once
     # the sweep is done, before the managed variants on the final seeds (library variants first)
     rest = [job("overfit", s) for s in [*args.final_seeds, *args.dev_seeds]]
     rest += [job(v, s, *MANAGED[v], kind="managed") for s in args.dev_seeds for v in args.variants]
     last = [job(v, s, *MANAGED[v], kind="managed") for v in args.variants for s in args.final_seeds]
+    if args.tuned_args and not args.seed_major:
+        rest += [job("tuned", s, *args.tuned_args.split()) for s in args.final_seeds]
+    if args.seed_major:
+        rest, last = [], []
     ctx = get_context("spawn")
     log: dict[str, Any] = {"jobs": [], "started": start}
+    if args.tuned_args:
+        log["tuned"] = {"name": "tuned", "args": args.tuned_args.split(), "given": True}
     with ProcessPoolExecutor(
         args.workers, mp_context=ctx, initializer=_init, initargs=(start + args.budget_s, 1)
     ) as pool:
@@ -178,7 +225,15 @@ def main(argv: list[str] | None = None) -> None:
     log["args"] = vars(args)
     log["device"] = args.device
     log["cpu_count"] = os.cpu_count()
-    (out / "grid.json").write_text(json.dumps(log, indent=1))
+    previous = out / "grid.json"
+    if previous.exists():  # a later invocation on the same folder: keep the earlier ones' jobs and settings
+        old = json.loads(previous.read_text())
+        log["previous_invocations"] = [*old.pop("previous_invocations", []), old]
+        log["jobs"] = [j for inv in log["previous_invocations"] for j in inv.get("jobs", [])] + log["jobs"]
+        for key in ("tuned", "sweep"):
+            if key not in log and key in old:
+                log[key] = old[key]
+    previous.write_text(json.dumps(log, indent=1))
     n_ok = sum(1 for j in log["jobs"] if j and "ok" in j)
     print(json.dumps({k: log[k] for k in ("managed", "proposed", "dev_managed_mean_best", "seconds")}))
     print(f"{n_ok}/{len(log['jobs'])} runs ok; tuned: {log.get('tuned', {}).get('name')}")

@@ -56,10 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", required=True)
     p.add_argument("--md", required=True)
     p.add_argument("--plot", required=True)
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="final seeds to report (default: the grid's final seeds)"
+    )
+    p.add_argument("--dev-seeds", type=int, nargs="*", default=None, help="dev seeds to list (default: the grid's)")
     args = p.parse_args(argv)
     grid = Path(args.grid)
     meta = json.loads((grid / "grid.json").read_text())
     final, dev = meta["args"]["final_seeds"], meta["args"]["dev_seeds"]
+    if args.seeds is not None:
+        final = args.seeds
+    if args.dev_seeds is not None:
+        dev = args.dev_seeds
     managed, proposed = meta.get("managed"), meta.get("proposed")
     variants = meta["args"]["variants"]
     lines: list[str] = []
@@ -92,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         runs = load(grid, v, final)
         runs_of[v] = runs
-        tag = " (reported managed arm)" if v == managed else (" (proposed rule, dev-selected)" if v == proposed else "")
+        declared = meta["args"].get("report_proposed") == v
+        how = "declared beforehand" if declared else "dev-selected"
+        tag = " (reported managed arm)" if v == managed else (f" (proposed rule, {how})" if v == proposed else "")
         label_of[v] = f"{v}{tag}"
         arms[label_of[v]] = {
             "final": [r["final_val_loss"] for r in runs],
@@ -103,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     chosen_how = (
         f"chosen on the dev seeds {dev}" if dev else "declared before the run (no dev seeds for the managed variants)"
     )
-    out(f"Final seeds {final}; sweep seed(s) {sweep_seeds}; reported managed arm {chosen_how}.\n")
+    if meta.get("tuned", {}).get("given"):
+        tuned_args = " ".join(meta["tuned"]["args"])
+        out(f"Final seeds {final}; tuned recipe given beforehand ({tuned_args}), no sweep in this grid.\n")
+    else:
+        out(f"Final seeds {final}; sweep seed(s) {sweep_seeds}; reported managed arm {chosen_how}.\n")
     skipped = []
     for j in meta["jobs"]:
         if j and "skipped" in j:
@@ -185,7 +199,23 @@ def main(argv: list[str] | None = None) -> None:
         out("|---|---|")
         for v, x in sorted(meta["dev_managed_mean_best"].items(), key=lambda t: t[1]):
             out(f"| {v} | {x:.4f} |")
-    out(f"\nReported managed arm (library rule manager): `{managed}`; proposed rule: `{proposed}`.")
+    if managed:
+        out(f"\nReported managed arm (library rule manager): `{managed}`; proposed rule: `{proposed}`.")
+    else:
+        out(f"\nNo library-rule arm in this grid; proposed rule (declared beforehand): `{proposed}`.")
+
+    # ------------------------------------------------------------------ dev runs (rule design, not the result)
+    dev_rows = [r for arm in ["overfit", *variants] for r in load(grid, arm, dev)]
+    if dev_rows:
+        out(f"\n**Dev-seed runs {dev}** (used to write and check the rule; not part of the result):\n")
+        out("| arm | seed | steps run | best (step) | last val loss | interventions (step: action) |")
+        out("|---|---|---|---|---|---|")
+        for r in dev_rows:
+            ivs = "; ".join(describe(i) for i in r["interventions"]) or "-"
+            out(
+                f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['best_val_loss']:.3f} ({r['best_step']}) | "
+                f"{r['final_val_loss']:.3f} | {ivs} |"
+            )
 
     # ------------------------------------------------------------------ interventions
     for v in variants:

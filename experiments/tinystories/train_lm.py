@@ -160,7 +160,35 @@ def managed_knobs(args: argparse.Namespace, opt, model, criterion) -> list:
         ls = _values(args.ls_values)
         knobs.append(label_smoothing_knob(criterion, **({"values": ls} if ls else {})))
     assert [k.name for k in knobs[:3]] == [k.name for k in default_knobs(opt, model)]
+    if getattr(args, "restart_knob", False):
+        knobs.append(optimizer_restart_knob(opt))
     return knobs
+
+
+def optimizer_restart_knob(opt: th.optim.Optimizer):
+    """``optimizer_restarts``: how many times the optimiser's state (Adam's moments) was cleared; raising it
+    clears the state once (the next step starts new moments, with the bias correction of a first step).
+    Lowering it only records the value (cleared moments cannot come back; a rollback restores them)."""
+    from rl_manager.supervised import TorchKnob
+
+    count = [0.0]
+
+    def write(value: float) -> None:
+        if value > count[0]:
+            opt.state.clear()
+        count[0] = value
+
+    return TorchKnob(
+        "optimizer_restarts",
+        lambda: count[0],
+        write,
+        low=0.0,
+        high=3.0,
+        values=(0.0, 1.0, 2.0, 3.0),
+        multipliers=(),
+        role="other",
+        description="times the optimiser state (Adam moments) was cleared; +1 clears it now",
+    )
 
 
 def make_rule_manager(name: str) -> Manager:
@@ -173,6 +201,10 @@ def make_rule_manager(name: str) -> Manager:
         from proposed_rule import BoldRegularizeRuleManager
 
         return BoldRegularizeRuleManager()
+    if name == "proposed_v3":
+        from proposed_rule import EarlySignalsRuleManager
+
+        return EarlySignalsRuleManager()
     return RuleManager()
 
 
@@ -222,7 +254,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     step = 0
-    for step in range(1, args.steps + 1):
+    last = args.steps if getattr(args, "halt_at", None) is None else min(args.steps, args.halt_at)
+    for step in range(1, last + 1):
         loss = train_step(model, opt, corpus, args, gen, criterion)
         window.append(loss)
         val = train = None
@@ -256,6 +289,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "val_tokens": len(corpus.val),
         "val_stories": corpus.n_val_stories,
         "steps": step,
+        "halted_at": getattr(args, "halt_at", None),
         "epochs": step * args.batch_size * args.context / len(corpus.train),
         "val_unk_fraction": float((corpus.val == 0).float().mean()),
         "vocab": len(corpus.vocab),
@@ -422,7 +456,19 @@ def main(argv: list[str] | None = None) -> None:
         "--no-smoothing-knob", dest="smoothing_knob", action="store_false", help="managed: no label-smoothing knob"
     )
     p_train.add_argument(
-        "--manager", choices=["rule", "proposed", "proposed_bold"], default="rule", help="managed: which rules"
+        "--manager",
+        choices=["rule", "proposed", "proposed_bold", "proposed_v3"],
+        default="rule",
+        help="managed: which rules",
+    )
+    p_train.add_argument(
+        "--halt-at",
+        type=int,
+        default=None,
+        help="end the run after this step (a partial dev run); the budget the manager sees stays --steps",
+    )
+    p_train.add_argument(
+        "--restart-knob", action="store_true", help="managed: add the optimizer_restarts knob (clears Adam's moments)"
     )
     p_train.add_argument("--dropout-values", default=None, help="managed: listed dropout values, comma-separated")
     p_train.add_argument("--wd-values", default=None, help="managed: listed weight-decay values")
