@@ -610,12 +610,18 @@ class RuleManager(Manager):
             return None
         return self._option(knob, direction, factor, base=knob.current, floor=floor, cap=cap)
 
-    def _kl(self, s: TelemetrySnapshot, n: int = 2) -> list[float]:
-        """The approx KL of the last update at the latest ``n`` boundaries (history rows, else health)."""
-        values = [r.approx_kl for r in s.history[-n:] if finite(r.approx_kl)]
-        if not values and finite(s.health.approx_kl):
-            values = [s.health.approx_kl]
+    @staticmethod
+    def _last_updates(s: TelemetrySnapshot, name: str, n: int = 2) -> list[float]:
+        """A PPO update statistic (``approx_kl``, ``clip_fraction``) of the last update at the latest ``n``
+        boundaries (history rows, else health)."""
+        values = [getattr(r, name) for r in s.history[-n:] if finite(getattr(r, name))]
+        if not values and finite(getattr(s.health, name)):
+            values = [getattr(s.health, name)]
         return values
+
+    def _kl(self, s: TelemetrySnapshot) -> list[float]:
+        """The approx KL of the last update at the latest 2 boundaries."""
+        return self._last_updates(s, "approx_kl")
 
     def _rising(self, s: TelemetrySnapshot, n: int = 3) -> bool:
         """Whether success (else the score) rose by more than 2 s.e. of the difference over ``n`` evaluations."""
@@ -765,16 +771,9 @@ class RuleManager(Manager):
                 changes.append(KnobChange(knob=bonus.name, value=up.value))
         return changes
 
-    def _clips(self, s: TelemetrySnapshot, n: int = 2) -> list[float]:
-        """The clip fraction of the last update at the latest ``n`` boundaries (history rows, else health)."""
-        values = [r.clip_fraction for r in s.history[-n:] if finite(r.clip_fraction)]
-        if not values and finite(s.health.clip_fraction):
-            values = [s.health.clip_fraction]
-        return values
-
     def _under_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         """Both trust-region signals small on average over the last 2 boundaries (one update is noise)."""
-        kl, clip = self._kl(s), self._clips(s)
+        kl, clip = self._kl(s), self._last_updates(s, "clip_fraction")
         if len(kl) < 2 or statistics.fmean(kl) >= self.target_kl / 2:
             return None
         if clip and statistics.fmean(clip) >= self.healthy_clip:
@@ -790,7 +789,7 @@ class RuleManager(Manager):
     def _clip_bound(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         """Small approx KL at the last 2 boundaries while the clip fraction is high: the policy reaches the
         clip boundary on many samples, so a larger LR only clips more; the clip range is the bound."""
-        kl, clip = self._kl(s), self._clips(s)
+        kl, clip = self._kl(s), self._last_updates(s, "clip_fraction")
         if len(kl) < 2 or statistics.fmean(kl) >= self.target_kl / 2:
             return None
         if not clip or statistics.fmean(clip) < self.healthy_clip:
