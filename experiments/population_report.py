@@ -3,6 +3,7 @@
     python experiments/population_report.py collect --pop-runs /tmp/pop_runs --single-runs /tmp/managed_runs \
         --commits KEY=SHA ...                  # copy the small result files into experiments/results/...
     python experiments/population_report.py report   # tables (markdown, printed and written) and plots
+    python experiments/population_report.py --results experiments/results/population_paper_reacher_v2 report
 
 ``collect`` keeps, per population: ``summary.json`` (compact; checkpoint paths cut to their folder name),
 ``timeline.json`` (per member and Tune iteration: wall-clock timestamp, score, env steps; read from the
@@ -424,7 +425,9 @@ def plots(data) -> None:
 
 
 def main() -> None:
+    global RESULTS
     p = argparse.ArgumentParser()
+    p.add_argument("--results", type=Path, default=RESULTS, help="the comparison's folder (default: %(default)s)")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect")
     c.add_argument("--pop-runs", type=Path, required=True)
@@ -433,6 +436,7 @@ def main() -> None:
     sub.add_parser("report")
     sub.add_parser("knobs")
     args = p.parse_args()
+    RESULTS = args.results.resolve()
     if args.cmd == "collect":
         collect(args.pop_runs, args.single_runs, dict(kv.split("=", 1) for kv in args.commits))
     elif args.cmd == "knobs":
