@@ -166,6 +166,10 @@ def load_runs(grid: Grid, out: Path) -> dict[str, list[dict[str, Any]]]:
                     "scores": ev["scores"],
                     "costs": ev["costs"],
                     "interventions": [(r.step, r.decision.action if r.decision else "") for r in records if r.applied],
+                    # changes the controller's probation undid, and the env steps trained under them (spent
+                    # within the budget: a revert restores the weights, not the step count)
+                    "reverts": int(summary.get("manager", {}).get("reverts", 0)),
+                    "reverted_steps": int(summary.get("manager", {}).get("reverted_steps", 0)),
                     "knobs": [(r.step, r.knobs_after) for r in records],
                 }
             )
@@ -346,8 +350,8 @@ def write_report(grid: Grid, out: Path, command: str, keep_provenance: bool = Fa
     ]
     lines += [
         "| arm | env | algo | recipe | manager | runs | score IQM [95% CI] | score mean | episode cost mean [CI] "
-        "| violation rate mean | interventions / run |",
-        "|---" * 11 + "|",
+        "| violation rate mean | interventions / run | reverts / run (env steps undone) |",
+        "|---" * 12 + "|",
     ]
     for arm in grid.arms:
         rs = runs[arm.name]
@@ -355,11 +359,13 @@ def write_report(grid: Grid, out: Path, command: str, keep_provenance: bool = Fa
         costs = np.array([np.nan if r["cost"] is None else r["cost"] for r in rs])
         viol = [r["violation"] for r in rs if r["violation"] is not None]
         n_int = np.mean([len(r["interventions"]) for r in rs]) if rs else float("nan")
+        reverts = np.mean([r["reverts"] for r in rs]) if rs else float("nan")
+        undone = np.mean([r["reverted_steps"] for r in rs]) if rs else float("nan")
         lines.append(
             f"| {arm.name} | {arm.env} | {arm.algo or 'default'} | {arm.recipe} | {arm.manager} | {len(rs)} | "
             f"{_fmt_ci(_ci(scores, iqm)) if rs else 'n/a'} | {np.nanmean(scores) if rs else float('nan'):.3f} | "
             f"{_fmt_ci(_ci(costs, np.mean)) if rs else 'n/a'} | "
-            f"{(np.mean(viol) if viol else float('nan')):.3f} | {n_int:.1f} |"
+            f"{(np.mean(viol) if viol else float('nan')):.3f} | {n_int:.1f} | {reverts:.1f} ({undone:,.0f}) |"
         )
     lines.append("")
     pairs = []

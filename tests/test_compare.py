@@ -29,6 +29,8 @@ def test_compare_tiny_grid_then_skip_and_plot_only(tmp_path):
     assert main([str(grid), "-o", str(out), "--workers", "2"]) == 0
     report = (out / "REPORT.md").read_text()
     assert "| fixed |" in report and "| managed |" in report and "Probability of improvement" in report
+    fixed_row = next(line for line in report.splitlines() if line.startswith("| fixed |"))
+    assert "reverts / run (env steps undone)" in report and fixed_row.endswith("| 0.0 (0) |")
     assert (out / "learning_curves.png").exists()
     for arm in ("fixed", "managed"):
         summary = json.loads((out / "runs" / arm / "s0" / "summary.json").read_text())
