@@ -193,7 +193,7 @@ def pop_cpu(name: str, start: float, end: float, sid: str | None = None) -> floa
 def report() -> str:
     from rliable import metrics
 
-    from rl_manager.compare import _ci, _fmt_ci
+    from rl_manager.compare import _ci, _fmt_ci, bootstrap
 
     data = load()
     times = lane_times()
@@ -270,13 +270,9 @@ def report() -> str:
             x = np.array([heldout(rule[s])["safe_success_rate"] for s in common])
             y = np.array([heldout(pruns[s])["safe_success_rate"] for s in common])
             wins = int((x >= y).sum())
-            from rliable import library as rly
-
-            point, interval = rly.get_interval_estimates(
+            point, interval = bootstrap(
                 {"p": (x.reshape(-1, 1), y.reshape(-1, 1))},
                 lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-                reps=2000,
-                random_state=np.random.RandomState(0),
             )
             d = x - y
             dci = _ci(d, np.mean)
