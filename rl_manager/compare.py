@@ -152,6 +152,7 @@ def load_runs(grid: Grid, out: Path) -> dict[str, list[dict[str, Any]]]:
             if not (run_dir / "summary.json").exists():
                 continue
             summary = json.loads((run_dir / "summary.json").read_text())
+            counts = summary.get("manager") or {}
             ev = np.load(run_dir / "evaluations.npz")
             records = [r for r in read_audit(run_dir) if r.kind == "decision"]
             runs[arm.name].append(
@@ -168,8 +169,8 @@ def load_runs(grid: Grid, out: Path) -> dict[str, list[dict[str, Any]]]:
                     "interventions": [(r.step, r.decision.action if r.decision else "") for r in records if r.applied],
                     # changes the controller's probation undid, and the env steps trained under them (spent
                     # within the budget: a revert restores the weights, not the step count)
-                    "reverts": int(summary.get("manager", {}).get("reverts", 0)),
-                    "reverted_steps": int(summary.get("manager", {}).get("reverted_steps", 0)),
+                    "reverts": int(counts.get("reverts", 0)),
+                    "reverted_steps": int(counts.get("reverted_steps", 0)),
                     "knobs": [(r.step, r.knobs_after) for r in records],
                 }
             )

@@ -161,18 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_sweep and not args.tuned_args:
         for lr, do, wd in itertools.product(args.sweep_lr, args.sweep_dropout, args.sweep_wd):
             sweep[sweep_name(lr, do, wd)] = ["--lr", f"{lr:g}", "--dropout", f"{do:g}", "--weight-decay", f"{wd:g}"]
-    first = [job(name, s, *a) for name, a in sweep.items() for s in args.sweep_seeds]
-    if args.seed_major:
-        first = seed_major_jobs(args, job)
-    # queued after the sweep: overfit and the managed variants on the dev seeds; the tuned arm is queued once
-    # the sweep is done, before the managed variants on the final seeds (library variants first)
-    rest = [job("overfit", s) for s in [*args.final_seeds, *args.dev_seeds]]
-    rest += [job(v, s, *MANAGED[v], kind="managed") for s in args.dev_seeds for v in args.variants]
-    last = [job(v, s, *MANAGED[v], kind="managed") for v in args.variants for s in args.final_seeds]
-    if args.tuned_args and not args.seed_major:
-        rest += [job("tuned", s, *args.tuned_args.split()) for s in args.final_seeds]
-    if args.seed_major:
-        rest, last = [], []
+    if args.seed_major:  # (no sweep: checked above) every job in one queue, seed by seed
+        first, rest, last = seed_major_jobs(args, job), [], []
+    else:
+        first = [job(name, s, *a) for name, a in sweep.items() for s in args.sweep_seeds]
+        # queued after the sweep: overfit and the managed variants on the dev seeds; the tuned arm is queued
+        # once the sweep is done, before the managed variants on the final seeds (library variants first)
+        rest = [job("overfit", s) for s in [*args.final_seeds, *args.dev_seeds]]
+        rest += [job(v, s, *MANAGED[v], kind="managed") for s in args.dev_seeds for v in args.variants]
+        last = [job(v, s, *MANAGED[v], kind="managed") for v in args.variants for s in args.final_seeds]
+        if args.tuned_args:
+            rest += [job("tuned", s, *args.tuned_args.split()) for s in args.final_seeds]
     ctx = get_context("spawn")
     log: dict[str, Any] = {"jobs": [], "started": start}
     if args.tuned_args:
