@@ -4,7 +4,9 @@ Each configuration trains for ``--seconds`` of wall time after its warm-up (``le
 same machine and seed, and the table gives its env steps/s, gradient steps/s and the ratio to the zoo
 recipe's env steps/s measured in the same run. A configuration is ``zoo`` (rl-zoo3's recipe: one env,
 one gradient step of 2,048 samples per env step) or ``vN-gG-bB``: N envs stepping in worker processes
-(``vec_env: subproc``), G gradient steps of B samples per vector step (replay ratio G/N).
+(``vec_env: subproc``), G gradient steps of B samples per vector step (replay ratio G/N). HER's
+relabelling runs in the learner's process (:class:`rl_manager.vec_env.LocalComputeReward`); a ``-ipc``
+suffix (``v16-g4-b4096-ipc``) measures SB3's default instead, one pipe round trip to a worker per batch.
 
 ::
 
@@ -27,6 +29,7 @@ import rl_manager.envs  # noqa: F401  (registers the env ids)
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rl_manager.train import _build_model, load_recipe, make_train_env
+from rl_manager.vec_env import LocalComputeReward
 
 ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
@@ -35,7 +38,7 @@ def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
     if name == "zoo":
         return {}
-    m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)", name)
+    m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)(?:-ipc)?", name)
     if m is None:
         raise SystemExit(f"configuration {name!r}: expected zoo or vN-gG-bB (e.g. v16-g8-b4096)")
     n, g, b = (int(x) for x in m.groups())
@@ -67,6 +70,8 @@ class Clock(BaseCallback):
 def measure(name: str, args: argparse.Namespace) -> tuple[float, float]:
     recipe = load_recipe("tqc", ENV_ID, "tuned", None) | overrides(name)
     env = make_train_env(ENV_ID, recipe, seed=args.seed)
+    if name.endswith("-ipc") and isinstance(env, LocalComputeReward):
+        env = env.venv  # SB3's default: compute_reward through the worker pipe
     config = {"algo": "tqc", "recipe": recipe, "seed": args.seed, "tensorboard_log": None, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         model = _build_model(config, env, Path(tmp), None)

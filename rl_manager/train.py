@@ -521,16 +521,24 @@ def make_train_env(env_id: str, recipe: dict[str, Any], seed: int, **kwargs: Any
 
     n_envs = int(recipe.get("n_envs", 1))
     subproc = recipe.get("vec_env") == "subproc" and n_envs > 1
-    return make_vec_env(
+    env_kwargs = recipe.get("env_kwargs") or None
+    env = make_vec_env(
         # gymnasium imports the module before the "module:id" lookup: worker processes register the envs too
         f"rl_manager.envs:{env_id}" if subproc else env_id,
         n_envs=n_envs,
         seed=seed,
-        env_kwargs=recipe.get("env_kwargs") or None,
+        env_kwargs=env_kwargs,
         # MuJoCo steps in parallel worker processes; the manager's env knobs reach them through set_attr
         vec_env_cls=SubprocVecEnv if subproc else None,
         **kwargs,
     )
+    if subproc and env.has_attr("compute_reward"):
+        import gymnasium as gym
+
+        from rl_manager.vec_env import LocalComputeReward
+
+        env = LocalComputeReward(env, lambda: gym.make(env_id, **(env_kwargs or {})))
+    return env
 
 
 def train(

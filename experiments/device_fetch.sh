@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# FetchPickAndPlace on a lent GPU machine without internet (issue 16): the throughput benchmark, and training
+# runs detached (a run outlasts one call there). Run from the repository, with the missing packages installed
+# in /tmp/site (experiments/results/fetch_throughput/README.md, "Commands").
+#   bash experiments/device_fetch.sh bench OUT_DIR SECONDS CONFIG...   # experiments/fetch_throughput.py
+#   bash experiments/device_fetch.sh start NAME SEED PARAM...          # train detached; PARAM = recipe key:value
+#   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
+#                                                                      # the runs' logs into OUT_DIR/runs.tgz
+set -uo pipefail
+res=/tmp/fetchruns
+cd "$(dirname "$0")/.."
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+[ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
+case "${1:?bench|start|poll}" in
+  bench)
+    out=${2:?out dir}; seconds=${3:?seconds}; shift 3
+    mkdir -p "$out"
+    python3 experiments/fetch_throughput.py --device cuda --seconds "$seconds" "$@" 2>&1 | tee "$out/bench.log"
+    ;;
+  start)
+    name=${2:?name}; seed=${3:?seed}; shift 3
+    mkdir -p "$res/$name"
+    setsid nohup python3 -m rl_manager.train --env FetchPickAndPlace --recipe tuned --seed "$seed" ${FULL:---full} \
+      --device ${DEV:-cuda} --manager none --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 \
+      --run-dir "$res/$name/run" -params "$@" >"$res/$name/stdout.log" 2>&1 &
+    echo "started $name (pid $!)"
+    ;;
+  poll)
+    out=${2:?out dir}; wait_s=${3:-0}
+    sleep "$wait_s"
+    mkdir -p "$out"
+    for d in "$res"/*/; do
+      echo "== $(basename "$d"): $(tail -c 400 "$d/stdout.log" | tr '\r' '\n' | tail -2)"
+      python3 - "$d/run/audit.jsonl" <<'PY' || true
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    e = r["snapshot"]["evaluation"]
+    print(f"  {r['step']:>8} {r['time'][11:19]} success {e['success_rate']:.2f} safe {e['safe_success_rate']:.2f} cost {e['mean_cost']:.2f}")
+PY
+    done
+    (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \
+      -print0 | tar czf "$out/runs.tgz" --null -T -)
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv; uptime
+    ;;
+esac
