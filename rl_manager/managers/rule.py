@@ -19,7 +19,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        exceeds the noise (the best's           rollback_to_best (the controller keeps the
                        interval, or 2 binomial s.e.); not      current recipe)
                        again to a best that predates the last
-                       rollback (that one led to no new best)
+                       rollback (that one led to no new best)  (PPO: no consolidation while the mean
+                                                               approx KL of the last 2 boundaries is
+                                                               below its target: it only slows the
+                                                               recovery)
  — warm-up (< ``min_evaluations`` evaluations) or the latest intervention still on probation
    (< ``min_measured`` evaluations measured after it): no_action —
  4b    harmed          the latest adjust was measured worse    move its knobs back toward their old values
@@ -59,11 +62,15 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        at its floor only where exploration is
                        not measured); success flat; return
                        not improving (†)
- 11    under-stepping  PPO: mean approx KL of the last 2       LR ×1.5 (rl_games' KL-adaptive rule)
-                       boundaries < target/2 and their mean
-                       clip fraction < ``healthy_clip`` (a
-                       clip fraction that high means the clip
-                       range, not the LR, bounds the update)
+ 11    under-stepping  PPO: approx KL of the latest update     LR ×1.5 (rl_games' KL-adaptive rule)
+                       < target/2 and the mean clip fraction
+                       of the last 2 boundaries <
+                       ``healthy_clip`` (a clip fraction that
+                       high means the clip range, not the LR,
+                       bounds the update)
+ 11a   over-stepping   PPO: approx KL of the latest update     LR ÷1.5 (the same rule's other half; it
+                       > 2 × target                            may undo an under-stepping raise: the KL,
+                                                               not a verdict, says the step is too big)
  11b   clip-bound      PPO: the same small KL at a mean clip   clip range ×1.5, up to ``clip_cap`` (a
                        fraction ≥ ``healthy_clip``             clip range of 0.1 holds the KL low at any
                                                                LR: the LR ladder stalls behind it)
@@ -252,6 +259,7 @@ class RuleManager(Manager):
             (self._overfitting, self.min_measured),
             (self._collapse, self.min_measured),
             (self._under_stepping, 1),
+            (self._over_stepping, 1),
             (self._clip_bound, 1),
             (self._learning, 0),
             (self._stuck, self.min_measured),
@@ -332,8 +340,8 @@ class RuleManager(Manager):
             return None
         return Adjust(changes=changes, reason=reason, expected_outcome=expected)
 
-    def _rollback(self, menu: ActionSpace, reason: str) -> Decision | None:
-        if "rollback_and_consolidate" in menu.actions:
+    def _rollback(self, menu: ActionSpace, reason: str, consolidate: bool = True) -> Decision | None:
+        if consolidate and "rollback_and_consolidate" in menu.actions:
             for role in ("learning_rate", None):
                 for knob in menu.knobs:
                     if knob.conservative_options and (role is None or knob.role == role):
@@ -449,7 +457,11 @@ class RuleManager(Manager):
             latest = s.history[-1].score if s.history else None
             if latest is not None and math.isfinite(latest) and s.best.score - latest < noise:
                 return None
-        return self._rollback(menu, "the score stayed well below the best checkpoint")
+        kl = self._kl(s)
+        # PPO updates already below their target: a consolidation (LR down first) only slows the recovery,
+        # as for plateau; the rollback alone keeps the recipe in force
+        small_steps = bool(kl) and statistics.fmean(kl) < self.target_kl
+        return self._rollback(menu, "the score stayed well below the best checkpoint", consolidate=not small_steps)
 
     def _undo_harm(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         last = next((i for i in reversed(s.interventions) if i.action == "adjust"), None)
@@ -772,25 +784,49 @@ class RuleManager(Manager):
         return changes
 
     def _under_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        """Both trust-region signals small on average over the last 2 boundaries (one update is noise)."""
+        """The latest update's KL below half its target (rl_games' KL-adaptive LR) while the clip fraction,
+        averaged over the last 2 boundaries, shows the clip range is not what bounds the update."""
         kl, clip = self._kl(s), self._last_updates(s, "clip_fraction")
-        if len(kl) < 2 or statistics.fmean(kl) >= self.target_kl / 2:
+        if not kl or kl[-1] >= self.target_kl / 2:
             return None
         if clip and statistics.fmean(clip) >= self.healthy_clip:
             return None
         return self._adjust(
             menu,
             [("learning_rate", "up", 1.5)],
-            f"mean approx KL {statistics.fmean(kl):.2g} below half its target {self.target_kl:g} and clip "
-            f"fraction under {self.healthy_clip:g} over the last 2 evaluations: the learning rate under-steps",
+            f"approx KL {kl[-1]:.2g} below half its target {self.target_kl:g} and mean clip fraction under "
+            f"{self.healthy_clip:g}: the learning rate under-steps",
             "approx KL closer to its target, faster progress",
         )
+
+    def _over_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        """The latest update's KL above twice its target: LR ÷1.5, the other half of the KL-adaptive rule.
+
+        It may undo an under-stepping raise (the KL band is a feedback loop, not an oscillation); a move
+        measured ``worse`` is still never repeated."""
+        kl = self._kl(s)
+        if not kl or kl[-1] <= 2 * self.target_kl or "adjust" not in menu.actions:
+            return None
+        for knob in menu.knobs:
+            if knob.role == "learning_rate" and (knob.name, "down") not in self._worse:
+                downs = [o for o in knob.options if o.value < knob.current]
+                if downs:
+                    option = min(downs, key=lambda o: abs(math.log(o.value * 1.5 / knob.current)))
+                    return Adjust(
+                        changes=[KnobChange(knob=knob.name, value=option.value)],
+                        reason=(
+                            f"approx KL {kl[-1]:.2g} above twice its target {self.target_kl:g}: the learning "
+                            "rate over-steps"
+                        ),
+                        expected_outcome="approx KL back within its band, steadier progress",
+                    )
+        return None
 
     def _clip_bound(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         """Small approx KL at the last 2 boundaries while the clip fraction is high: the policy reaches the
         clip boundary on many samples, so a larger LR only clips more; the clip range is the bound."""
         kl, clip = self._kl(s), self._last_updates(s, "clip_fraction")
-        if len(kl) < 2 or statistics.fmean(kl) >= self.target_kl / 2:
+        if not kl or kl[-1] >= self.target_kl / 2:
             return None
         if not clip or statistics.fmean(clip) < self.healthy_clip:
             return None
@@ -803,7 +839,7 @@ class RuleManager(Manager):
         return Adjust(
             changes=[KnobChange(knob=knob.name, value=option.value)],
             reason=(
-                f"clip-bound: mean approx KL {statistics.fmean(kl):.2g} below half its target {self.target_kl:g} "
+                f"clip-bound: approx KL {kl[-1]:.2g} below half its target {self.target_kl:g} "
                 f"at a clip fraction of {statistics.fmean(clip):.2g}: the clip range, not the learning rate, "
                 "bounds the update"
             ),
