@@ -68,9 +68,6 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        ``healthy_clip`` (a clip fraction that
                        high means the clip range, not the LR,
                        bounds the update)
- 11a   over-stepping   PPO: approx KL of the latest update     LR ÷1.5 (the same rule's other half; it
-                       > 2 × target                            may undo an under-stepping raise: the KL,
-                                                               not a verdict, says the step is too big)
  11b   clip-bound      PPO: the same small KL at a mean clip   clip range ×1.5, up to ``clip_cap`` (a
                        fraction ≥ ``healthy_clip``             clip range of 0.1 holds the KL low at any
                                                                LR: the LR ladder stalls behind it)
@@ -259,7 +256,6 @@ class RuleManager(Manager):
             (self._overfitting, self.min_measured),
             (self._collapse, self.min_measured),
             (self._under_stepping, 1),
-            (self._over_stepping, 1),
             (self._clip_bound, 1),
             (self._learning, 0),
             (self._stuck, self.min_measured),
@@ -798,29 +794,6 @@ class RuleManager(Manager):
             f"{self.healthy_clip:g}: the learning rate under-steps",
             "approx KL closer to its target, faster progress",
         )
-
-    def _over_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        """The latest update's KL above twice its target: LR ÷1.5, the other half of the KL-adaptive rule.
-
-        It may undo an under-stepping raise (the KL band is a feedback loop, not an oscillation); a move
-        measured ``worse`` is still never repeated."""
-        kl = self._kl(s)
-        if not kl or kl[-1] <= 2 * self.target_kl or "adjust" not in menu.actions:
-            return None
-        for knob in menu.knobs:
-            if knob.role == "learning_rate" and (knob.name, "down") not in self._worse:
-                downs = [o for o in knob.options if o.value < knob.current]
-                if downs:
-                    option = min(downs, key=lambda o: abs(math.log(o.value * 1.5 / knob.current)))
-                    return Adjust(
-                        changes=[KnobChange(knob=knob.name, value=option.value)],
-                        reason=(
-                            f"approx KL {kl[-1]:.2g} above twice its target {self.target_kl:g}: the learning "
-                            "rate over-steps"
-                        ),
-                        expected_outcome="approx KL back within its band, steadier progress",
-                    )
-        return None
 
     def _clip_bound(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         """Small approx KL at the last 2 boundaries while the clip fraction is high: the policy reaches the
