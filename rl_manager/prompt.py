@@ -625,11 +625,13 @@ def build_compact_user_prompt(
     *,
     formats: bool = True,
     detail: Detail = Detail(),
+    advice: list[str] | None = None,
 ) -> str:
     """The compact user message: run, numbers now, history, interventions, menu (and reply shapes).
 
     :param formats: list the reply shapes (leave out when the server enforces a schema).
     :param detail: how much of the run's past to show.
+    :param advice: lines of a second opinion (:func:`rule_advice`), shown before the menu.
     """
     sections = [
         ("Run", _compact_run(snapshot)),
@@ -637,6 +639,7 @@ def build_compact_user_prompt(
         ("History", _compact_history(snapshot, detail.rows)),
         ("Past interventions and their measured effect", _compact_interventions(snapshot, detail.interventions)),
         ("Signals (computed from the numbers above)", _compact_signals(snapshot)),
+        ("A rule table's reading (adopt it unless the numbers above contradict it)", advice or []),
         ("Menu", _compact_menu(snapshot, menu, detail.descriptions)),
     ]
     if formats:
@@ -644,6 +647,29 @@ def build_compact_user_prompt(
     if feedback:
         sections.append(("Your previous reply was rejected", [feedback.strip(), "Reply again using only the menu."]))
     return "\n\n".join(f"## {t}\n" + "\n".join(lines) for t, lines in sections if lines) + "\n"
+
+
+def rule_advice(snapshot: TelemetrySnapshot, menu: ActionSpace) -> list[str]:
+    """The deterministic rule manager's reading of ``snapshot``: its proposal and the state behind it.
+
+    A second opinion for a small model (``RL_MANAGER_ADVICE``): the rule table reads signals a small
+    model reads badly (noise of a rate, KL against its target, probation). Its proposal is not applied
+    unless the model chooses it, and the guard checks whatever the model replies.
+    """
+    from rl_manager.managers.rule import RuleManager
+
+    decision = RuleManager().rule_decision(snapshot, menu)
+    move = decision.action
+    changes = getattr(decision, "changes", None) or (
+        [decision.change] if getattr(decision, "change", None) is not None else []
+    )
+    if changes:
+        knobs = {k.name: k.current for k in menu.knobs}
+        move += ": " + ", ".join(
+            f"{c.knob} {fmt(knobs.get(c.knob))} -> {fmt(c.value)}" if c.knob in knobs else f"{c.knob} -> {fmt(c.value)}"
+            for c in changes
+        )
+    return [f"proposal: {move}", f"because: {decision.reason}"]
 
 
 #: the end of the first (prose) request of a two-stage decision
@@ -661,6 +687,7 @@ def build_compact_messages(
     formats: bool = True,
     two_stage: bool = False,
     budget: int | None = PROMPT_TOKEN_BUDGET,
+    advice: list[str] | None = None,
 ) -> list[dict[str, str]]:
     """The chat messages (system, user) of the compact prompt, trimmed to ``budget`` tokens.
 
@@ -669,10 +696,13 @@ def build_compact_messages(
 
     :param two_stage: end with :data:`PROSE_REQUEST` (the first request of a two-stage decision).
     :param budget: most estimated prompt tokens (``None``: no trimming).
+    :param advice: lines of a second opinion (:func:`rule_advice`); never trimmed.
     """
     messages: list[dict[str, str]] = []
     for detail in TRIM_STEPS if budget is not None else TRIM_STEPS[:1]:
-        user = build_compact_user_prompt(snapshot, menu, feedback, formats=formats and not two_stage, detail=detail)
+        user = build_compact_user_prompt(
+            snapshot, menu, feedback, formats=formats and not two_stage, detail=detail, advice=advice
+        )
         if two_stage:
             user += "\n" + PROSE_REQUEST
         messages = [{"role": "system", "content": COMPACT_SYSTEM_PROMPT}, {"role": "user", "content": user}]

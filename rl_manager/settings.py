@@ -17,6 +17,8 @@ variable                       meaning
                                or ``full`` (the long prompt)
 ``RL_MANAGER_TWO_STAGE``       decide in prose, then format with the menu schema (default false: it
                                scored lower on the visible suite with the 1.5B model)
+``RL_MANAGER_ADVICE``          show the rule manager's reading of the snapshot (its state and proposal) in
+                               the compact prompt, as one more computed signal (default false)
 ``RL_MANAGER_MAX_CALLS``       budget guard: most LLM requests per run (``None``: no limit)
 ``RL_MANAGER_MAX_TOKENS_RUN``  budget guard: most prompt + completion tokens per run
 =============================  ==============================================================
@@ -57,6 +59,8 @@ class LLMSettings(BaseSettings):
     :param two_stage: with the compact prompt and ``menu_schema``: decide in prose first (at most
         ``prose_tokens``), then format that decision with the menu schema at temperature 0.
     :param prose_tokens: largest prose answer of a two-stage decision.
+    :param advice: with the compact prompt: add the deterministic rule manager's reading (the state
+        its table diagnoses and the decision it proposes) as a section the model may adopt or overrule.
     :param max_calls: budget guard: most requests per manager (run); past it the manager raises
         and :func:`~rl_manager.core.decide` falls back. ``None``: unlimited.
     :param max_tokens_run: budget guard: most prompt + completion tokens per manager (run).
@@ -85,6 +89,7 @@ class LLMSettings(BaseSettings):
     prompt: PromptStyle = "compact"
     two_stage: bool = False
     prose_tokens: int = Field(default=96, ge=16, le=1024)
+    advice: bool = False
     max_calls: int | None = Field(default=None, ge=0)
     max_tokens_run: int | None = Field(default=None, ge=0)
 

@@ -355,3 +355,19 @@ def test_two_stage_decides_in_prose_then_formats_with_the_menu_schema():
     schema = second["response_format"]["json_schema"]["schema"]
     assert all("reason" not in b["properties"] for b in schema.get("anyOf", [schema]))
     assert outcome.attempts[0].prompt_tokens == 1200 and manager.budget()["calls"] == 2
+
+
+@pytest.mark.parametrize("name,snapshot,menu", list(_scenarios())[:12], ids=[s.name for s in SUITE.scenarios[:12]])
+def test_advice_shows_the_rule_managers_proposal_only_when_asked(name, snapshot, menu):
+    """``RL_MANAGER_ADVICE``: the rule's decision for this very snapshot and menu, as a prompt section."""
+    rule = RuleManager().rule_decision(snapshot, menu)
+    client = _Client()
+    advised = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1", advice=True), client=client)
+    user = advised.messages(snapshot, menu, None)[-1]["content"]
+    section = user.split("## A rule table's reading")[1].split("## ")[0]
+    assert f"proposal: {rule.action}" in section and rule.reason in section
+    for change in getattr(rule, "changes", None) or []:
+        assert change.knob in section
+    plain = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1"), client=client)
+    assert "rule table" not in plain.messages(snapshot, menu, None)[-1]["content"]
+    assert estimate_tokens(advised.messages(snapshot, menu, None)) <= PROMPT_TOKEN_BUDGET

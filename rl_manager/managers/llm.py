@@ -15,7 +15,14 @@ from typing import Any
 
 from rl_manager.guard import parse_reply
 from rl_manager.managers.base import Manager, Proposal
-from rl_manager.prompt import build_compact_messages, build_messages, fold_problem, menu_schema, render_messages
+from rl_manager.prompt import (
+    build_compact_messages,
+    build_messages,
+    fold_problem,
+    menu_schema,
+    render_messages,
+    rule_advice,
+)
 from rl_manager.schema import ActionSpace, DecisionAdapter, TelemetrySnapshot
 from rl_manager.settings import LLMSettings
 
@@ -141,7 +148,8 @@ class LLMManager(Manager):
             return build_messages(snapshot, menu, feedback)
         # a schema-constrained reply needs no list of reply shapes in the prompt
         formats = self.settings.response_format not in ("menu_schema", "json_schema")
-        return build_compact_messages(snapshot, menu, feedback, formats=formats)
+        advice = rule_advice(snapshot, menu) if self.settings.advice else None
+        return build_compact_messages(snapshot, menu, feedback, formats=formats, advice=advice)
 
     def request_kwargs(self, messages: list[dict[str, str]], menu: ActionSpace | None = None) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for ``messages``."""
@@ -209,7 +217,8 @@ class LLMManager(Manager):
         (llama.cpp) only processes the prose and one more line. The prose becomes the reason.
         """
         s = self.settings
-        messages = build_compact_messages(snapshot, menu, feedback, formats=False, two_stage=True)
+        advice = rule_advice(snapshot, menu) if s.advice else None
+        messages = build_compact_messages(snapshot, menu, feedback, formats=False, two_stage=True, advice=advice)
         prose, first, usage1 = self._call(messages, max_tokens=s.prose_tokens, response_format=None)
         prose = (prose or "").strip()
         if not prose or first.finish_reason not in ("stop", "length"):
