@@ -31,6 +31,11 @@ for run in "${runs[@]}"; do
     one15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_TWO_STAGE=false ;;
     one05_visible) bench "$run" qwen2.5-coder-0.5b visible RL_MANAGER_TWO_STAGE=false ;;
     one05_heldout) bench "$run" qwen2.5-coder-0.5b heldout RL_MANAGER_TWO_STAGE=false ;;
+    # one stage with the rule manager's reading of the snapshot as a second opinion (RL_MANAGER_ADVICE)
+    adv15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
+    adv15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
+    adv05_visible) bench "$run" qwen2.5-coder-0.5b visible RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
+    adv05_heldout) bench "$run" qwen2.5-coder-0.5b heldout RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
     # the prompt and response format before issue 13 (0.391 on the visible suite in the issue)
     full15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;
     full15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;

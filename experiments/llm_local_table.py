@@ -21,6 +21,7 @@ def main() -> int:
         if settings:
             variant = f"{settings.get('prompt')}, {settings.get('response_format')}"
             variant += ", two-stage" if settings.get("two_stage") and settings.get("prompt") == "compact" else ""
+            variant += ", rule advice" if settings.get("advice") else ""
         else:
             variant = "-"
         suite = "held-out" if "heldout" in str(d.get("suite")) else "visible"
