@@ -659,16 +659,12 @@ def rule_advice(snapshot: TelemetrySnapshot, menu: ActionSpace) -> list[str]:
     from rl_manager.managers.rule import RuleManager
 
     decision = RuleManager().rule_decision(snapshot, menu)
+    # an adjust carries ``changes``, a rollback_and_consolidate one ``change``
+    changes = getattr(decision, "changes", None) or [c for c in [getattr(decision, "change", None)] if c]
     move = decision.action
-    changes = getattr(decision, "changes", None) or (
-        [decision.change] if getattr(decision, "change", None) is not None else []
-    )
     if changes:
         knobs = {k.name: k.current for k in menu.knobs}
-        move += ": " + ", ".join(
-            f"{c.knob} {fmt(knobs.get(c.knob))} -> {fmt(c.value)}" if c.knob in knobs else f"{c.knob} -> {fmt(c.value)}"
-            for c in changes
-        )
+        move += ": " + ", ".join(f"{c.knob} {fmt(knobs.get(c.knob))} -> {fmt(c.value)}" for c in changes)
     return [f"proposal: {move}", f"because: {decision.reason}"]
 
 
