@@ -772,6 +772,12 @@ class Controller:
             "interventions": self.interventions,
             # the LLM manager's budget guard: calls and tokens used, with their limits
             "llm_budget": self.manager.budget() if callable(getattr(self.manager, "budget", None)) else None,
+            # the LLM manager's settings (prompt, format, advice ...), so a run says how it was asked; no key
+            "llm_settings": (
+                settings.model_dump(mode="json", exclude={"api_key"})
+                if (settings := getattr(self.manager, "settings", None)) is not None
+                else None
+            ),
         }
 
 

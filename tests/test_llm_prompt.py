@@ -371,3 +371,16 @@ def test_advice_shows_the_rule_managers_proposal_only_when_asked(name, snapshot,
     plain = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1"), client=client)
     assert "rule table" not in plain.messages(snapshot, menu, None)[-1]["content"]
     assert estimate_tokens(advised.messages(snapshot, menu, None)) <= PROMPT_TOKEN_BUDGET
+
+
+def test_run_summary_records_the_llm_settings_without_the_key(tmp_path):
+    """``summary.json`` says how the LLM was asked (prompt, format, advice), so a run can be replayed."""
+    from tests.fakes import make_controller
+
+    settings = LLMSettings(base_url="http://127.0.0.1:9/v1", advice=True, max_calls=7, api_key="sk-secret")
+    ctl, _ = make_controller(tmp_path, LLMManager(settings, client=_Client()))
+    summary = ctl.summary()
+    assert summary["llm_settings"]["advice"] is True and summary["llm_settings"]["max_calls"] == 7
+    assert "api_key" not in summary["llm_settings"] and "sk-secret" not in json.dumps(summary)
+    rule_ctl, _ = make_controller(tmp_path / "rule", "rule")
+    assert rule_ctl.summary()["llm_settings"] is None
