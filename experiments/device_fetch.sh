@@ -6,6 +6,8 @@
 #   bash experiments/device_fetch.sh start NAME SEED PARAM...          # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz
+# start reads DEV (default cuda), FULL (default --full: the recipe's budget) and EF (evaluation every EF steps,
+# default 20000), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU machine.
 set -uo pipefail
 res=/tmp/fetchruns
 cd "$(dirname "$0")/.."

@@ -11,7 +11,7 @@ of the env, so the algorithm and its rewards are unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -54,8 +54,3 @@ class LocalComputeReward(VecEnvWrapper):
     def close(self) -> None:
         self.local.close()
         self.venv.close()
-
-    def _get_indices(self, indices: VecEnvIndices) -> Sequence[int]:
-        if indices is None:
-            return range(self.num_envs)
-        return [indices] if isinstance(indices, int) else list(indices)
