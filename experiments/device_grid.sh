@@ -4,6 +4,7 @@
 #   bash experiments/device_grid.sh poll OUT_DIR [WAIT_S]            # wait up to WAIT_S (default 540) for
 #                                                                    # them; when all are done, pack each
 #                                                                    # grid's small run files into OUT_DIR
+#                                                                    # (PACK=1: pack what is there, done or not)
 # Missing packages travel in .whl/ (wheels, installed offline) and .whl/pkgs/ (unpacked packages, e.g. a
 # gymnasium_robotics trimmed to the Fetch assets); WHL names another folder (e.g. when this script runs
 # from a snapshot of the source under .whl/, so that uncommitted edits in the checkout do not travel into
@@ -48,13 +49,15 @@ case "${1:?start|poll}" in
       sleep 10
     done
     for log in "$res"/*.log; do echo "== $log"; grep -c ": ok" "$log"; tail -n 5 "$log"; done
-    if [ "$pending" -eq 0 ]; then
+    if [ "$pending" -eq 0 ] || [ -n "${PACK:-}" ]; then
       mkdir -p "$out"
       for log in "$res"/*.log; do
         name=$(basename "${log%.log}")
-        (cd "$res" && tar czf "$out/$name.tgz" --exclude='*.zip' --exclude='*.pkl' --exclude='tb' "$name" "$name.log")
+        (cd "$res" && tar czf "$out/$name.tgz" --exclude='*.zip' --exclude='*.pkl' --exclude='tb' \
+          --exclude='*.monitor.csv' "$name" "$name.log")
       done
       ls -la "$out"
+      [ "$pending" -eq 0 ] || echo "$pending grid(s) still running (packed as they are)"
     else
       echo "$pending grid(s) still running"
     fi

@@ -5,6 +5,7 @@ import pytest
 from rl_manager.core import decide
 from rl_manager.managers import RuleManager, make_manager
 from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.rule import LADDER_OUTCOME
 from rl_manager.menu import build_action_space
 from rl_manager.schema import HistoryRow, InterventionOutcome, KnobSpec, ResolvedChange, RunPosition
 from tests.conftest import make_snapshot
@@ -619,3 +620,50 @@ def test_under_stepping_reads_the_latest_update_not_the_mean():
     assert not any(c.knob == "learning_rate" for c in decide(snap, RuleManager()).changes)
     snap.history[-1].approx_kl = 0.0045
     assert [c.knob for c in decide(snap, RuleManager()).changes] == ["learning_rate"]
+
+
+def test_over_stepping_lowers_the_lr_and_may_undo_the_ladders_own_raise():
+    """v13: the latest KL above 2× target → LR ÷1.5, the other half of the KL-adaptive rule (its late
+    decreases were 3 of its 4 wins over rule v12 on tuned PaperReacher seeds 200-204). The ladder may
+    undo its own raise; a raise made by another rule (the starved state's bold move) stays."""
+    snap = _ppo_snapshot(0.03, 0.2, [0.5, 0.5, 0.51, 0.5])
+    out = decide(snap, RuleManager())
+    assert [c.knob for c in out.changes] == ["learning_rate"]
+    assert 0.6 <= out.changes[0].after / out.changes[0].before <= 0.8  # the menu's option nearest ÷1.5
+    learning = decide(_ppo_snapshot(0.03, 0.2, [0.3, 0.4, 0.5, 0.6]), RuleManager())
+    assert learning.decision.action == "no_action"  # smaller steps would only slow a run still learning
+    for outcome, undone in ((LADDER_OUTCOME, True), ("larger policy updates", False)):
+        raised = InterventionOutcome(
+            evaluation_index=1,
+            step=1,
+            action="adjust",
+            changes=[ResolvedChange(knob="learning_rate", before=5e-4, after=1e-3)],
+            expected_outcome=outcome,
+            scores_after=[0.5, 0.51],
+            verdict="neutral",
+        )
+        snap.interventions = [raised]
+        lowered = any(c.knob == "learning_rate" and c.after < c.before for c in decide(snap, RuleManager()).changes)
+        assert lowered is undone
+
+
+def test_ladder_moves_do_not_hold_the_slower_rules_back():
+    """v13: a KL-ladder move one evaluation ago does not restart the clock of the rules that wait for
+    success rates (on reckless PaperReacher s90 a ladder firing at 9 of 50 boundaries kept *unsafe* from
+    acting); any other move does."""
+    snap = _unsafe_snapshot([0.4] * 4, [0.4] * 4)
+    assert any(c.knob == "collision_penalty" for c in decide(snap, RuleManager()).changes)
+    for outcome, waits in ((LADDER_OUTCOME, False), ("faster progress", True)):
+        snap.interventions = [
+            InterventionOutcome(
+                evaluation_index=3,
+                step=3,
+                action="adjust",
+                changes=[ResolvedChange(knob="learning_rate", before=1e-3, after=1.5e-3)],
+                expected_outcome=outcome,
+                scores_after=[0.4],
+                verdict="pending",
+            )
+        ]
+        out = decide(snap, RuleManager())
+        assert (out.decision.action == "no_action") is waits

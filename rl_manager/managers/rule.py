@@ -71,6 +71,11 @@ rule uses the knobs of that role that the menu offers, in menu order.
  11b   clip-bound      PPO: the same small KL at a mean clip   clip range ×1.5, up to ``clip_cap`` (a
                        fraction ≥ ``healthy_clip``             clip range of 0.1 holds the KL low at any
                                                                LR: the LR ladder stalls behind it)
+ 11c   over-stepping   PPO: approx KL of the latest update     LR ÷1.5 (the other half of the KL-adaptive
+                       > 2× target, and not *learning* (9):    rule)
+                       smaller steps fine-tune a run whose
+                       progress has slowed, they only slow
+                       one that is still learning
  12    stuck           success flat below 0.1 for 3            LR sits in the lower half of its (log)
                        evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
                        the budget used, return not             exploration ×2 when at its floor (the
@@ -97,6 +102,11 @@ return climbs), and a run that is still learning is left alone.
 The cost-penalty/success-bonus ratio is kept within [1/``max_ratio``, ``max_ratio``]: the manager
 never rebuilds the lopsided reward of a too-cautious recipe (a penalty 10× the bonus teaches the
 policy not to move), and it moves a lopsided reward back toward balance.
+
+*The KL ladder* (11, 11c) reads the latest update, a low-noise signal measured at every boundary: its moves
+may reverse each other (as the KL-adaptive rule's do), and the rules that wait for success rates to be
+measured (``min_measured`` evaluations) wait on the latest intervention *outside* the ladder, so that a
+stream of ladder moves does not hold the slower rules (e.g. *unsafe*) back.
 
 Memory: a (knob, direction) pair whose past intervention was measured ``worse`` is never proposed
 again; the rule moves on to its next candidate knob, and to no_action when none is left. A pair
@@ -128,6 +138,8 @@ from rl_manager.schema import (
 #: expected outcomes that tag the unsafe and plateau rules' moves in the intervention history
 SAFETY_OUTCOME = "fewer safety violations at a similar success rate"
 PLATEAU_OUTCOME = "finer updates, a new best"
+#: expected outcome of the KL ladder's LR moves (under-stepping, over-stepping)
+LADDER_OUTCOME = "approx KL toward its target"
 
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
@@ -231,14 +243,15 @@ class RuleManager(Manager):
     def rule_decision(self, snapshot: TelemetrySnapshot, menu: ActionSpace) -> Decision:
         """Apply the rule table."""
         moves = [
-            ((c.knob, "up" if c.after > c.before else "down"), i.verdict)
+            ((c.knob, "up" if c.after > c.before else "down"), i.verdict, i.expected_outcome == LADDER_OUTCOME)
             for i in snapshot.interventions
             for c in i.changes
         ]
-        self._worse = {move for move, verdict in moves if verdict == "worse"}
-        self._neutral = {move for move, verdict in moves if verdict == "neutral"}
-        # the latest change of each knob: reversing it is allowed only once it was measured worse
-        self._last_move = {knob: (direction, verdict) for (knob, direction), verdict in moves}
+        self._worse = {move for move, verdict, _ in moves if verdict == "worse"}
+        self._neutral = {move for move, verdict, _ in moves if verdict == "neutral"}
+        # the latest change of each knob: reversing it is allowed only once it was measured worse (or, for the
+        # KL ladder, when the ladder made it)
+        self._last_move = {knob: (direction, verdict, ladder) for (knob, direction), verdict, ladder in moves}
         for rule in (self._non_finite, self._stop, self._exploding, self._regression):
             decision = rule(snapshot, menu)
             if decision is not None:
@@ -258,6 +271,7 @@ class RuleManager(Manager):
             (self._under_stepping, 1),
             (self._clip_bound, 1),
             (self._learning, 0),
+            (self._over_stepping, 1),
             (self._stuck, self.min_measured),
             (self._plateau, self.min_measured),
         )
@@ -283,12 +297,14 @@ class RuleManager(Manager):
         base: float | None = None,
         floor: float | None = None,
         cap: float | None = None,
+        reverse: bool = False,
     ) -> KnobOption | None:
-        """The option closest (in log space) to ``current × factor`` in ``direction``, within [floor, cap]."""
+        """The option closest (in log space) to ``current × factor`` in ``direction``, within [floor, cap]
+        (``reverse``: the KL ladder may undo its own latest change of the knob)."""
         if (knob.name, direction) in self._worse:
             return None
         last = self._last_move.get(knob.name)
-        if last is not None and last[0] != direction and last[1] != "worse":
+        if last is not None and last[0] != direction and last[1] != "worse" and not (reverse and last[2]):
             return None  # no oscillation: do not undo a change that was not measured harmful
         if base is None:
             base = knob.current if options is None or knob.best_value is None else knob.best_value
@@ -309,25 +325,36 @@ class RuleManager(Manager):
         return min(moves, key=lambda o: abs(o.value - target))
 
     def _change(
-        self, menu: ActionSpace, role: str, direction: str, factor: float, cap: float | None = None
+        self,
+        menu: ActionSpace,
+        role: str,
+        direction: str,
+        factor: float,
+        cap: float | None = None,
+        reverse: bool = False,
     ) -> KnobChange | None:
         # a lever whose last use changed nothing is tried after the others
         knobs = sorted(menu.knobs, key=lambda k: (k.name, direction) in self._neutral)
         for knob in knobs:
             if knob.role == role:
-                option = self._option(knob, direction, factor, base=knob.current, cap=cap)
+                option = self._option(knob, direction, factor, base=knob.current, cap=cap, reverse=reverse)
                 if option is not None:
                     return KnobChange(knob=knob.name, value=option.value)
         return None
 
     def _adjust(
-        self, menu: ActionSpace, moves: list[tuple[str, str, float]], reason: str, expected: str
+        self,
+        menu: ActionSpace,
+        moves: list[tuple[str, str, float]],
+        reason: str,
+        expected: str,
+        reverse: bool = False,
     ) -> Decision | None:
         if "adjust" not in menu.actions:
             return None
         changes = []
         for role, direction, factor in moves:
-            change = self._change(menu, role, direction, factor)
+            change = self._change(menu, role, direction, factor, reverse=reverse)
             if change is not None and all(c.knob != change.knob for c in changes):
                 changes.append(change)
             if len(changes) >= menu.max_changes:
@@ -792,7 +819,22 @@ class RuleManager(Manager):
             [("learning_rate", "up", 1.5)],
             f"approx KL {kl[-1]:.2g} below half its target {self.target_kl:g} and mean clip fraction under "
             f"{self.healthy_clip:g}: the learning rate under-steps",
-            "approx KL closer to its target, faster progress",
+            LADDER_OUTCOME,
+            reverse=True,
+        )
+
+    def _over_stepping(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        """The latest update's KL above twice its target: LR ÷1.5, the other half of the KL-adaptive rule
+        (late in a healthy run its updates grow past the trust region; smaller steps fine-tune the policy)."""
+        kl = self._kl(s)
+        if not kl or kl[-1] <= 2 * self.target_kl:
+            return None
+        return self._adjust(
+            menu,
+            [("learning_rate", "down", 1 / 1.5)],
+            f"approx KL {kl[-1]:.2g} above twice its target {self.target_kl:g}: the learning rate over-steps",
+            LADDER_OUTCOME,
+            reverse=True,
         )
 
     def _clip_bound(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
@@ -847,10 +889,14 @@ class RuleManager(Manager):
 
     @staticmethod
     def _waiting(s: TelemetrySnapshot, measured: int) -> bool:
-        """Whether the latest intervention has fewer than ``measured`` evaluations measured after it."""
-        if not s.interventions or measured <= 0:
+        """Whether the latest intervention has fewer than ``measured`` evaluations measured after it (for
+        rules that need more than one, the latest outside the KL ladder: its moves are judged on the KL)."""
+        interventions = s.interventions
+        if measured > 1:
+            interventions = [i for i in interventions if i.expected_outcome != LADDER_OUTCOME]
+        if not interventions or measured <= 0:
             return False
-        last = s.interventions[-1]
+        last = interventions[-1]
         if last.action == "no_action":
             return False
         return last.verdict == "pending" and len(last.scores_after) < measured
