@@ -7,6 +7,9 @@ one gradient step of 2,048 samples per env step) or ``vN-gG-bB``: N envs steppin
 (``vec_env: subproc``), G gradient steps of B samples per vector step (replay ratio G/N). HER's
 relabelling runs in the learner's process (:class:`rl_manager.vec_env.LocalComputeReward`); a ``-ipc``
 suffix (``v16-g4-b4096-ipc``) measures SB3's default instead, one pipe round trip to a worker per batch.
+The update is :class:`rl_manager.fast_tqc.FastTQC`'s; a ``-sb3`` suffix (``zoo-sb3``, ``v16-g4-b4096-sb3``)
+measures sb3-contrib's own ``TQC.train`` instead (the same update, synchronised at every gradient step);
+``-fused`` gives the optimisers PyTorch's fused Adam (one kernel per step; CUDA only).
 
 ::
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import rl_manager.envs  # noqa: F401  (registers the env ids)
+from sb3_contrib import TQC
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rl_manager.train import _build_model, load_recipe, make_train_env
@@ -36,13 +40,21 @@ ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
 def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
-    if name == "zoo":
-        return {}
-    m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)(?:-ipc)?", name)
+    fused = {"optimizer_kwargs": {"fused": True}} if name.endswith("-fused") else {}
+    if re.fullmatch(r"zoo(?:-sb3)?(?:-fused)?", name):
+        return {"policy_kwargs_extra": fused}
+    m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)(?:-ipc)?(?:-sb3)?(?:-fused)?", name)
     if m is None:
         raise SystemExit(f"configuration {name!r}: expected zoo or vN-gG-bB (e.g. v16-g8-b4096)")
     n, g, b = (int(x) for x in m.groups())
-    return {"n_envs": n, "vec_env": "subproc", "train_freq": 1, "gradient_steps": g, "batch_size": b}
+    return {
+        "n_envs": n,
+        "vec_env": "subproc",
+        "train_freq": 1,
+        "gradient_steps": g,
+        "batch_size": b,
+        "policy_kwargs_extra": fused,
+    }
 
 
 class Clock(BaseCallback):
@@ -69,12 +81,13 @@ class Clock(BaseCallback):
 
 def measure(name: str, args: argparse.Namespace) -> tuple[float, float]:
     recipe = load_recipe("tqc", ENV_ID, "tuned", None) | overrides(name)
+    recipe["policy_kwargs"] = dict(recipe.get("policy_kwargs") or {}) | recipe.pop("policy_kwargs_extra")
     env = make_train_env(ENV_ID, recipe, seed=args.seed)
     if name.endswith("-ipc") and isinstance(env, LocalComputeReward):
         env = env.venv  # SB3's default: compute_reward through the worker pipe
     config = {"algo": "tqc", "recipe": recipe, "seed": args.seed, "tensorboard_log": None, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
-        model = _build_model(config, env, Path(tmp), None)
+        model = _build_model(config, env, Path(tmp), None, cls=TQC if name.endswith("-sb3") else None)
         clock = Clock(args.seconds, int(recipe.get("learning_starts", 100)))
         model.learn(10**9, callback=clock)
     env.close()
@@ -88,15 +101,17 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="measured wall time per configuration")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    rows = {name: measure(name, args) for name in args.configs}
-    zoo = rows.get("zoo", (None, None))[0]
     print(f"device {args.device}, {args.seconds:.0f} s per configuration, env {ENV_ID}")
     print("| configuration | env steps/s | gradient steps/s | replay ratio | env steps/s vs zoo |")
-    print("|---|---|---|---|---|")
-    for name, (steps, updates) in rows.items():
+    print("|---|---|---|---|---|", flush=True)
+    zoo = None
+    for name in args.configs:  # each row as soon as it is measured: a run cut short keeps its rows
+        steps, updates = measure(name, args)
+        if name.startswith("zoo") and zoo is None:
+            zoo = steps  # the first zoo configuration is the reference
         ratio = f"{steps / zoo:.2f}" if zoo else "-"
         replay = updates / steps if steps else float("nan")
-        print(f"| {name} | {steps:.1f} | {updates:.1f} | {replay:.3f} | {ratio} |")
+        print(f"| {name} | {steps:.1f} | {updates:.1f} | {replay:.3f} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

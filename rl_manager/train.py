@@ -64,11 +64,13 @@ VEC_ENVS = ("dummy", "subproc")
 
 
 def algo_classes() -> dict[str, type]:
-    """The supported algorithms by name."""
-    from sb3_contrib import TQC
+    """The supported algorithms by name (``tqc``: :class:`~rl_manager.fast_tqc.FastTQC`, sb3-contrib's TQC
+    with the same update and fewer device synchronisations)."""
     from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 
-    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "tqc": TQC, "td3": TD3, "ddpg": DDPG}
+    from rl_manager.fast_tqc import FastTQC
+
+    return {"ppo": PPO, "a2c": A2C, "sac": SAC, "tqc": FastTQC, "td3": TD3, "ddpg": DDPG}
 
 
 class TrainingError(RuntimeError):
@@ -238,11 +240,11 @@ def _her_learning_starts(learning_starts: int, env) -> int:
     return learning_starts
 
 
-def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | None):
+def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | None, cls: type | None = None):
     from stable_baselines3 import HerReplayBuffer
     from stable_baselines3.common.noise import NormalActionNoise
 
-    cls = algo_classes()[config["algo"]]
+    cls = cls or algo_classes()[config["algo"]]
     kwargs = {k: v for k, v in config["recipe"].items() if k not in RUN_KEYS}
     if kwargs.get("replay_buffer_class") == "HerReplayBuffer":
         kwargs["replay_buffer_class"] = HerReplayBuffer
