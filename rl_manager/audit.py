@@ -6,7 +6,10 @@ at most the line being written. :func:`read_audit` tolerates such a torn last li
 
 ``python -m rl_manager.audit show RUN_DIR`` prints the decisions as a ``rich`` table;
 ``python -m rl_manager.audit verify RUN_DIR`` re-judges every recorded reply with the guard against
-the menu recorded beside it and reports any verdict that differs from the log.
+the menu recorded beside it and reports any verdict that differs from the log;
+``python -m rl_manager.audit redecide RUN_DIR --manager rule`` asks a manager again on every recorded
+snapshot and menu and lists the boundaries where it would decide otherwise (a changed rule manager that
+repeats every decision of a run would repeat the run, whose training is seeded).
 """
 
 from __future__ import annotations
@@ -200,17 +203,44 @@ def verify(records: list[AuditRecord]) -> list[str]:
     return problems
 
 
+def _signature(decision: Any) -> tuple[Any, ...]:
+    """A decision's action and knob changes (reasons aside), comparable across runs."""
+    if decision is None:
+        return ("-",)
+    changes = getattr(decision, "changes", None) or [c for c in [getattr(decision, "change", None)] if c]
+    return decision.action, tuple(sorted((c.knob, round(c.value, 9)) for c in changes))
+
+
+def redecide(records: list[AuditRecord], manager: Any) -> list[tuple[AuditRecord, Any]]:
+    """Ask ``manager`` again on every decision record's snapshot and menu, its reply judged by the guard;
+    return the records whose decision it would not repeat, each with its own decision (``None``: rejected)."""
+    from rl_manager.guard import Guard
+
+    guard, differ = Guard(), []
+    for r in records:
+        if r.kind != "decision" or r.snapshot is None or r.menu is None:
+            continue
+        review = guard.review(manager.propose(r.snapshot, r.menu).reply, r.menu)
+        mine = review.decision if review.ok else None
+        if _signature(mine) != _signature(r.decision):
+            differ.append((r, mine))
+    return differ
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rl_manager.audit show|verify RUN_DIR``."""
+    """``python -m rl_manager.audit show|verify|redecide RUN_DIR``."""
     parser = argparse.ArgumentParser(prog="python -m rl_manager.audit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="print the decisions of a run as a table")
     show.add_argument("run_dir", help="run folder (or an audit.jsonl file)")
     check = sub.add_parser("verify", help="re-judge every recorded reply with the guard")
     check.add_argument("run_dir", help="run folder (or an audit.jsonl file)")
+    again = sub.add_parser("redecide", help="ask a manager again on every recorded snapshot; list what it changes")
+    again.add_argument("run_dir", help="run folder (or an audit.jsonl file)")
+    again.add_argument("--manager", default="rule", help="an offline manager (default: rule)")
     args = parser.parse_args(argv)
     p = _path(args.run_dir)
-    if not p.exists():
+    if not p.exists() and not p.with_name(p.name + ".gz").exists():
         print(f"error: no audit log at {p}", file=sys.stderr)
         return 2
     try:
@@ -218,6 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     except AuditLogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "redecide":
+        from rl_manager.managers import make_manager
+
+        differ = redecide(records, make_manager(args.manager))
+        for r, mine in differ:
+            before, now = _signature(r.decision), _signature(mine)
+            print(f"evaluation {r.evaluation_index} (step {r.step}): recorded {before}, now {now}")
+        total = sum(1 for r in records if r.kind == "decision" and r.snapshot is not None and r.menu is not None)
+        print(f"{total} decisions, {len(differ)} differ")
+        return 1 if differ else 0
     if args.command == "verify":
         problems = verify(records)
         for p in problems:

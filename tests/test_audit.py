@@ -114,3 +114,26 @@ def test_an_archived_gzipped_log_is_read(tmp_path):
     (tmp_path / "audit.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
     plain.unlink()
     assert [r.message for r in read_audit(tmp_path)] == ["kept"]
+
+
+def test_redecide_lists_the_boundaries_another_manager_decides_otherwise(tmp_path):
+    """The rule repeats its own logged decision; a manager that keeps the recipe does not; and the CLI reads
+    an archived log (committed runs keep ``audit.jsonl.gz``)."""
+    import gzip
+
+    from rl_manager.audit import redecide
+    from rl_manager.managers import RuleManager, make_manager
+
+    _, original = _log_decisions(tmp_path)
+    assert original.decision.action == "adjust"
+    assert redecide(read_audit(tmp_path), RuleManager()) == []
+    [(record, mine)] = redecide(read_audit(tmp_path), make_manager("none"))
+    assert record.decision == original.decision and mine.action == "no_action"
+    plain = tmp_path / "audit.jsonl"
+    (tmp_path / "audit.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    cli = [sys.executable, "-m", "rl_manager.audit", "redecide", str(tmp_path)]
+    same = subprocess.run(cli, capture_output=True, text=True)
+    assert same.returncode == 0 and "1 decisions, 0 differ" in same.stdout
+    other = subprocess.run([*cli, "--manager", "none"], capture_output=True, text=True)
+    assert other.returncode == 1 and "recorded ('adjust'" in other.stdout and "now ('no_action', ())" in other.stdout
