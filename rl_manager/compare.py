@@ -229,6 +229,9 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
     from rliable import metrics
 
     files = []
+    # one distinct colour an arm: the default cycle (tab10) repeats after 10 arms
+    cmap = plt.get_cmap("tab10" if len(grid.arms) <= 10 else "tab20")
+    colors = [cmap(i % cmap.N) for i in range(len(grid.arms))]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, arm in enumerate(grid.arms):
         curves = _curves(runs[arm.name], "scores")
@@ -239,7 +242,7 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
         point, interval = bootstrap(
             data, lambda x: np.array([metrics.aggregate_iqm(x[..., f]) for f in range(x.shape[-1])]), reps=500
         )
-        color = f"C{i}"
+        color = colors[i]
         ax.plot(steps, point[arm.name], label=arm.name, color=color)
         ax.fill_between(steps, interval[arm.name][0], interval[arm.name][1], alpha=0.2, color=color)
         marks = [s for r in runs[arm.name] for s, _ in r["interventions"]]
@@ -259,7 +262,7 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
         if curves is None or not np.isfinite(curves[1]).any():
             continue
         steps, values = curves
-        ax.plot(steps, np.nanmean(values, axis=0), label=arm.name, color=f"C{i}")
+        ax.plot(steps, np.nanmean(values, axis=0), label=arm.name, color=colors[i])
     ax.set_xlabel("env steps")
     ax.set_ylabel("mean evaluation episode cost")
     if ax.lines:
@@ -279,7 +282,7 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
                         values.setdefault(k, set()).add(round(v, 12))
         names = sorted(k for k, vs in values.items() if len(vs) > 1)  # knobs the manager moved
     if managed and names:
-        fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.0 * len(names)), sharex=True, squeeze=False)
+        fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.0 * len(names)), sharex=True, squeeze=False)
         for ax, knob in zip(axes[:, 0], names, strict=True):
             for i, arm in enumerate(grid.arms):
                 if arm not in managed:
@@ -288,11 +291,12 @@ def make_plots(grid: Grid, runs: dict[str, list[dict[str, Any]]], out: Path) -> 
                     pts = [(s, k[knob]) for s, k in r["knobs"] if knob in k]
                     if pts:
                         xs, ys = zip(*pts, strict=True)
-                        ax.step(xs, ys, where="post", color=f"C{i}", alpha=0.5, label=arm.name if j == 0 else None)
+                        label = arm.name if j == 0 else None
+                        ax.step(xs, ys, where="post", color=colors[i], alpha=0.5, label=label)
             ax.set_ylabel(knob, fontsize=8)
             scale, kwargs = _knob_scale(values[knob])
             ax.set_yscale(scale, **kwargs)
-        axes[0, 0].legend(fontsize=7)
+        axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data
         axes[-1, 0].set_xlabel("env steps")
         fig.tight_layout()
         fig.savefig(out / "knob_trajectories.png", dpi=110)
