@@ -144,7 +144,10 @@ def _recent(history: list[HistoryRow], n: int) -> list[HistoryRow] | None:
 
 
 def meets_targets(row: HistoryRow, snapshot: TelemetrySnapshot) -> bool:
-    """Whether one evaluation meets the snapshot's targets (safe success where measured)."""
+    """Whether one evaluation meets the snapshot's targets: safe success where measured, the violation rate
+    and, under an episode-cost constraint, the evaluation's mean episode cost (a run over its cost limit is
+    not done: on SafeFetchReach's reckless start a stop at the success target, cost 2–3× the limit, ended the
+    managed runs before the fixed runs' late drop in violations)."""
     t = snapshot.targets
     if t.success_rate is None:
         return False
@@ -154,6 +157,9 @@ def meets_targets(row: HistoryRow, snapshot: TelemetrySnapshot) -> bool:
         return False
     if t.max_violation_rate is not None and row_violation is not None:
         if not math.isfinite(row_violation) or row_violation > t.max_violation_rate:
+            return False
+    if t.cost_limit is not None and row.mean_cost is not None:
+        if not math.isfinite(row.mean_cost) or row.mean_cost > t.cost_limit:
             return False
     return True
 

@@ -105,3 +105,19 @@ def test_stop_gate_needs_every_evaluation_cell_to_meet_the_target():
     assert "stop_training" not in menu.actions and "hard" in menu.closed["stop_training"]
     snap.evaluation.cells[1].safe_success_rate = 0.86
     assert "stop_training" in build_action_space(snap).actions
+
+
+def test_a_run_over_its_cost_limit_is_not_done():
+    """The stop gate reads the episode-cost constraint too: SafeFetchReach's reckless runs stopped at the
+    success target with an evaluation cost 2-3x the limit (safe_fetch_reach_v6)."""
+    from rl_manager.menu import meets_targets
+    from rl_manager.schema import HistoryRow, Targets
+
+    snap = make_snapshot(targets=Targets(success_rate=0.85, max_violation_rate=0.15, cost_limit=2.5))
+    row = HistoryRow(evaluation_index=0, step=0, score=0.9, success_rate=0.9, violation_rate=0.05, mean_cost=4.7)
+    assert not meets_targets(row, snap)
+    row.mean_cost = 2.35
+    assert meets_targets(row, snap)
+    snap.targets.cost_limit = None  # no constraint: the cost is not a target
+    row.mean_cost = 40.0
+    assert meets_targets(row, snap)
