@@ -40,9 +40,8 @@ ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
 def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
-    fused = {"optimizer_kwargs": {"fused": True}} if name.endswith("-fused") else {}
     if re.fullmatch(r"zoo(?:-sb3)?(?:-fused)?", name):
-        return {"policy_kwargs_extra": fused}
+        return {}
     m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)(?:-ipc)?(?:-sb3)?(?:-fused)?", name)
     if m is None:
         raise SystemExit(f"configuration {name!r}: expected zoo or vN-gG-bB (e.g. v16-g8-b4096)")
@@ -53,7 +52,6 @@ def overrides(name: str) -> dict[str, Any]:
         "train_freq": 1,
         "gradient_steps": g,
         "batch_size": b,
-        "policy_kwargs_extra": fused,
     }
 
 
@@ -81,7 +79,8 @@ class Clock(BaseCallback):
 
 def measure(name: str, args: argparse.Namespace) -> tuple[float, float]:
     recipe = load_recipe("tqc", ENV_ID, "tuned", None) | overrides(name)
-    recipe["policy_kwargs"] = dict(recipe.get("policy_kwargs") or {}) | recipe.pop("policy_kwargs_extra")
+    if name.endswith("-fused"):
+        recipe["policy_kwargs"] = dict(recipe.get("policy_kwargs") or {}) | {"optimizer_kwargs": {"fused": True}}
     env = make_train_env(ENV_ID, recipe, seed=args.seed)
     if name.endswith("-ipc") and isinstance(env, LocalComputeReward):
         env = env.venv  # SB3's default: compute_reward through the worker pipe

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rl_manager.schema import AuditRecord
+from rl_manager.schema import AuditRecord, Decision, knob_changes
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +126,9 @@ class AuditLog:
 
 
 def _describe(record: AuditRecord) -> str:
-    d = record.decision
-    if d is None:
+    if record.decision is None:
         return record.message or "-"
-    if d.action == "adjust":
-        return ", ".join(f"{c.knob}={c.value:.4g}" for c in d.changes)
-    if d.action == "rollback_and_consolidate":
-        return f"{d.change.knob}={d.change.value:.4g}"
-    return ""
+    return ", ".join(f"{c.knob}={c.value:.4g}" for c in knob_changes(record.decision))
 
 
 #: columns of ``audit show``
@@ -203,12 +198,16 @@ def verify(records: list[AuditRecord]) -> list[str]:
     return problems
 
 
-def _signature(decision: Any) -> tuple[Any, ...]:
+def _signature(decision: Decision | None) -> tuple[Any, ...]:
     """A decision's action and knob changes (reasons aside), comparable across runs."""
     if decision is None:
         return ("-",)
-    changes = getattr(decision, "changes", None) or [c for c in [getattr(decision, "change", None)] if c]
-    return decision.action, tuple(sorted((c.knob, round(c.value, 9)) for c in changes))
+    return decision.action, tuple(sorted((c.knob, round(c.value, 9)) for c in knob_changes(decision)))
+
+
+def _redecidable(records: list[AuditRecord]) -> list[AuditRecord]:
+    """The decision records that carry the snapshot and menu they were decided on."""
+    return [r for r in records if r.kind == "decision" and r.snapshot is not None and r.menu is not None]
 
 
 def redecide(records: list[AuditRecord], manager: Any) -> list[tuple[AuditRecord, Any]]:
@@ -217,9 +216,7 @@ def redecide(records: list[AuditRecord], manager: Any) -> list[tuple[AuditRecord
     from rl_manager.guard import Guard
 
     guard, differ = Guard(), []
-    for r in records:
-        if r.kind != "decision" or r.snapshot is None or r.menu is None:
-            continue
+    for r in _redecidable(records):
         review = guard.review(manager.propose(r.snapshot, r.menu).reply, r.menu)
         mine = review.decision if review.ok else None
         if _signature(mine) != _signature(r.decision):
@@ -255,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         for r, mine in differ:
             before, now = _signature(r.decision), _signature(mine)
             print(f"evaluation {r.evaluation_index} (step {r.step}): recorded {before}, now {now}")
-        total = sum(1 for r in records if r.kind == "decision" and r.snapshot is not None and r.menu is not None)
-        print(f"{total} decisions, {len(differ)} differ")
+        print(f"{len(_redecidable(records))} decisions, {len(differ)} differ")
         return 1 if differ else 0
     if args.command == "verify":
         problems = verify(records)

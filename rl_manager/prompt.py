@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from rl_manager.schema import ActionSpace, KnobOption, TelemetrySnapshot
+from rl_manager.schema import ActionSpace, KnobOption, TelemetrySnapshot, knob_changes
 
 #: history rows shown in the table (the most recent ones)
 MAX_HISTORY_ROWS = 10
@@ -659,8 +659,7 @@ def rule_advice(snapshot: TelemetrySnapshot, menu: ActionSpace) -> list[str]:
     from rl_manager.managers.rule import RuleManager
 
     decision = RuleManager().rule_decision(snapshot, menu)
-    # an adjust carries ``changes``, a rollback_and_consolidate one ``change``
-    changes = getattr(decision, "changes", None) or [c for c in [getattr(decision, "change", None)] if c]
+    changes = knob_changes(decision)
     move = decision.action
     if changes:
         knobs = {k.name: k.current for k in menu.knobs}

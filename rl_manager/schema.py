@@ -191,6 +191,15 @@ Decision = Annotated[
 DecisionAdapter: TypeAdapter[Decision] = TypeAdapter(Decision)
 
 
+def knob_changes(decision: Decision) -> list[KnobChange]:
+    """The knob changes a decision asks for: an adjust's ``changes``, a consolidation's one ``change``."""
+    if isinstance(decision, Adjust):
+        return list(decision.changes)
+    if isinstance(decision, RollbackAndConsolidate):
+        return [decision.change]
+    return []
+
+
 class ResolvedChange(StrictModel):
     """A validated knob change: the value before and after."""
 

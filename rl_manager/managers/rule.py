@@ -104,9 +104,9 @@ never rebuilds the lopsided reward of a too-cautious recipe (a penalty 10× the 
 policy not to move), and it moves a lopsided reward back toward balance.
 
 *The KL ladder* (11, 11c) reads the latest update, a low-noise signal measured at every boundary: its moves
-may reverse each other (as the KL-adaptive rule's do), and the rules that wait for success rates to be
-measured (``min_measured`` evaluations) wait on the latest intervention *outside* the ladder, so that a
-stream of ladder moves does not hold the slower rules (e.g. *unsafe*) back.
+may undo each other (as the KL-adaptive rule's do; never another rule's move), and the rules that wait for
+success rates to be measured (``min_measured`` evaluations) wait on the latest intervention *outside* the
+ladder, so that a stream of ladder moves does not hold the slower rules (e.g. *unsafe*) back.
 
 Memory: a (knob, direction) pair whose past intervention was measured ``worse`` is never proposed
 again; the rule moves on to its next candidate knob, and to no_action when none is left. A pair
