@@ -9,7 +9,8 @@ relabelling runs in the learner's process (:class:`rl_manager.vec_env.LocalCompu
 suffix (``v16-g4-b4096-ipc``) measures SB3's default instead, one pipe round trip to a worker per batch.
 The update is :class:`rl_manager.fast_tqc.FastTQC`'s; a ``-sb3`` suffix (``zoo-sb3``, ``v16-g4-b4096-sb3``)
 measures sb3-contrib's own ``TQC.train`` instead (the same update, synchronised at every gradient step);
-``-fused`` gives the optimisers PyTorch's fused Adam (one kernel per step; CUDA only).
+``-fused`` gives the optimisers PyTorch's fused Adam (one kernel per step; CUDA only); ``-nograph`` turns off
+FastTQC's CUDA graph of the gradient step (its loop without host syncs only).
 
 ::
 
@@ -40,13 +41,15 @@ ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
 def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
-    if re.fullmatch(r"zoo(?:-sb3)?(?:-fused)?", name):
-        return {}
-    m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)(?:-ipc)?(?:-sb3)?(?:-fused)?", name)
+    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?"
+    flags = {"cuda_graph": False} if name.endswith("-nograph") else {}
+    if re.fullmatch(r"zoo" + suffixes, name):
+        return flags
+    m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)" + suffixes, name)
     if m is None:
         raise SystemExit(f"configuration {name!r}: expected zoo or vN-gG-bB (e.g. v16-g8-b4096)")
     n, g, b = (int(x) for x in m.groups())
-    return {
+    return flags | {
         "n_envs": n,
         "vec_env": "subproc",
         "train_freq": 1,
@@ -79,14 +82,14 @@ class Clock(BaseCallback):
 
 def measure(name: str, args: argparse.Namespace) -> tuple[float, float]:
     recipe = load_recipe("tqc", ENV_ID, "tuned", None) | overrides(name)
-    if name.endswith("-fused"):
+    if "-fused" in name:
         recipe["policy_kwargs"] = dict(recipe.get("policy_kwargs") or {}) | {"optimizer_kwargs": {"fused": True}}
     env = make_train_env(ENV_ID, recipe, seed=args.seed)
-    if name.endswith("-ipc") and isinstance(env, LocalComputeReward):
+    if "-ipc" in name and isinstance(env, LocalComputeReward):
         env = env.venv  # SB3's default: compute_reward through the worker pipe
     config = {"algo": "tqc", "recipe": recipe, "seed": args.seed, "tensorboard_log": None, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
-        model = _build_model(config, env, Path(tmp), None, cls=TQC if name.endswith("-sb3") else None)
+        model = _build_model(config, env, Path(tmp), None, cls=TQC if "-sb3" in name else None)
         clock = Clock(args.seconds, int(recipe.get("learning_starts", 100)))
         model.learn(10**9, callback=clock)
     env.close()
