@@ -123,6 +123,8 @@ class ManagerCallback(BaseCallback, Controlled):
         it arrives; one request in flight.
     :param max_age: async replies collected more than this many boundaries after their request are
         discarded and logged as stale.
+    :param interim: async only: the manager that decides at boundaries where no reply is applied (e.g. ``"rule"``
+        beside a slow LLM); ``None``: nothing happens there.
     :param end_on_best: at the end of training, restore the best checkpoint and its knobs.
     :param verbose: 1 prints each decision.
     """
@@ -146,6 +148,7 @@ class ManagerCallback(BaseCallback, Controlled):
         run_id: str | None = None,
         async_decisions: bool = False,
         max_age: int = 2,
+        interim: Manager | str | None = None,
         end_on_best: bool = False,
         evaluator: PairedEvaluator | None = None,
         verbose: int = 0,
@@ -154,8 +157,8 @@ class ManagerCallback(BaseCallback, Controlled):
         # fmt: off
         self.controller = Controller(
             self, manager, run_dir=run_dir, fallback=fallback, gates=gates, targets=targets, run_id=run_id,
-            async_decisions=async_decisions, max_age=max_age, best_file="best_model.zip", end_on_best=end_on_best,
-            verbose=verbose,
+            async_decisions=async_decisions, max_age=max_age, interim=interim, best_file="best_model.zip",
+            end_on_best=end_on_best, verbose=verbose,
         )
         # fmt: on
         if eval_env is not None and not isinstance(eval_env, VecEnv):

@@ -48,7 +48,7 @@ from rl_manager.train import software_versions
 
 
 class Arm(StrictModel):
-    """One arm: env + algo + recipe + manager (+ extra ``-params``)."""
+    """One arm: env + algo + recipe + manager (+ extra ``-params`` and ``train`` flags)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     env: str
@@ -56,6 +56,8 @@ class Arm(StrictModel):
     recipe: str = "tuned"
     manager: str = "rule"
     params: list[str] = Field(default_factory=list)
+    #: further ``rl_manager.train`` flags, e.g. ``[--decisions, async, --interim, rule]``
+    args: list[str] = Field(default_factory=list)
 
 
 class Grid(StrictModel):
@@ -81,6 +83,7 @@ def _train_args(grid: Grid, arm: Arm, seed: int, run_dir: Path) -> list[str]:
         args += ["--algo", arm.algo]
     if grid.eval_freq:
         args += ["--eval-freq", str(grid.eval_freq)]
+    args += arm.args
     params = grid.params + arm.params
     if params:
         args += ["-params", *params]

@@ -157,6 +157,9 @@ class Controller:
     :param targets: success target and cost limit.
     :param async_decisions: ask the manager on a background thread (training never waits).
     :param max_age: async replies collected more than this many boundaries after their request are stale.
+    :param interim: async only: the manager that decides, synchronously, at every boundary where no reply of
+        the primary is applied (none collected, or a stale one), e.g. the rule manager beside a slow LLM.
+        Its moves are verified like any other; ``None``: nothing happens at those boundaries.
     :param decision_timeout_s: sync decisions: the longest a boundary waits for the manager; past it
         the request is abandoned on its thread and the fallback decides (default: the manager's
         ``settings.timeout_s`` if it has one, as the LLM manager does; else no limit).
@@ -187,6 +190,7 @@ class Controller:
         targets: Targets | None = None,
         async_decisions: bool = False,
         max_age: int = 2,
+        interim: Manager | str | None = None,
         decision_timeout_s: float | None = None,
         run_id: str | None = None,
         history_len: int = 10,
@@ -206,6 +210,7 @@ class Controller:
         self.gates = gates or GateConfig()
         self.targets = targets or Targets()
         self.async_decisions, self.max_age = async_decisions, max_age
+        self.interim = make_manager(interim) if isinstance(interim, str) else interim
         if decision_timeout_s is None:
             decision_timeout_s = getattr(getattr(self.manager, "settings", None), "timeout_s", None)
         self.decision_timeout_s = decision_timeout_s
@@ -470,6 +475,10 @@ class Controller:
             note = f"requested at evaluation {result.submitted_at}, applied at {self.state.evaluation_index}"
             self._apply(self._requested or snapshot, outcome, note=note, requested_at=result.submitted_at)
             snapshot = self.snapshot()  # knobs may have changed
+        if outcome is None and self.interim is not None and not self.stopped:
+            outcome = decide(snapshot, self.interim, gates=self.gates, fallback=None, max_reasks=0)
+            self._apply(snapshot, outcome, note=f"interim ({self.interim.name}): no {self.manager.name} reply to apply")
+            snapshot = self.snapshot()
         if not self.stopped:
             request = snapshot.model_copy(deep=True)  # the worker must not see later edits of the state
             manager, fallback, gates = self.manager, self.fallback, self.gates
@@ -764,6 +773,7 @@ class Controller:
             "run_id": self.run_id,
             "manager": self.manager.name,
             "async": self.async_decisions,
+            "interim": self.interim.name if self.interim is not None else None,
             **self.ledger.summary(),
             "stopped_by_manager": self.stopped,
             "evaluations": self.state.evaluation_index + 1,

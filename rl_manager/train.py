@@ -127,6 +127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-age", type=positive(int, 0), default=2, help="async replies older than this many boundaries are stale"
     )
+    p.add_argument(
+        "--interim",
+        default="none",
+        choices=["none", *sorted(MANAGERS)],
+        help="async: the manager that decides at boundaries where no reply is applied, e.g. rule beside a slow LLM",
+    )
     p.add_argument("--no-safety", action="store_true", help="use the plain env, without the safety-cost wrapper")
     p.add_argument("--save-freq", type=count, default=None, help="env steps between resumable checkpoints")
     p.add_argument(
@@ -486,6 +492,7 @@ def _main(args: argparse.Namespace) -> int:
             "info_keywords": list(_info_keywords(env_id)),
             "async_decisions": args.decisions == "async" or (args.decisions == "auto" and manager_name == "llm"),
             "max_age": args.max_age,
+            "interim": None if args.interim == "none" else args.interim,
             "llm_gguf": llm_gguf,
         }
         write_text_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
@@ -591,6 +598,7 @@ def train(
         knobs=knobs,
         async_decisions=bool(config.get("async_decisions", False)),
         max_age=int(config.get("max_age", 2)),
+        interim=config.get("interim"),
         end_on_best=bool(getattr(MANAGERS.get(config["manager"]), "end_on_best", False)),
         evaluator=evaluator,
         verbose=verbose,

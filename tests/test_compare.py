@@ -19,7 +19,7 @@ heldout_episodes: 1
 params: ["n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:{net_arch: [8]}"]
 arms:
   - {name: fixed, env: PlanarReacher, algo: ppo, recipe: conservative, manager: none}
-  - {name: managed, env: PlanarReacher, algo: ppo, recipe: conservative, manager: rule}
+  - {name: managed, env: PlanarReacher, algo: ppo, recipe: conservative, manager: rule, args: [--max-age, "4"]}
 """
 
 
@@ -36,6 +36,7 @@ def test_compare_tiny_grid_then_skip_and_plot_only(tmp_path):
     for arm in ("fixed", "managed"):
         summary = json.loads((out / "runs" / arm / "s0" / "summary.json").read_text())
         assert summary["timesteps"] == 512 and summary["seed"] == 0
+    assert "max_age: 4" in (out / "runs" / "managed" / "s0" / "config.yml").read_text()  # the arm's train flags
     # a second call skips finished runs; --plot-only rebuilds and keeps a written discussion
     (out / "REPORT.md").write_text(report.replace("(to be written)", "kept text"))
     mtime = (out / "runs" / "fixed" / "s0" / "summary.json").stat().st_mtime

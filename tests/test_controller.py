@@ -97,6 +97,25 @@ def test_async_reply_applied_at_next_boundary(tmp_path: Path) -> None:
     assert rec.snapshot.position.evaluation_index == 0  # audited with the snapshot it was asked on
 
 
+def test_async_interim_decides_only_where_no_reply_is_applied(tmp_path: Path) -> None:
+    gate = threading.Event()
+    interim = Scripted([adjust(learning_rate=2e-3)])
+    interim.name = "interim"
+    slow = Scripted([adjust(learning_rate=1e-3)], gate=gate)
+    ctl, adapter = make_controller(tmp_path, slow, async_decisions=True, interim=interim)
+    ctl.boundary(observation(1000, 0.2))
+    assert ctl.pending and adapter.values["learning_rate"] == pytest.approx(2e-3)  # the interim acted, no wait
+    ctl.boundary(observation(2000, 0.2))  # still in flight: the interim again (no_action now)
+    gate.set()
+    assert ctl.decider is not None and ctl.decider.wait(10)
+    ctl.boundary(observation(3000, 0.2))  # the reply is collected: the interim is not asked
+    assert interim.calls == 2
+    records = read_audit(tmp_path)
+    assert [(r.proposer, r.requested_at) for r in records] == [("interim", None), ("interim", None), ("scripted", 0)]
+    assert records[1].message == "interim (interim): no scripted reply to apply"
+    assert ctl.summary()["interim"] == "interim"
+
+
 def test_async_stale_and_abandoned(tmp_path: Path) -> None:
     ctl, _ = make_controller(tmp_path, Scripted(), async_decisions=True, max_age=0)
     for i in range(3):
