@@ -88,7 +88,7 @@ class FastTQC(TQC):
     def get_parameters(self) -> dict[str, dict]:
         """As :meth:`TQC.get_parameters`, with the optimiser states of a graph run made plain (see the module)."""
         params = super().get_parameters()
-        for name, state in params.items():
+        for state in params.values():
             if "param_groups" not in state:
                 continue
             for group in state["param_groups"]:
@@ -100,7 +100,6 @@ class FastTQC(TQC):
                 pid: {k: (v.detach().cpu() if k == "step" and isinstance(v, th.Tensor) else v) for k, v in s.items()}
                 for pid, s in state["state"].items()
             }
-            params[name] = state
         return params
 
     # ------------------------------------------------------------------------------------------- the update

@@ -130,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--interim",
         default="none",
-        choices=["none", *sorted(MANAGERS)],
+        choices=sorted(MANAGERS),  # "none" among them: nothing between replies
         help="async: the manager that decides at boundaries where no reply is applied, e.g. rule beside a slow LLM",
     )
     p.add_argument("--no-safety", action="store_true", help="use the plain env, without the safety-cost wrapper")

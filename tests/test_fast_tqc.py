@@ -6,8 +6,8 @@ from rl_manager.actuators import LearningRate
 from rl_manager.fast_tqc import FastTQC
 
 
-def _train(cls, **kwargs):
-    model = cls(
+def _model(cls, device: str = "cpu", **kwargs):
+    return cls(
         "MlpPolicy",
         "Pendulum-v1",
         learning_starts=64,
@@ -16,11 +16,13 @@ def _train(cls, **kwargs):
         gradient_steps=4,
         policy_kwargs={"net_arch": [32, 32], "n_critics": 2, "n_quantiles": 5},
         seed=3,
-        device="cpu",
+        device=device,
         **kwargs,
     )
-    model.learn(400)
-    return model
+
+
+def _train(cls, **kwargs):
+    return _model(cls, **kwargs).learn(400)
 
 
 def test_fast_tqc_trains_exactly_as_tqc():
@@ -39,19 +41,7 @@ cuda = pytest.mark.skipif(not th.cuda.is_available(), reason="CUDA graphs need a
 
 
 def _cuda_model(cuda_graph: bool, **kwargs):
-    return FastTQC(
-        "MlpPolicy",
-        "Pendulum-v1",
-        learning_starts=64,
-        batch_size=32,
-        train_freq=8,
-        gradient_steps=4,
-        policy_kwargs={"net_arch": [32, 32], "n_critics": 2, "n_quantiles": 5},
-        seed=3,
-        device="cuda",
-        cuda_graph=cuda_graph,
-        **kwargs,
-    )
+    return _model(FastTQC, device="cuda", cuda_graph=cuda_graph, **kwargs)
 
 
 @cuda
