@@ -10,7 +10,8 @@ suffix (``v16-g4-b4096-ipc``) measures SB3's default instead, one pipe round tri
 The update is :class:`rl_manager.fast_tqc.FastTQC`'s; a ``-sb3`` suffix (``zoo-sb3``, ``v16-g4-b4096-sb3``)
 measures sb3-contrib's own ``TQC.train`` instead (the same update, synchronised at every gradient step);
 ``-fused`` gives the optimisers PyTorch's fused Adam (one kernel per step; CUDA only); ``-nograph`` turns off
-FastTQC's CUDA graph of the gradient step (its loop without host syncs only).
+FastTQC's CUDA graph of the gradient step (its loop without host syncs only); ``-devbuf`` samples HER's
+batches on the device (:class:`rl_manager.device_her.DeviceHerReplayBuffer`) instead of SB3's numpy sampler.
 
 ::
 
@@ -41,8 +42,10 @@ ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
 def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
-    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?"
-    flags = {"cuda_graph": False} if name.endswith("-nograph") else {}
+    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?(?:-devbuf)?"
+    flags: dict[str, Any] = {"cuda_graph": False} if "-nograph" in name else {}
+    if "-devbuf" in name:
+        flags["replay_buffer_class"] = "DeviceHerReplayBuffer"
     if re.fullmatch(r"zoo" + suffixes, name):
         return flags
     m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)" + suffixes, name)

@@ -250,10 +250,13 @@ def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | N
     from stable_baselines3 import HerReplayBuffer
     from stable_baselines3.common.noise import NormalActionNoise
 
+    from rl_manager.device_her import DeviceHerReplayBuffer
+
     cls = cls or algo_classes()[config["algo"]]
     kwargs = {k: v for k, v in config["recipe"].items() if k not in RUN_KEYS}
-    if kwargs.get("replay_buffer_class") == "HerReplayBuffer":
-        kwargs["replay_buffer_class"] = HerReplayBuffer
+    buffers = {"HerReplayBuffer": HerReplayBuffer, "DeviceHerReplayBuffer": DeviceHerReplayBuffer}
+    if kwargs.get("replay_buffer_class") in buffers:
+        kwargs["replay_buffer_class"] = buffers[kwargs["replay_buffer_class"]]
         kwargs["learning_starts"] = _her_learning_starts(kwargs.get("learning_starts", 100), env)
     noise_std = kwargs.pop("noise_std", None)
     kwargs.pop("noise_type", None)

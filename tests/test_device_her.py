@@ -1,0 +1,189 @@
+"""``DeviceHerReplayBuffer``: SB3's HER sampling, on the device, checked transition by transition on FetchReach."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import gymnasium as gym
+import gymnasium_robotics
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.her import HerReplayBuffer
+
+from rl_manager.device_her import DeviceHerReplayBuffer
+
+gym.register_envs(gymnasium_robotics)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not th.cuda.is_available(), reason="no CUDA"))]
+N_ENVS = 2
+
+
+class DoubledReward(gym.Wrapper):
+    """A goal env whose ``compute_reward`` is not the distance rule its attributes describe."""
+
+    def compute_reward(self, achieved, desired, info):
+        return 2.0 * self.env.unwrapped.compute_reward(achieved, desired, info)
+
+
+def fill(buffers: list[HerReplayBuffer], env, steps: int, seed: int = 0) -> None:
+    """Random-action transitions, added to every buffer as SB3's off-policy loop does."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset()
+    for _ in range(steps):
+        action = rng.uniform(-1, 1, (N_ENVS, 4)).astype(np.float32)
+        new_obs, reward, done, infos = env.step(action)
+        next_obs = copy.deepcopy(new_obs)
+        for i in np.flatnonzero(done):
+            for key in next_obs:
+                next_obs[key][i] = infos[i]["terminal_observation"][key]
+        for buffer in buffers:
+            buffer.add(obs, next_obs, action, reward, done, infos)
+        obs = new_obs
+
+
+def make(env, cls=DeviceHerReplayBuffer, size: int = 2000, device: str = "cpu", **kwargs) -> HerReplayBuffer:
+    return cls(size, env.observation_space, env.action_space, env, device=device, n_envs=N_ENVS, **kwargs)
+
+
+@pytest.fixture
+def env():
+    venv = make_vec_env("FetchReach-v4", n_envs=N_ENVS, seed=0)
+    yield venv
+    venv.close()
+
+
+def locate(buffer: HerReplayBuffer, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, env) of each sampled transition, found by its action (random floats: unique)."""
+    stored = buffer.actions.reshape(-1, buffer.actions.shape[-1])
+    where = {a.tobytes(): i for i, a in enumerate(stored)}
+    flat = np.array([where[a.tobytes()] for a in actions])
+    return flat // buffer.n_envs, flat % buffer.n_envs
+
+
+def episode_rows(buffer: HerReplayBuffer, row: int, env_idx: int) -> np.ndarray:
+    start, length = buffer.ep_start[row, env_idx], buffer.ep_length[row, env_idx]
+    return np.arange(start, start + length) % buffer.buffer_size
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_samples_are_stored_transitions_relabelled_as_sb3_does(env, device):
+    buffer = make(env, device=device)
+    fill([buffer], env, 130)  # two ended episodes per env, one in progress
+    batch = buffer.sample(512)
+    assert batch.actions.device.type == device and buffer._reward_fn is not None  # relabelled on the device
+    b = {k: v.cpu().numpy() for k, v in batch.observations.items()}
+    nb = {k: v.cpu().numpy() for k, v in batch.next_observations.items()}
+    rows, envs = locate(buffer, batch.actions.cpu().numpy())
+    assert (buffer.ep_length[rows, envs] > 0).all()  # never a transition of an episode still running
+    for key in ("observation", "achieved_goal"):
+        np.testing.assert_array_equal(b[key], buffer.observations[key][rows, envs])
+        np.testing.assert_array_equal(nb[key], buffer.next_observations[key][rows, envs])
+    np.testing.assert_array_equal(b["desired_goal"], nb["desired_goal"])
+    dones = batch.dones.cpu().numpy()[:, 0]
+    np.testing.assert_array_equal(dones, buffer.dones[rows, envs] * (1 - buffer.timeouts[rows, envs]))
+    rewards = batch.rewards.cpu().numpy()[:, 0]
+
+    n_real = 512 - int(buffer.her_ratio * 512)
+    real = slice(0, n_real)
+    np.testing.assert_array_equal(b["desired_goal"][real], buffer.observations["desired_goal"][rows[real], envs[real]])
+    np.testing.assert_array_equal(rewards[real], buffer.rewards[rows[real], envs[real]])
+    virtual = slice(n_real, 512)
+    offsets = future_offsets(buffer, rows[virtual], envs[virtual], b["desired_goal"][virtual])
+    assert 0 in offsets and offsets.max() > 10  # the current step included, and far ones drawn
+    expected = env.env_method("compute_reward", nb["achieved_goal"], b["desired_goal"], None, indices=[0])[0]
+    np.testing.assert_array_equal(rewards[n_real:], expected[n_real:])
+    assert (rewards[n_real:] == 0).any() and (rewards[n_real:] == -1).any()
+
+
+def future_offsets(buffer: HerReplayBuffer, rows, envs, goals) -> np.ndarray:
+    """Steps from each transition to the one whose achieved goal became its desired goal (same episode)."""
+    offsets = []
+    for row, env_idx, goal in zip(rows, envs, goals, strict=True):
+        episode = episode_rows(buffer, row, env_idx)
+        later = episode[np.flatnonzero(episode == row)[0] :]
+        match = np.flatnonzero((buffer.next_observations["achieved_goal"][later, env_idx] == goal).all(axis=1))
+        assert match.size, "a relabelled goal that is not a later achieved goal of its episode"
+        offsets.append(match[0])
+    return np.array(offsets)
+
+
+def test_sampling_distribution_matches_sb3(env):
+    th.manual_seed(0)
+    np.random.seed(0)
+    device, host = make(env), make(env, cls=HerReplayBuffer)
+    fill([device, host], env, 75)  # one ended episode per env (100 valid transitions), one running
+    n_virtual = int(device.her_ratio * 4096)
+    virtual = slice(4096 - n_virtual, 4096)  # both put the relabelled part last
+    counts, offsets = [], []
+    for buffer in (device, host):
+        batches = [buffer.sample(4096) for _ in range(25)]
+        rows, envs = locate(buffer, np.concatenate([s.actions.numpy() for s in batches]))
+        counts.append(np.bincount(rows * N_ENVS + envs, minlength=buffer.buffer_size * N_ENVS) / len(rows))
+        rows, envs = locate(buffer, batches[0].actions.numpy()[virtual])
+        goals = batches[0].observations["desired_goal"].numpy()[virtual]
+        offsets.append(future_offsets(buffer, rows[:1000], envs[:1000], goals[:1000]))
+    assert counts[0].sum() == pytest.approx(1) and np.count_nonzero(counts[0]) == 100
+    assert 0.5 * np.abs(counts[0] - counts[1]).sum() < 0.03  # total variation over (row, env): both uniform
+    assert abs(offsets[0].mean() - offsets[1].mean()) < 1.5  # relabelling reaches as far ahead in both
+    assert abs(np.mean(offsets[0] == 0) - np.mean(offsets[1] == 0)) < 0.03
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_incremental_mirror_equals_a_fresh_one_after_the_buffer_wraps(env, device):
+    buffer = make(env, size=150, device=device)  # 75 rows per env: episodes of 50 are overwritten mid-way
+    fill([buffer], env, 60, seed=1)
+    buffer.sample(64)  # builds the mirror
+    fill([buffer], env, 170, seed=2)
+    batch = buffer.sample(256)
+    rows, envs = locate(buffer, batch.actions.cpu().numpy())
+    assert (buffer.ep_length[rows, envs] > 0).all()
+    fresh = copy.deepcopy(buffer)  # a copy leaves the mirror (and the env) out, like pickling
+    fresh.set_env(env)
+    fresh.sample(8)
+    for key, value in buffer._mirror.items():
+        th.testing.assert_close(value, fresh._mirror[key], rtol=0, atol=0, msg=key)
+
+
+def test_pickled_buffer_leaves_the_mirror_out_and_rebuilds_it(env):
+    buffer = make(env)
+    fill([buffer], env, 60)
+    buffer.sample(16)
+    clone = pickle.loads(pickle.dumps(buffer))
+    assert clone._mirror is None and clone.env is None
+    clone.set_env(env)
+    batch = clone.sample(32)
+    rows, envs = locate(clone, batch.actions.numpy())
+    assert (clone.ep_length[rows, envs] > 0).all()
+
+
+def test_a_reward_that_is_not_the_distance_rule_is_relabelled_by_the_env(env):
+    venv = make_vec_env("FetchReach-v4", n_envs=N_ENVS, seed=0, wrapper_class=DoubledReward)
+    buffer = make(venv)
+    fill([buffer], venv, 60)
+    batch = buffer.sample(256)
+    assert buffer._reward_fn is None  # the check on stored goals refused the device formula
+    n_real = 256 - int(buffer.her_ratio * 256)
+    rewards = batch.rewards.numpy()[n_real:, 0]
+    assert set(np.unique(rewards)) <= {0.0, -2.0} and (rewards == -2.0).any()
+    venv.close()
+
+
+def test_a_changed_threshold_reaches_the_relabelling(env):
+    buffer = make(env)
+    fill([buffer], env, 60)
+    buffer.sample(16)
+    for e in env.envs:
+        e.unwrapped.distance_threshold = 10.0  # every goal reached
+    fill([buffer], env, 50)  # an episode ends: the reward is checked again
+    batch = buffer.sample(256)
+    n_real = 256 - int(buffer.her_ratio * 256)
+    assert (batch.rewards.numpy()[n_real:] == 0).all()
+
+
+def test_sampling_before_an_episode_ends_is_a_clear_error(env):
+    buffer = make(env)
+    fill([buffer], env, 10)
+    with pytest.raises(RuntimeError, match="end of the first episode"):
+        buffer.sample(8)
