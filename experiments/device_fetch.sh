@@ -6,8 +6,9 @@
 #   bash experiments/device_fetch.sh start NAME SEED PARAM...          # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz
-# start reads DEV (default cuda), FULL (default --full: the recipe's budget) and EF (evaluation every EF steps,
-# default 20000), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU machine.
+# start reads DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
+# default 20000) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
+# machine, XARGS="--save-interval 100000" for a run that cannot be continued there anyway (no buffer pickles).
 set -uo pipefail
 res=/tmp/fetchruns
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ case "${1:?bench|start|poll}" in
     name=${2:?name}; seed=${3:?seed}; shift 3
     mkdir -p "$res/$name"
     setsid nohup python3 -m rl_manager.train --env FetchPickAndPlace --recipe tuned --seed "$seed" ${FULL:---full} \
-      --device ${DEV:-cuda} --manager none --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 \
+      --device ${DEV:-cuda} --manager none --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 ${XARGS:-} \
       --run-dir "$res/$name/run" -params "$@" >"$res/$name/stdout.log" 2>&1 &
     echo "started $name (pid $!)"
     ;;
