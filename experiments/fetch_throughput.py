@@ -11,7 +11,8 @@ The update is :class:`rl_manager.fast_tqc.FastTQC`'s; a ``-sb3`` suffix (``zoo-s
 measures sb3-contrib's own ``TQC.train`` instead (the same update, synchronised at every gradient step);
 ``-fused`` gives the optimisers PyTorch's fused Adam (one kernel per step; CUDA only); ``-nograph`` turns off
 FastTQC's CUDA graph of the gradient step (its loop without host syncs only); ``-devbuf`` samples HER's
-batches on the device (:class:`rl_manager.device_her.DeviceHerReplayBuffer`) instead of SB3's numpy sampler.
+batches on the device (:class:`rl_manager.device_her.DeviceHerReplayBuffer`) instead of SB3's numpy sampler;
+``-tf32`` lets CUDA matmuls use TensorFloat-32.
 
 ::
 
@@ -42,8 +43,10 @@ ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
 def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
-    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?(?:-devbuf)?"
+    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?(?:-devbuf)?(?:-tf32)?"
     flags: dict[str, Any] = {"cuda_graph": False} if "-nograph" in name else {}
+    if "-tf32" in name:
+        flags["tf32"] = True  # the recipe key: TensorFloat-32 matmuls on CUDA
     if "-devbuf" in name:
         flags["replay_buffer_class"] = "DeviceHerReplayBuffer"
     if re.fullmatch(r"zoo" + suffixes, name):

@@ -152,3 +152,27 @@ def test_her_learning_starts_covers_one_episode_of_every_env(tmp_path):
         assert main([*args, "buffer_size:2000"]) == 0
     config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
     assert config["recipe"]["n_envs"] == 4
+
+
+def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path):
+    """The GPU recipe's keys: HER sampled on the model's device, TensorFloat-32 matmuls; both reach the run."""
+    import torch as th
+
+    from rl_manager.device_her import DeviceHerReplayBuffer
+    from rl_manager.train import _build_model, make_train_env
+
+    args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "tuned", "-n", "300", "--eval-freq", "300"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "none"]
+    args += ["-params", "learning_starts:100", "batch_size:32", "policy_kwargs:{net_arch: [16]}", "buffer_size:2000"]
+    try:
+        assert main([*args, "replay_buffer_class:DeviceHerReplayBuffer", "tf32:true"]) == 0
+        assert th.backends.cuda.matmul.allow_tf32
+        config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
+        assert config["recipe"]["replay_buffer_class"] == "DeviceHerReplayBuffer" and config["recipe"]["tf32"]
+        env = make_train_env(config["env_id"], config["recipe"], seed=0)
+        model = _build_model(config, env, run_dir_of(tmp_path), run_dir_of(tmp_path) / "last_model.zip")
+        assert isinstance(model.replay_buffer, DeviceHerReplayBuffer) and model.replay_buffer.size() > 0
+        model.replay_buffer.sample(8)  # a resumed run samples from the reloaded buffer (mirror rebuilt)
+        env.close()
+    finally:
+        th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
