@@ -57,6 +57,17 @@ DEFAULT_ALGO = {"Fetch": "tqc", "PlanarReacher": "ppo"}
 #: algorithms whose checkpoints carry a replay buffer (expensive: checkpointed less often)
 OFF_POLICY = ("sac", "tqc", "td3", "ddpg")
 RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
+#: ``--gpu``: the GPU setup measured for FetchPickAndPlace on one H200 + 16 cores (issue 16,
+#: ``experiments/results/fetch_throughput``): 16 envs in worker processes, 4 gradient steps of 4,096 per vector
+#: step, TensorFloat-32 matmuls, and HER (if the recipe uses it) sampled on the GPU. ``-params`` still overrides.
+GPU_PRESET: dict[str, Any] = {
+    "n_envs": 16,
+    "vec_env": "subproc",
+    "train_freq": 1,
+    "gradient_steps": 4,
+    "batch_size": 4096,
+    "tf32": True,
+}
 #: keys of a recipe that are not algorithm constructor arguments
 RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "vec_env", "policy", "manager_knobs", "targets", "env_kwargs")
 #: the recipe key ``vec_env``: how its ``n_envs`` copies run (``subproc``: one process each)
@@ -142,7 +153,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between resumable checkpoints (default: 60 on-policy, 300 off-policy)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=None, help="torch device (default: auto; cuda with --gpu)")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="off-policy algorithms: the measured GPU setup (16 env workers, 4 gradient steps of 4,096 per vector "
+        "step, TF32, HER sampled on the GPU); -params overrides its keys",
+    )
     p.add_argument("-P", "--progress", action="store_true", help="show a progress bar")
     p.add_argument("-v", "--verbose", type=int, default=1)
     return p.parse_args(argv)
@@ -157,6 +174,20 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, value = item.split(":", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+def gpu_preset(algo: str, recipe: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """The keys ``--gpu`` sets on ``recipe`` (:data:`GPU_PRESET`; HER's buffer on the device)."""
+    import torch as th
+
+    if algo not in OFF_POLICY:
+        raise InputError(f"--gpu is for off-policy algorithms {OFF_POLICY}, not {algo}")
+    if device is None and not th.cuda.is_available():
+        raise InputError("--gpu needs a CUDA device (torch.cuda.is_available() is False here)")
+    preset = dict(GPU_PRESET)
+    if recipe.get("replay_buffer_class") == "HerReplayBuffer":
+        preset["replay_buffer_class"] = "DeviceHerReplayBuffer"
+    return preset
 
 
 def load_recipe(algo: str, env_id: str, recipe: str, path: str | None) -> dict[str, Any]:
@@ -463,6 +494,8 @@ def _main(args: argparse.Namespace) -> int:
             raise InputError(f"unknown algo {algo!r}; choose from {sorted(algo_classes())}")
         recipe_name = RECIPE_ALIASES.get(args.recipe, args.recipe)
         recipe = load_recipe(algo, env_id, args.recipe, args.hyperparams_file)
+        if args.gpu:
+            recipe.update(gpu_preset(algo, recipe, args.device))
         recipe.update(parse_overrides(args.hyperparams))
         if recipe.get("vec_env", "dummy") not in VEC_ENVS:
             raise InputError(f"recipe key vec_env must be one of {VEC_ENVS}, not {recipe['vec_env']!r}")
@@ -495,7 +528,7 @@ def _main(args: argparse.Namespace) -> int:
             "save_freq": args.save_freq or max(budget // 10, min(50_000, budget // 2)),
             "save_interval_s": args.save_interval or (300.0 if algo in OFF_POLICY else 60.0),
             "tensorboard_log": args.tensorboard_log or str(run_dir / "tb"),
-            "device": args.device,
+            "device": args.device or ("cuda" if args.gpu else "auto"),
             "info_keywords": list(_info_keywords(env_id)),
             "async_decisions": args.decisions == "async" or (args.decisions == "auto" and manager_name == "llm"),
             "max_age": args.max_age,

@@ -6,7 +6,7 @@ import numpy as np
 import yaml
 
 from rl_manager.audit import read_audit
-from rl_manager.train import main
+from rl_manager.train import gpu_preset, main
 
 TINY_PPO = ["-params", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:2", "policy_kwargs:{net_arch: [16]}"]
 
@@ -176,3 +176,27 @@ def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path):
         env.close()
     finally:
         th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+
+
+def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
+    import pytest
+    import torch as th
+
+    from rl_manager.io import InputError
+    from rl_manager.train import GPU_PRESET
+
+    args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "tuned", "-n", "200", "--eval-freq", "200"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "none"]
+    args += ["--gpu", "--device", "cpu"]  # the preset's keys, on this machine's CPU
+    params = ["-params", "n_envs:2", "batch_size:32", "policy_kwargs:{net_arch: [16]}", "buffer_size:2000"]
+    try:
+        assert main([*args, *params]) == 0
+    finally:
+        th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+    config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
+    recipe = config["recipe"]
+    assert recipe["n_envs"] == 2 and recipe["batch_size"] == 32  # -params win
+    assert recipe["gradient_steps"] == GPU_PRESET["gradient_steps"] and recipe["vec_env"] == "subproc"
+    assert recipe["replay_buffer_class"] == "DeviceHerReplayBuffer" and recipe["tf32"] and config["device"] == "cpu"
+    with pytest.raises(InputError, match="off-policy"):
+        gpu_preset("ppo", {}, "cpu")
