@@ -19,7 +19,8 @@ A batch is then drawn and relabelled there, with the same distribution as SB3's:
   ``-distance``), after checking that formula against the env's own ``compute_reward`` on stored goals;
   any other env is asked through ``compute_reward`` as in SB3 (one host round trip per batch).
 
-Random numbers come from torch's generator of the device, not numpy's: the same algorithm, another stream.
+Random numbers come from the buffer's own torch generator on the device (seeded from numpy's global generator
+when the mirror is built), not numpy's: the same algorithm, another stream, and the policy's torch stream untouched.
 It falls back to SB3's own ``sample`` where the mirror cannot stand in: a ``VecNormalize`` env (normalised
 samples) or ``copy_info_dict=True`` (rewards that read infos).
 """
@@ -41,7 +42,17 @@ logger = logging.getLogger(__name__)
 
 #: pinned host slots a row passes through on its way to a CUDA mirror (reused round robin)
 STAGING_SLOTS = 8
-_MIRROR_KEYS = ("_mirror", "_cum", "_n_valid", "_pending", "_staging", "_slot", "_reward_fn", "_reward_key")
+_MIRROR_KEYS = (
+    "_mirror",
+    "_cum",
+    "_n_valid",
+    "_pending",
+    "_staging",
+    "_slot",
+    "_reward_fn",
+    "_reward_key",
+    "_generator",
+)
 
 
 class DeviceHerReplayBuffer(HerReplayBuffer):
@@ -64,6 +75,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         self._slot = 0
         self._reward_fn: Callable[[th.Tensor, th.Tensor], th.Tensor] | None = None
         self._reward_key: tuple[float, str] | None = None
+        self._generator: th.Generator | None = None
 
     # -- pickling: the mirror is rebuilt from the numpy arrays, never saved ---------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -127,6 +139,10 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
             mirror[key][:filled] = th.as_tensor(values, device=self.device)
         mirror["ep_length"] = th.as_tensor(self.ep_length, device=self.device)
         self._mirror, self._pending, self._cum = mirror, [], None
+        # the buffer's own stream, seeded from numpy's (which SB3's set_random_seed seeds): its draws leave the
+        # policy's torch stream as it would be with SB3's buffer
+        self._generator = th.Generator(device=self.device)
+        self._generator.manual_seed(int(np.random.randint(2**62)))
         if self.device.type == "cuda":
             self._staging = [
                 {k: th.empty(v.shape, dtype=th.from_numpy(v).dtype).pin_memory() for k, v in row.items()}
@@ -217,9 +233,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
                 "Unable to sample before the end of the first episode. We recommend choosing a value "
                 "for learning_starts that is greater than the maximum number of timesteps in the environment."
             )
-        k = th.randint(self._n_valid, (batch_size,), device=self.device)
-        flat = th.searchsorted(self._cum, k, right=True)  # the k-th valid (row, env), in row-major order
-        rows, envs = flat // self.n_envs, flat % self.n_envs
+        rows, envs = self._draw_transitions(batch_size)
         obs = {key[4:]: m[key][rows, envs] for key in m if key.startswith("obs/")}
         next_obs = {key[5:]: m[key][rows, envs] for key in m if key.startswith("next/")}
         rewards = m["rewards"][rows, envs]
@@ -227,15 +241,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         n_real = batch_size - int(self.her_ratio * batch_size)  # SB3's split: the rest is relabelled
         v_rows, v_envs = rows[n_real:], envs[n_real:]
         start, length = m["ep_start"][v_rows, v_envs], m["ep_length"][v_rows, v_envs]
-        if self.goal_selection_strategy == GoalSelectionStrategy.FINAL:
-            in_episode = length - 1
-        elif self.goal_selection_strategy == GoalSelectionStrategy.FUTURE:  # inclusive of the current step
-            current = (v_rows - start) % self.buffer_size
-            in_episode = current + _uniform_below(length - current)
-        elif self.goal_selection_strategy == GoalSelectionStrategy.EPISODE:
-            in_episode = _uniform_below(length)
-        else:
-            raise ValueError(f"Strategy {self.goal_selection_strategy} for sampling goals not supported!")
+        in_episode = self._draw_goal_steps((v_rows - start) % self.buffer_size, length)
         goals = m["next/achieved_goal"][(in_episode + start) % self.buffer_size, v_envs]
         obs["desired_goal"][n_real:] = goals
         next_obs["desired_goal"][n_real:] = goals
@@ -249,8 +255,24 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
             rewards=rewards.reshape(-1, 1),
         )
 
+    def _draw_transitions(self, batch_size: int) -> tuple[th.Tensor, th.Tensor]:
+        """(row, env) of ``batch_size`` transitions drawn uniformly among those of ended episodes."""
+        assert self._cum is not None
+        k = th.randint(self._n_valid, (batch_size,), device=self.device, generator=self._generator)
+        flat = th.searchsorted(self._cum, k, right=True)  # the k-th valid (row, env), in row-major order
+        return flat // self.n_envs, flat % self.n_envs
 
-def _uniform_below(high: th.Tensor) -> th.Tensor:
-    """An integer uniformly in ``[0, high)`` for each entry of ``high`` (all ``>= 1``)."""
-    draw = th.rand(high.shape, dtype=th.float64, device=high.device)
-    return th.minimum((draw * high).long(), high - 1)
+    def _draw_goal_steps(self, current: th.Tensor, length: th.Tensor) -> th.Tensor:
+        """The step (in its episode) whose achieved goal relabels each transition, by the buffer's strategy."""
+        if self.goal_selection_strategy == GoalSelectionStrategy.FINAL:
+            return length - 1
+        if self.goal_selection_strategy == GoalSelectionStrategy.FUTURE:  # inclusive of the current step
+            return current + self._uniform_below(length - current)
+        if self.goal_selection_strategy == GoalSelectionStrategy.EPISODE:
+            return self._uniform_below(length)
+        raise ValueError(f"Strategy {self.goal_selection_strategy} for sampling goals not supported!")
+
+    def _uniform_below(self, high: th.Tensor) -> th.Tensor:
+        """An integer uniformly in ``[0, high)`` for each entry of ``high`` (all ``>= 1``)."""
+        draw = th.rand(high.shape, dtype=th.float64, device=high.device, generator=self._generator)
+        return th.minimum((draw * high).long(), high - 1)

@@ -187,3 +187,16 @@ def test_sampling_before_an_episode_ends_is_a_clear_error(env):
     fill([buffer], env, 10)
     with pytest.raises(RuntimeError, match="end of the first episode"):
         buffer.sample(8)
+
+
+def test_draws_come_from_the_buffers_own_stream_seeded_by_numpy(env):
+    buffer = make(env)
+    fill([buffer], env, 60)
+    state = th.random.get_rng_state()
+    np.random.seed(3)
+    first = buffer.sample(64).actions.numpy()  # builds the mirror: its generator seeded from numpy's
+    assert th.equal(th.random.get_rng_state(), state)  # the policy's torch stream is left as it was
+    buffer._reset_mirror()
+    np.random.seed(3)
+    np.testing.assert_array_equal(buffer.sample(64).actions.numpy(), first)
+    assert not np.array_equal(buffer.sample(64).actions.numpy(), first)
