@@ -200,3 +200,45 @@ def test_draws_come_from_the_buffers_own_stream_seeded_by_numpy(env):
     np.random.seed(3)
     np.testing.assert_array_equal(buffer.sample(64).actions.numpy(), first)
     assert not np.array_equal(buffer.sample(64).actions.numpy(), first)
+
+
+class SB3Draws(DeviceHerReplayBuffer):
+    """The device buffer fed numpy's draws in SB3's order: what is left to compare is gathering and relabelling."""
+
+    def _build_mirror(self):
+        state = np.random.get_state()
+        super()._build_mirror()
+        np.random.set_state(state)  # the draw that seeded the buffer's own generator: not one SB3 makes
+
+    def _draw_transitions(self, batch_size):
+        is_valid = self.ep_length > 0
+        rows, envs = np.unravel_index(np.random.choice(np.flatnonzero(is_valid), size=batch_size), is_valid.shape)
+        n_virtual = int(self.her_ratio * batch_size)  # SB3 draws the relabelled part first, returns it last
+        order = np.r_[n_virtual:batch_size, 0:n_virtual]
+        return th.as_tensor(rows[order]), th.as_tensor(envs[order])
+
+    def _draw_goal_steps(self, current, length):
+        return th.as_tensor(np.random.randint(current.numpy(), length.numpy()))
+
+
+def test_with_sb3s_draws_sac_trains_bitwise_like_sb3s_buffer():
+    from stable_baselines3 import SAC
+
+    weights = []
+    for cls in (HerReplayBuffer, SB3Draws):
+        venv = make_vec_env("FetchReach-v4", n_envs=N_ENVS, seed=0)
+        model = SAC(
+            "MultiInputPolicy",
+            venv,
+            learning_starts=150,
+            batch_size=64,
+            replay_buffer_class=cls,
+            policy_kwargs={"net_arch": [16]},
+            buffer_size=2000,
+            seed=0,
+            device="cpu",
+        )
+        model.learn(400)
+        weights.append(th.nn.utils.parameters_to_vector(model.policy.parameters()).detach())
+        venv.close()
+    assert th.equal(weights[0], weights[1])
