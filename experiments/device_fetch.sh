@@ -3,12 +3,13 @@
 # runs detached (a run outlasts one call there). Run from the repository, with the missing packages installed
 # in /tmp/site (experiments/results/fetch_throughput/README.md, "Commands").
 #   bash experiments/device_fetch.sh bench OUT_DIR SECONDS CONFIG...   # experiments/fetch_throughput.py
-#   bash experiments/device_fetch.sh start NAME SEED PARAM...          # train detached; PARAM = recipe key:value
+#   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz
 # start reads DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
 # default 20000) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
-# machine, XARGS="--save-interval 100000" for a run that cannot be continued there anyway (no buffer pickles).
+# machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot
+# be continued there anyway).
 set -uo pipefail
 res=/tmp/fetchruns
 cd "$(dirname "$0")/.."
@@ -23,9 +24,10 @@ case "${1:?bench|start|poll}" in
   start)
     name=${2:?name}; seed=${3:?seed}; shift 3
     mkdir -p "$res/$name"
+    params=(); [ $# -gt 0 ] && params=(-params "$@")
     setsid nohup python3 -m rl_manager.train --env FetchPickAndPlace --recipe tuned --seed "$seed" ${FULL:---full} \
       --device ${DEV:-cuda} --manager none --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 ${XARGS:-} \
-      --run-dir "$res/$name/run" -params "$@" >"$res/$name/stdout.log" 2>&1 &
+      --run-dir "$res/$name/run" "${params[@]}" >"$res/$name/stdout.log" 2>&1 &
     echo "started $name (pid $!)"
     ;;
   poll)
