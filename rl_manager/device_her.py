@@ -137,7 +137,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         }
         for key, values in self._rows(slice(0, filled)).items():
             mirror[key][:filled] = th.as_tensor(values, device=self.device)
-        mirror["ep_length"] = th.as_tensor(self.ep_length, device=self.device)
+        mirror["ep_length"] = th.tensor(self.ep_length, device=self.device)  # a copy, kept by _flush_pending
         self._mirror, self._pending, self._cum = mirror, [], None
         # the buffer's own stream, seeded from numpy's (which SB3's set_random_seed seeds): its draws leave the
         # policy's torch stream as it would be with SB3's buffer
@@ -202,18 +202,21 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         # the stored goals, and goals of other transitions (as relabelling draws them)
         desired = np.concatenate([self.observations["desired_goal"][rows, envs], achieved[rng.permutation(512)]])
         achieved = np.concatenate([achieved, achieved])
-        expected = self.env.env_method("compute_reward", achieved, desired, [{}] * len(achieved), indices=[0])[0]
         got = reward(th.as_tensor(achieved), th.as_tensor(desired)).numpy()
-        if not np.array_equal(np.asarray(expected, dtype=np.float32), got):
+        if not np.array_equal(self._env_reward(achieved, desired), got):
             logger.warning("the env's compute_reward is not the goal-distance reward: relabelling on the host")
             return None
         return reward
 
-    def _host_reward(self, achieved: th.Tensor, desired: th.Tensor) -> th.Tensor:
+    def _env_reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """The env's own ``compute_reward`` (first env, no infos), as SB3 relabels."""
         assert self.env is not None
-        a, d = achieved.cpu().numpy(), desired.cpu().numpy()
-        rewards = self.env.env_method("compute_reward", a, d, [{}] * len(a), indices=[0])[0]
-        return th.as_tensor(np.asarray(rewards, dtype=np.float32), device=self.device)
+        rewards = self.env.env_method("compute_reward", achieved, desired, [{}] * len(achieved), indices=[0])[0]
+        return np.asarray(rewards, dtype=np.float32)
+
+    def _host_reward(self, achieved: th.Tensor, desired: th.Tensor) -> th.Tensor:
+        rewards = self._env_reward(achieved.cpu().numpy(), desired.cpu().numpy())
+        return th.as_tensor(rewards, device=self.device)
 
     # -- sampling ------------------------------------------------------------------------------------------
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
