@@ -5,7 +5,8 @@
 #   bash experiments/device_fetch.sh bench OUT_DIR SECONDS CONFIG...   # experiments/fetch_throughput.py
 #   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
-#                                                                      # the runs' logs into OUT_DIR/runs.tgz
+#                                                                      # the runs' logs into OUT_DIR/runs.tgz,
+#                                                                      # their best models beside it
 # start reads DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
 # default 20000) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
 # machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot
@@ -43,6 +44,11 @@ for line in open(sys.argv[1]):
     e = r["snapshot"]["evaluation"]
     print(f"  {r['step']:>8} {r['time'][11:19]} success {e['success_rate']:.2f} safe {e['safe_success_rate']:.2f} cost {e['mean_cost']:.2f}")
 PY
+    done
+    # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip):
+    # a run lost with its machine can still be evaluated held-out elsewhere
+    for d in "$res"/*/; do
+      [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
     done
     (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \
       -print0 | tar czf "$out/runs.tgz" --null -T -)
