@@ -6,7 +6,8 @@
 #   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
-#                                                                      # their best models beside it
+#                                                                      # their best models beside it (held-out
+#                                                                      # elsewhere: train --evaluate MODEL)
 # start reads DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
 # default 20000) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
 # machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot

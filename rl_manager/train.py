@@ -153,6 +153,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between resumable checkpoints (default: 60 on-policy, 300 off-policy)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="MODEL_ZIP",
+        help="only the held-out evaluation (--heldout-episodes) of a saved model, with the config.yml beside it",
+    )
     p.add_argument("--device", default=None, help="torch device (default: auto; cuda with --gpu)")
     p.add_argument(
         "--gpu",
@@ -410,6 +416,34 @@ def _sb3_heldout(model, config: dict[str, Any], n_episodes: int) -> dict[str, An
     return out
 
 
+def evaluate_saved(path: Path, n_episodes: int, device: str | None = None) -> int:
+    """The held-out evaluation of a saved model (e.g. a ``best_model.zip`` brought back from a run lost with its
+    machine), on the same seeds as at the end of its run; written to ``heldout_<model>.json`` beside it.
+
+    :param path: the model; its run's ``config.yml`` must lie beside it.
+    :param device: torch device (default: auto, whatever the run trained on).
+    """
+    config_file = path.parent / "config.yml"
+    if not path.is_file() or not config_file.is_file():
+        raise InputError(f"{path}: needs the saved model and its run's config.yml beside it")
+    config = load_data(config_file)
+    # one env in this process is enough to rebuild the model (HER's buffer needs an env)
+    env = make_train_env(config["env_id"], {**config["recipe"], "n_envs": 1, "vec_env": "dummy"}, seed=config["seed"])
+    try:
+        model = algo_classes()[config["algo"]].load(path, env=env, device=device or "auto")
+        heldout = heldout_evaluation(model, config, n_episodes)
+    finally:
+        env.close()
+    dest = path.with_name(f"heldout_{path.stem}.json")
+    write_text_atomic(dest, json.dumps({"model": str(path), "episodes": n_episodes, "heldout": heldout}, indent=2))
+    held = heldout["deterministic/all"]
+    print(
+        f"held-out deterministic ({n_episodes} episodes) of {path}: return {held['mean_return']}, success "
+        f"{held['success_rate']}, safe success {held['safe_success_rate']}, cost {held['mean_cost']} -> {dest}"
+    )
+    return 0
+
+
 def _training_error(exc: BaseException, model, manager_cb, run_dir: Path) -> TrainingError:
     """Audit the failure (if the run folder still takes a line) and say what is kept and how to go on."""
     lines = str(exc).strip().splitlines() or [""]
@@ -477,6 +511,8 @@ def _main(args: argparse.Namespace) -> int:
     import rl_manager.envs  # noqa: F401  (registers the env ids)
     from rl_manager.envs import resolve_env_id
 
+    if args.evaluate:
+        return evaluate_saved(Path(args.evaluate), args.heldout_episodes, args.device)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yml").is_file():

@@ -3,8 +3,11 @@
 import json
 
 import numpy as np
+import torch as th
 import yaml
+from stable_baselines3.common.save_util import load_from_zip_file
 
+from rl_manager import train
 from rl_manager.audit import read_audit
 from rl_manager.train import gpu_preset, main
 
@@ -55,7 +58,7 @@ def test_train_cli_reacher_then_resume(tmp_path, capsys):
     assert len({r.run_id for r in records}) == 1
 
 
-def test_train_cli_safe_fetch_reach_sac(tmp_path):
+def test_train_cli_safe_fetch_reach_sac(tmp_path, monkeypatch):
     args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "reckless", "-n", "400", "--eval-freq", "200"]
     args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "rule"]
     args += ["-params", "learning_starts:100", "batch_size:32", "policy_kwargs:{net_arch: [16]}", "buffer_size:2000"]
@@ -68,6 +71,22 @@ def test_train_cli_safe_fetch_reach_sac(tmp_path):
     assert knobs["ent_coef"] == 0.5  # the reckless recipe's fixed coefficient, read from ent_coef_tensor
     assert record.snapshot.evaluation.mean_cost is not None
     assert record.snapshot.training.mean_episode_cost is not None
+    # a saved model judged held-out on its own (as one brought back from a lost run): the run's seeds, its figures
+    lone = tmp_path / "brought_back"
+    lone.mkdir()
+    for name in ("final_model.zip", "config.yml"):
+        (lone / name).write_bytes((run / name).read_bytes())
+    judged = []
+    real = train.heldout_evaluation
+    monkeypatch.setattr(train, "heldout_evaluation", lambda model, *a: judged.append(model) or real(model, *a))
+    assert main(["--evaluate", str(lone / "final_model.zip"), "--heldout-episodes", "2", "--device", "cpu"]) == 0
+    heldout = json.loads((lone / "heldout_final_model.json").read_text())["heldout"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert heldout["deterministic/all"] == summary["heldout"]["deterministic/all"]
+    saved = load_from_zip_file(run / "final_model.zip", device="cpu")[1]["policy"]
+    assert all(th.equal(v, saved[k]) for k, v in judged[0].policy.state_dict().items())  # the saved weights
+    (lone / "config.yml").unlink()
+    assert main(["--evaluate", str(lone / "final_model.zip")]) == 2
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
@@ -156,7 +175,6 @@ def test_her_learning_starts_covers_one_episode_of_every_env(tmp_path):
 
 def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path):
     """The GPU recipe's keys: HER sampled on the model's device, TensorFloat-32 matmuls; both reach the run."""
-    import torch as th
 
     from rl_manager.device_her import DeviceHerReplayBuffer
     from rl_manager.train import _build_model, make_train_env
@@ -180,7 +198,6 @@ def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path):
 
 def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     import pytest
-    import torch as th
 
     from rl_manager.io import InputError
     from rl_manager.train import GPU_PRESET
