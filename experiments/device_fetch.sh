@@ -45,10 +45,8 @@ for line in open(sys.argv[1]):
     e = r["snapshot"]["evaluation"]
     print(f"  {r['step']:>8} {r['time'][11:19]} success {e['success_rate']:.2f} safe {e['safe_success_rate']:.2f} cost {e['mean_cost']:.2f}")
 PY
-    done
-    # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip):
-    # a run lost with its machine can still be evaluated held-out elsewhere
-    for d in "$res"/*/; do
+      # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip):
+      # a run lost with its machine can still be evaluated held-out elsewhere
       [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
     done
     (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \

@@ -436,12 +436,17 @@ def evaluate_saved(path: Path, n_episodes: int, device: str | None = None) -> in
         env.close()
     dest = path.with_name(f"heldout_{path.stem}.json")
     write_text_atomic(dest, json.dumps({"model": str(path), "episodes": n_episodes, "heldout": heldout}, indent=2))
-    held = heldout["deterministic/all"]
-    print(
-        f"held-out deterministic ({n_episodes} episodes) of {path}: return {held['mean_return']}, success "
-        f"{held['success_rate']}, safe success {held['safe_success_rate']}, cost {held['mean_cost']} -> {dest}"
-    )
+    print(f"{_heldout_line(heldout)} ({n_episodes} episodes of {path}) -> {dest}")
     return 0
+
+
+def _heldout_line(heldout: dict[str, Any]) -> str:
+    """One line of a held-out evaluation's deterministic figures."""
+    held = heldout["deterministic/all"]
+    return (
+        f"held-out deterministic: return {held['mean_return']}, success {held['success_rate']}, "
+        f"safe success {held['safe_success_rate']}, cost {held['mean_cost']}"
+    )
 
 
 def _training_error(exc: BaseException, model, manager_cb, run_dir: Path) -> TrainingError:
@@ -717,10 +722,8 @@ def train(
         "software": software_versions(),
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    held = summary["heldout"]["deterministic/all"]
     print(
-        f"done: {model.num_timesteps} steps in {elapsed:.0f}s; held-out deterministic: return {held['mean_return']}, "
-        f"success {held['success_rate']}, safe success {held['safe_success_rate']}, cost {held['mean_cost']}; "
+        f"done: {model.num_timesteps} steps in {elapsed:.0f}s; {_heldout_line(summary['heldout'])}; "
         f"decisions {manager_cb.counts['decisions']}, applied {manager_cb.counts['applied']}"
     )
     print(f"audit: python -m rl_manager.audit show {run_dir}")
