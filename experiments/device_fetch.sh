@@ -9,7 +9,7 @@
 #                                                                      # their best models beside it (held-out
 #                                                                      # elsewhere: train --evaluate MODEL)
 # start reads DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
-# default 20000) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
+# default 20000), RECIPE (default tuned), MANAGER (default none) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
 # machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot
 # be continued there anyway).
 set -uo pipefail
@@ -27,8 +27,8 @@ case "${1:?bench|start|poll}" in
     name=${2:?name}; seed=${3:?seed}; shift 3
     mkdir -p "$res/$name"
     params=(); [ $# -gt 0 ] && params=(-params "$@")
-    setsid nohup python3 -m rl_manager.train --env FetchPickAndPlace --recipe tuned --seed "$seed" ${FULL:---full} \
-      --device ${DEV:-cuda} --manager none --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 ${XARGS:-} \
+    setsid nohup python3 -m rl_manager.train --env FetchPickAndPlace --recipe ${RECIPE:-tuned} --seed "$seed" ${FULL:---full} \
+      --device ${DEV:-cuda} --manager ${MANAGER:-none} --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 ${XARGS:-} \
       --run-dir "$res/$name/run" "${params[@]}" >"$res/$name/stdout.log" 2>&1 &
     echo "started $name (pid $!)"
     ;;
