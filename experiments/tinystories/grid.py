@@ -53,10 +53,22 @@ MANAGED: dict[str, list[str]] = {
     "proposed_m02_coarse": ["--manager", "proposed", "--rollback-margin", "0.02", *COARSE],
     # tinystories_v3: early LR-too-high cut + bold regularisation at the overfitting onset (proposed_rule.py)
     "proposed_v3": ["--manager", "proposed_v3", "--restart-knob", "--rollback-margin", "0.02", *COARSE],
+    # tinystories_v4: v3 plus an LR annealing step at the onset and/or dropout with the plateau cut
+    **{
+        v: ["--manager", v, "--restart-knob", "--rollback-margin", "0.02", *COARSE]
+        for v in ("proposed_v4_anneal", "proposed_v4_plateaureg", "proposed_v4_both")
+    },
 }
 #: the library-rule variants the reported ``managed`` arm is chosen from (on the dev seeds)
 LIBRARY_VARIANTS = ("managed_default", "managed_m02", "managed_m02_coarse")
-PROPOSED_VARIANTS = ("proposed_m02", "proposed_m02_coarse", "proposed_v3")
+PROPOSED_VARIANTS = (
+    "proposed_m02",
+    "proposed_m02_coarse",
+    "proposed_v3",
+    "proposed_v4_anneal",
+    "proposed_v4_plateaureg",
+    "proposed_v4_both",
+)
 
 
 def sweep_name(lr: float, dropout: float, wd: float) -> str:

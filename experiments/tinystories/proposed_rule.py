@@ -290,3 +290,61 @@ class EarlySignalsRuleManager(BoldRegularizeRuleManager):
             reason=f"generalisation gap {100 * gaps[2]:.0f}% of the validation loss and widening: overfitting onset",
             expected_outcome=GAP_ONSET_OUTCOME,
         )
+
+
+class OnsetAnnealRuleManager(EarlySignalsRuleManager):
+    """Proposal v4 (issue 15, tinystories_v4): :class:`EarlySignalsRuleManager` with up to two bolder early moves.
+
+    v3's runs (seeds 15-19) reached their best 160-360 steps after the plateau cut, at 3.98-4.08, while the tuned
+    recipe (lr 1e-3, dropout 0.3 from the start) reaches 3.88-3.97; seed 16 left the plateau by itself and never
+    got an LR cut, so its best was early stopping's. Two candidate answers, chosen between on the dev seeds only:
+
+    - ``onset_lr_factor``: the overfitting-onset move also multiplies the LR by this factor (the listed option
+      nearest it), an annealing step at the moment the generalisation gap opens, when a lower LR usually buys a
+      lower minimum; on seed 16 it is the only LR move before the minimum.
+    - ``plateau_dropout``: the plateau move (LR cut + new moments) also sets dropout to the listed value nearest
+      this, so that the descent from the plateau is the tuned recipe's.
+
+    :param onset_lr_factor: LR factor of the onset move (``None``: v3's move, regularisation only).
+    :param plateau_dropout: dropout set by the plateau move (``None``: v3's move).
+    """
+
+    name = "rule_onset_anneal"
+
+    def __init__(
+        self, *args, onset_lr_factor: float | None = 0.5, plateau_dropout: float | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.onset_lr_factor = onset_lr_factor
+        self.plateau_dropout = plateau_dropout
+
+    def _with(self, decision: Decision | None, menu: ActionSpace, role: str, target: float, relative: bool):
+        """``decision`` with one more change: the knob of ``role`` to the listed option nearest ``target``
+        (× the current value where ``relative``), where the decision has room for it."""
+        if not isinstance(decision, Adjust) or len(decision.changes) >= menu.max_changes:
+            return decision
+        changed = {c.knob for c in decision.changes}
+        for knob in menu.knobs:
+            if knob.name in changed or (knob.role != role and knob.name != role):
+                continue
+            if relative:
+                option = self._option(knob, "down", target, base=knob.current)
+            else:
+                higher = [o for o in knob.options if o.value > knob.current]
+                option = min(higher, key=lambda o: abs(o.value - target)) if higher else None
+            if option is not None:
+                changes = [*decision.changes, KnobChange(knob=knob.name, value=option.value)]
+                return decision.model_copy(update={"changes": changes})
+        return decision
+
+    def _lr_too_high(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        decision = super()._lr_too_high(s, menu)
+        if self.plateau_dropout is None:
+            return decision
+        return self._with(decision, menu, "dropout", self.plateau_dropout, relative=False)
+
+    def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        decision = super()._overfitting(s, menu)
+        if self.onset_lr_factor is None or decision is None or decision.expected_outcome != GAP_ONSET_OUTCOME:
+            return decision
+        return self._with(decision, menu, "learning_rate", self.onset_lr_factor, relative=True)

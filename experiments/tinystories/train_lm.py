@@ -191,6 +191,10 @@ def optimizer_restart_knob(opt: th.optim.Optimizer):
     )
 
 
+#: tinystories_v4 candidates (proposed_rule.OnsetAnnealRuleManager), chosen between on the dev seeds
+V4 = ("proposed_v4_anneal", "proposed_v4_plateaureg", "proposed_v4_both")
+
+
 def make_rule_manager(name: str) -> Manager:
     """``rule``: the library's rule manager; ``proposed``: :mod:`proposed_rule` (an experiment arm)."""
     if name == "proposed":
@@ -205,6 +209,12 @@ def make_rule_manager(name: str) -> Manager:
         from proposed_rule import EarlySignalsRuleManager
 
         return EarlySignalsRuleManager()
+    if name.startswith("proposed_v4"):
+        from proposed_rule import OnsetAnnealRuleManager
+
+        anneal = None if name == "proposed_v4_plateaureg" else 0.5
+        dropout = 0.3 if name in ("proposed_v4_plateaureg", "proposed_v4_both") else None
+        return OnsetAnnealRuleManager(onset_lr_factor=anneal, plateau_dropout=dropout)
     return RuleManager()
 
 
@@ -457,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p_train.add_argument(
         "--manager",
-        choices=["rule", "proposed", "proposed_bold", "proposed_v3"],
+        choices=["rule", "proposed", "proposed_bold", "proposed_v3", *V4],
         default="rule",
         help="managed: which rules",
     )
