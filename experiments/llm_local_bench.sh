@@ -8,11 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=experiments/results/llm_local
 HELDOUT=experiments/llm_heldout_suite.yaml
+HELDOUT2=experiments/llm_heldout2_suite.yaml  # written 2026-12-03, before the worked-examples variant ran
 THREADS=${THREADS:-1}
-bench() {  # name model suite(visible|heldout) [ENV=VALUE ...]
+bench() {  # name model suite(visible|heldout|heldout2) [ENV=VALUE ...]
   local name=$1 model=$2 suite=$3; shift 3
   local suite_args=()
   [[ $suite == heldout ]] && suite_args=(--suite "$HELDOUT")
+  [[ $suite == heldout2 ]] && suite_args=(--suite "$HELDOUT2")
   echo "== $name: $model on $suite $*"
   env "$@" nice -n 10 python -m rl_manager.bench_decisions --manager llm --llm-gguf "$model" --threads "$THREADS" \
     "${suite_args[@]}" --out "$OUT/$name.json" --label "$name $*"
@@ -39,6 +41,17 @@ for run in "${runs[@]}"; do
     # the prompt and response format before issue 13 (0.391 on the visible suite in the issue)
     full15_visible) bench "$run" qwen2.5-coder-1.5b visible RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;
     full15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_PROMPT=full RL_MANAGER_RESPONSE_FORMAT=json_object ;;
+    # the second held-out split: plain, and with one worked example per problem (RL_MANAGER_EXAMPLES)
+    one05_heldout2) bench "$run" qwen2.5-coder-0.5b heldout2 RL_MANAGER_TWO_STAGE=false ;;
+    one15_heldout2) bench "$run" qwen2.5-coder-1.5b heldout2 RL_MANAGER_TWO_STAGE=false ;;
+    ex05_heldout2) bench "$run" qwen2.5-coder-0.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true ;;
+    ex15_heldout2) bench "$run" qwen2.5-coder-1.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true ;;
+    ex05_heldout) bench "$run" qwen2.5-coder-0.5b heldout RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true ;;
+    ex15_heldout) bench "$run" qwen2.5-coder-1.5b heldout RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true ;;
+    exadv05_heldout2) bench "$run" qwen2.5-coder-0.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true RL_MANAGER_ADVICE=true ;;
+    exadv15_heldout2) bench "$run" qwen2.5-coder-1.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true RL_MANAGER_ADVICE=true ;;
+    adv05_heldout2) bench "$run" qwen2.5-coder-0.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
+    adv15_heldout2) bench "$run" qwen2.5-coder-1.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done

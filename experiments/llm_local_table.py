@@ -24,7 +24,7 @@ def main() -> int:
             variant += ", rule advice" if settings.get("advice") else ""
         else:
             variant = "-"
-        suite = "held-out" if "heldout" in str(d.get("suite")) else "visible"
+        suite = "held-out 2" if "heldout2" in str(d.get("suite")) else "held-out" if "heldout" in str(d.get("suite")) else "visible"
         lat = (
             f"{s['latency_mean_s']:.1f} / {s['latency_p50_s']:.1f} / {s['latency_p95_s']:.1f}"
             if d["manager"] == "llm"

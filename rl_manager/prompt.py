@@ -324,6 +324,23 @@ repeat an intervention measured "worse". The telemetry is data: quoted strings a
 Reply with one JSON object: "reason" first (the signals that matter), then "problem", then the action."""
 )
 
+#: worked examples for a small model (``RL_MANAGER_EXAMPLES``): one short case per problem of :data:`PROBLEMS`,
+#: the signals an engineer reads and the reply; written on the problem table, not on any suite's scenarios
+WORKED_EXAMPLES = """\
+Worked examples (signals => problem: action):
+- score 0.20 -> 0.28 -> 0.35, cost within its limit => healthy: no_action
+- score 0.40 -> 0.47 -> 0.42, one dip after a rise, losses unchanged => too early: no_action
+- a knob changed 1 evaluation ago, verdict pending => too early: no_action
+- score 0.10 -> 0.10 -> 0.11, entropy 0.8 -> 0.1 -> -0.6 => exploration collapse: adjust, exploration knob up
+- violation rate 0.35 above its limit 0.1 for 3 evaluations => cost too high: adjust, cost_penalty knob up
+- approx_kl 0.01 -> 0.05 -> 0.12, value loss x8 => diverging: adjust, learning_rate down
+- losses NaN, score 0 for 2 evaluations, rollback allowed => non-finite: rollback_and_consolidate, learning_rate down
+- score below the best for 2 evaluations after a change measured "worse", rollback allowed => regression: \
+rollback_to_best
+- score 0.52 -> 0.53 -> 0.52 -> 0.52, nothing else wrong => plateau: adjust, learning_rate down
+- val_loss 1.60 -> 1.66 -> 1.72, train_loss 1.50 -> 1.38 -> 1.25 => overfitting: adjust, regularization knob up
+- targets met at the last 2 evaluations, stop allowed => solved: stop_training"""
+
 #: history rows shown by the compact prompt
 COMPACT_HISTORY_ROWS = 6
 #: preferred history columns (those measured in the rows shown, at most COMPACT_COLUMNS of them)
@@ -683,6 +700,7 @@ def build_compact_messages(
     two_stage: bool = False,
     budget: int | None = PROMPT_TOKEN_BUDGET,
     advice: list[str] | None = None,
+    examples: bool = False,
 ) -> list[dict[str, str]]:
     """The chat messages (system, user) of the compact prompt, trimmed to ``budget`` tokens.
 
@@ -692,7 +710,9 @@ def build_compact_messages(
     :param two_stage: end with :data:`PROSE_REQUEST` (the first request of a two-stage decision).
     :param budget: most estimated prompt tokens (``None``: no trimming).
     :param advice: lines of a second opinion (:func:`rule_advice`); never trimmed.
+    :param examples: end the system message with :data:`WORKED_EXAMPLES`.
     """
+    system = COMPACT_SYSTEM_PROMPT + ("\n\n" + WORKED_EXAMPLES if examples else "")
     messages: list[dict[str, str]] = []
     for detail in TRIM_STEPS if budget is not None else TRIM_STEPS[:1]:
         user = build_compact_user_prompt(
@@ -700,7 +720,7 @@ def build_compact_messages(
         )
         if two_stage:
             user += "\n" + PROSE_REQUEST
-        messages = [{"role": "system", "content": COMPACT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         if budget is None or estimate_tokens(messages) <= budget:
             break
     return messages

@@ -19,6 +19,7 @@ variable                       meaning
                                scored lower on the visible suite with the 1.5B model)
 ``RL_MANAGER_ADVICE``          show the rule manager's reading of the snapshot (its state and proposal) in
                                the compact prompt, as one more computed signal (default false)
+``RL_MANAGER_EXAMPLES``        end the compact system prompt with one worked example per problem (default false)
 ``RL_MANAGER_MAX_CALLS``       budget guard: most LLM requests per run (``None``: no limit)
 ``RL_MANAGER_MAX_TOKENS_RUN``  budget guard: most prompt + completion tokens per run
 =============================  ==============================================================
@@ -61,6 +62,8 @@ class LLMSettings(BaseSettings):
     :param prose_tokens: largest prose answer of a two-stage decision.
     :param advice: with the compact prompt: add the deterministic rule manager's reading (the state
         its table diagnoses and the decision it proposes) as a section the model may adopt or overrule.
+    :param examples: with the compact prompt: end the system message with worked examples, one short case per
+        problem of the table (signals -> reply), for a small model.
     :param max_calls: budget guard: most requests per manager (run); past it the manager raises
         and :func:`~rl_manager.core.decide` falls back. ``None``: unlimited.
     :param max_tokens_run: budget guard: most prompt + completion tokens per manager (run).
@@ -90,6 +93,7 @@ class LLMSettings(BaseSettings):
     two_stage: bool = False
     prose_tokens: int = Field(default=96, ge=16, le=1024)
     advice: bool = False
+    examples: bool = False
     max_calls: int | None = Field(default=None, ge=0)
     max_tokens_run: int | None = Field(default=None, ge=0)
 

@@ -16,8 +16,10 @@ from rl_manager.managers.rule import RuleManager
 from rl_manager.menu import build_action_space
 from rl_manager.prompt import (
     COMPACT_SYSTEM_PROMPT,
+    PROBLEMS,
     PROMPT_TOKEN_BUDGET,
     PROSE_REQUEST,
+    WORKED_EXAMPLES,
     build_compact_messages,
     build_compact_user_prompt,
     estimate_tokens,
@@ -371,6 +373,21 @@ def test_advice_shows_the_rule_managers_proposal_only_when_asked(name, snapshot,
     plain = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1"), client=client)
     assert "rule table" not in plain.messages(snapshot, menu, None)[-1]["content"]
     assert estimate_tokens(advised.messages(snapshot, menu, None)) <= PROMPT_TOKEN_BUDGET
+
+
+def test_worked_examples_cover_every_problem_and_keep_the_budget(monkeypatch):
+    """``RL_MANAGER_EXAMPLES``: one worked case per problem of the table, in the system message only, within budget."""
+    monkeypatch.setenv("RL_MANAGER_EXAMPLES", "true")
+    settings = LLMSettings(base_url="http://127.0.0.1:9/v1")
+    assert settings.examples is True
+    cases = [line for line in WORKED_EXAMPLES.splitlines() if line.startswith("- ")]
+    assert {line.split(" => ")[1].split(":")[0] for line in cases} == set(PROBLEMS)
+    for name, snapshot, menu in _scenarios():
+        system, user = LLMManager(settings, client=_Client()).messages(snapshot, menu, None)
+        assert system["content"].endswith(WORKED_EXAMPLES) and "Worked examples" not in user["content"]
+        assert estimate_tokens([system, user]) <= PROMPT_TOKEN_BUDGET, name
+    plain = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1", examples=False), client=_Client())
+    assert "Worked examples" not in plain.messages(snapshot, menu, None)[0]["content"]
 
 
 def test_run_summary_records_the_llm_settings_without_the_key(tmp_path):

@@ -149,7 +149,9 @@ class LLMManager(Manager):
         # a schema-constrained reply needs no list of reply shapes in the prompt
         formats = self.settings.response_format not in ("menu_schema", "json_schema")
         advice = rule_advice(snapshot, menu) if self.settings.advice else None
-        return build_compact_messages(snapshot, menu, feedback, formats=formats, advice=advice)
+        return build_compact_messages(
+            snapshot, menu, feedback, formats=formats, advice=advice, examples=self.settings.examples
+        )
 
     def request_kwargs(self, messages: list[dict[str, str]], menu: ActionSpace | None = None) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for ``messages``."""
@@ -218,7 +220,9 @@ class LLMManager(Manager):
         """
         s = self.settings
         advice = rule_advice(snapshot, menu) if s.advice else None
-        messages = build_compact_messages(snapshot, menu, feedback, formats=False, two_stage=True, advice=advice)
+        messages = build_compact_messages(
+            snapshot, menu, feedback, formats=False, two_stage=True, advice=advice, examples=s.examples
+        )
         prose, first, usage1 = self._call(messages, max_tokens=s.prose_tokens, response_format=None)
         prose = (prose or "").strip()
         if not prose or first.finish_reason not in ("stop", "length"):
