@@ -24,7 +24,8 @@ def main() -> int:
             variant += ", rule advice" if settings.get("advice") else ""
         else:
             variant = "-"
-        suite = "held-out 2" if "heldout2" in str(d.get("suite")) else "held-out" if "heldout" in str(d.get("suite")) else "visible"
+        path = str(d.get("suite"))
+        suite = "held-out 2" if "heldout2" in path else "held-out" if "heldout" in path else "visible"
         lat = (
             f"{s['latency_mean_s']:.1f} / {s['latency_p50_s']:.1f} / {s['latency_p95_s']:.1f}"
             if d["manager"] == "llm"
