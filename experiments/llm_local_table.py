@@ -22,6 +22,7 @@ def main() -> int:
             variant = f"{settings.get('prompt')}, {settings.get('response_format')}"
             variant += ", two-stage" if settings.get("two_stage") and settings.get("prompt") == "compact" else ""
             variant += ", rule advice" if settings.get("advice") else ""
+            variant += ", worked examples" if settings.get("examples") else ""
         else:
             variant = "-"
         path = str(d.get("suite"))
