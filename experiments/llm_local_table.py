@@ -9,7 +9,29 @@ import json
 import sys
 from pathlib import Path
 
+from rl_manager.bench_decisions import load_suite, scenario_snapshot
+
 FOLDER = Path(__file__).resolve().parent / "results" / "llm_local"
+REPO = FOLDER.parents[2]
+
+
+def strict_accuracy(d: dict) -> float:
+    """Share of scenarios answered correctly *without* moving a knob outside the expected roles.
+
+    The suite's own accuracy accepts an adjust that also moves other knobs (a "raise everything" reply
+    passes wherever one of its moves is expected); this one does not.
+    """
+    suite = load_suite(None if d.get("suite") in (None, "visible") else str(REPO / d["suite"]))
+    scenarios = {s.name: s for s in suite.scenarios}
+    strict = 0
+    for r in d["results"]:
+        scenario = scenarios[r["name"]]
+        roles = {k.name: k.role for k in scenario_snapshot(suite, scenario).knobs}
+        allowed = {role for e in scenario.expect if e.action == r["action"] for role in e.roles} | {
+            roles.get(k) for e in scenario.expect if e.action == r["action"] for k in e.knobs
+        }
+        strict += r["correct"] and all(roles.get(k) in allowed for k in r["changes"])
+    return strict / len(d["results"])
 
 
 def main() -> int:
@@ -25,8 +47,8 @@ def main() -> int:
             variant += ", worked examples" if settings.get("examples") else ""
         else:
             variant = "-"
-        path = str(d.get("suite"))
-        suite = "held-out 2" if "heldout2" in path else "held-out" if "heldout" in path else "visible"
+        source = str(d.get("suite"))
+        suite = "held-out 2" if "heldout2" in source else "held-out" if "heldout" in source else "visible"
         lat = (
             f"{s['latency_mean_s']:.1f} / {s['latency_p50_s']:.1f} / {s['latency_p95_s']:.1f}"
             if d["manager"] == "llm"
@@ -34,13 +56,15 @@ def main() -> int:
         )
         rows.append(
             f"| {path.stem} | {model} | {variant} | {suite} ({s['scenarios']}) | {s['accuracy']:.3f} | "
+            f"{strict_accuracy(d):.3f} | "
             f"{s['invalid_rate']:.3f} | {s['invalid_after_reask']:.3f} | {lat} | {d.get('threads') or '-'} |"
         )
     print(
-        "| run | model | prompt, format | suite (n) | accuracy | invalid (1st reply) | invalid after re-ask | "
+        "| run | model | prompt, format | suite (n) | accuracy | strict accuracy | invalid (1st reply) | "
+        "invalid after re-ask | "
         "latency mean / p50 / p95 s | threads |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 
