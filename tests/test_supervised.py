@@ -341,3 +341,38 @@ def test_tinystories_proposed_rules_roll_back_with_more_regularisation(tmp_path:
         assert rollback.decision.change.knob in {"dropout", "weight_decay"}
         assert rollback.knobs_after["learning_rate"] == rollback.knobs_before["learning_rate"]
         assert model[2].p > 0
+
+
+def test_tinystories_v4_candidates_add_their_bolder_moves(tmp_path: Path) -> None:
+    """The v4 candidates (issue 15): dropout joins the plateau LR cut; an LR halving joins the gap-onset move."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "tinystories"))
+    from proposed_rule import OnsetAnnealRuleManager
+
+    from rl_manager.supervised import default_knobs
+
+    def applied(name: str, manager, total: int, train: list[float], val: list[float]):
+        model, opt = tiny(lr=3e-3)
+        tm = TorchManager(
+            opt, model, manager, run_dir=tmp_path / name, async_=False, knobs=default_knobs(opt, model),
+            total_steps=total, fallback=None,
+        )  # fmt: skip
+        for step, (t, v) in enumerate(zip(train, val, strict=True), start=1):
+            tm.report(20 * step, train_loss=t, val_loss=v)
+        tm.close()
+        return [r for r in records(tmp_path / name, "decision") if r.applied]
+
+    # a flat start while the training loss is above the validation loss: the plateau move, with dropout 0.3
+    plateau = applied("plateau", OnsetAnnealRuleManager(plateau_dropout=0.3), 1000, [5.6, 5.3], [4.84, 4.83])
+    assert plateau and plateau[0].knobs_after["learning_rate"] < 3e-3
+    assert plateau[0].knobs_after["dropout"] == pytest.approx(0.3)
+    # without it, v3's move: the LR alone
+    v3 = applied("v3", OnsetAnnealRuleManager(onset_lr_factor=None), 1000, [5.6, 5.3], [4.84, 4.83])
+    assert v3 and v3[0].knobs_after["dropout"] == 0.0
+    # a generalisation gap opening (2.5% -> 7.7% -> 14%) after the early window: regularisation and LR x0.5
+    train, val = [4.6, 4.3, 4.1, 3.9, 3.6, 3.3], [4.5, 4.25, 4.05, 4.0, 3.9, 3.85]
+    onset = applied("onset", OnsetAnnealRuleManager(), 100, train, val)
+    move = next(r for r in onset if r.knobs_after["dropout"] > 0)
+    assert move.knobs_after["learning_rate"] == pytest.approx(1.5e-3)
+    assert move.knobs_after["weight_decay"] > move.knobs_before["weight_decay"]
