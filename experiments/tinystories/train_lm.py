@@ -196,7 +196,12 @@ V4 = ("proposed_v4_anneal", "proposed_v4_plateaureg", "proposed_v4_both")
 
 
 def make_rule_manager(name: str) -> Manager:
-    """``rule``: the library's rule manager; ``proposed``: :mod:`proposed_rule` (an experiment arm)."""
+    """``rule``: the library's rule manager; ``proposed``: :mod:`proposed_rule` (an experiment arm); ``llm``:
+    :class:`~rl_manager.managers.LLMManager` on the ``RL_MANAGER_*`` endpoint (the library's rules as fallback)."""
+    if name == "llm":
+        from rl_manager.managers import LLMManager
+
+        return LLMManager()
     if name == "proposed":
         from proposed_rule import RegularizeFirstRuleManager
 
@@ -467,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p_train.add_argument(
         "--manager",
-        choices=["rule", "proposed", "proposed_bold", "proposed_v3", *V4],
+        choices=["rule", "proposed", "proposed_bold", "proposed_v3", *V4, "llm"],
         default="rule",
         help="managed: which rules",
     )
