@@ -35,6 +35,7 @@ def make_safe_fetch(
     workspace_margin: float = DEFAULT_WORKSPACE_MARGIN,
     drop_height: float = DEFAULT_DROP_HEIGHT,
     cost_terms: tuple[str, ...] | list[str] | None = None,
+    cost_penalty: float = 0.0,
     **fetch_kwargs: Any,
 ) -> gym.Env:
     """Build a MuJoCo Fetch env (without ``TimeLimit``) wrapped in :class:`FetchSafetyCost`.
@@ -45,6 +46,7 @@ def make_safe_fetch(
     :param workspace_margin: see :class:`FetchSafetyCost`.
     :param drop_height: see :class:`FetchSafetyCost`.
     :param cost_terms: see :class:`FetchSafetyCost`.
+    :param cost_penalty: see :class:`FetchSafetyCost`.
     :param fetch_kwargs: passed to the Fetch env constructor (``reward_type``, ``render_mode`` ...).
     :return: the wrapped environment.
     """
@@ -62,4 +64,5 @@ def make_safe_fetch(
         workspace_margin=workspace_margin,
         drop_height=drop_height,
         cost_terms=cost_terms,
+        cost_penalty=cost_penalty,
     )

@@ -2,8 +2,10 @@
 
 The wrapper follows the Safety-Gymnasium convention: every ``step`` adds ``info["cost"]`` (the sum
 of the active indicator terms, a float), one ``info["cost_<term>"]`` per term and the running
-``info["episode_cost"]``. Observation, reward and ``compute_reward`` are untouched (the reward is
-only converted to a Python float), so HER keeps relabelling through the original reward function.
+``info["episode_cost"]``. The observation is untouched. The reward is the Fetch task's, less
+``cost_penalty × info["cost"]`` (default penalty 0: the task's reward, as a Python float);
+``compute_reward`` subtracts the same penalty from the costs in the infos it is given, so HER relabels
+with it, and ``set_reward_weights(cost_penalty=...)`` changes it between steps (a manager's knob).
 
 Cost terms (each is 0.0 or 1.0 per step):
 
@@ -57,6 +59,7 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         table before it counts as dropped off the table.
     :param cost_terms: which terms contribute to ``info["cost"]``; defaults to every term available
         for this task. Terms left out are still reported as ``cost_<term>`` for monitoring.
+    :param cost_penalty: reward subtracted per unit of ``info["cost"]`` (0: the task's reward).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         workspace_margin: float = DEFAULT_WORKSPACE_MARGIN,
         drop_height: float = DEFAULT_DROP_HEIGHT,
         cost_terms: tuple[str, ...] | list[str] | None = None,
+        cost_penalty: float = 0.0,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
             self,
@@ -75,6 +79,7 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
             workspace_margin=workspace_margin,
             drop_height=drop_height,
             cost_terms=cost_terms,
+            cost_penalty=cost_penalty,
         )
         gym.Wrapper.__init__(self, env)
         self.accel_limit = _check_non_negative("accel_limit", accel_limit)
@@ -83,6 +88,7 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.contact_force_limit = _check_non_negative("contact_force_limit", contact_force_limit)
         self.workspace_margin = _check_non_negative("workspace_margin", workspace_margin)
         self.drop_height = _check_non_negative("drop_height", drop_height)
+        self.cost_penalty = _check_non_negative("cost_penalty", cost_penalty)
 
         base = env.unwrapped
         model = getattr(base, "model", None)
@@ -177,8 +183,29 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return terms
 
     def compute_reward(self, achieved_goal: Any, desired_goal: Any, info: Any) -> Any:
-        """The wrapped Fetch env's ``compute_reward``, unchanged (HER relabels through it)."""
-        return self.env.unwrapped.compute_reward(achieved_goal, desired_goal, info)
+        """The wrapped Fetch env's ``compute_reward`` less ``cost_penalty`` times the cost in ``info``.
+
+        ``info`` is one step's info dict or, as HER passes it for a batch, a sequence of them; a missing
+        ``info`` (or an info without ``"cost"``) counts as no cost.
+        """
+        reward = self.env.unwrapped.compute_reward(achieved_goal, desired_goal, info)
+        if self.cost_penalty == 0.0 or info is None:
+            return reward
+        if isinstance(info, dict):
+            return reward - self.cost_penalty * float(info.get("cost", 0.0))
+        costs = np.array([float(i.get("cost", 0.0)) if i else 0.0 for i in np.ravel(info)], dtype=np.float32)
+        return reward - self.cost_penalty * costs.reshape(np.shape(reward))
+
+    # -- the penalty as a reward weight (``rl_manager.actuators`` discovers these two methods) ------------
+    def set_reward_weights(self, cost_penalty: float | None = None) -> dict[str, float]:
+        """Set the cost penalty (validated) from the next step on; return the weights in force."""
+        if cost_penalty is not None:
+            self.cost_penalty = _check_non_negative("cost_penalty", cost_penalty)
+        return self.reward_weights()
+
+    def reward_weights(self) -> dict[str, float]:
+        """The reward weights in force: ``{"cost_penalty": ...}``."""
+        return {"cost_penalty": self.cost_penalty}
 
     # -- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -201,4 +228,4 @@ class FetchSafetyCost(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info["cost"] = cost
         info["episode_cost"] = self.episode_cost
         # Fetch returns a numpy float32 reward; a Python float of the same value keeps SB3's checker happy.
-        return obs, float(reward), terminated, truncated, info
+        return obs, float(reward) - self.cost_penalty * cost, terminated, truncated, info

@@ -8,8 +8,9 @@ actuator writes where the algorithm reads the value during ``train()``:
 - SAC/TQC fixed entropy coefficient: ``ent_coef_tensor``; ``'auto'``: ``target_entropy``;
 - TD3/DDPG (and SAC/TQC given one) ``action_noise`` sigma, inside ``VectorizedActionNoise`` too;
 - PPO ``clip_range``: a schedule; PPO/A2C Gaussian ``log_std`` (exposed as ``action_std``);
-- env reward weights (``progress_scale``, ``success_bonus``, ``collision_penalty``) where the
-  training env exposes ``set_reward_weights`` / ``reward_weights`` (the planar reacher).
+- env reward weights (``progress_scale``, ``success_bonus``, ``collision_penalty``, ``cost_penalty``)
+  where the training env exposes ``set_reward_weights`` / ``reward_weights`` (the reachers, the
+  ``rl_manager/SafeFetch*`` envs).
 """
 
 from __future__ import annotations
@@ -154,8 +155,10 @@ class RewardWeight(Knob):
 
     scale = "linear"
 
-    def __init__(self, name: str, low: float, high: float, role: KnobRole, conservative: str | None) -> None:
-        super().__init__(low, high)
+    def __init__(
+        self, name: str, low: float, high: float, role: KnobRole, conservative: str | None, **fields: Any
+    ) -> None:
+        super().__init__(low, high, **fields)
         self.name, self.role, self.conservative = name, role, conservative
 
     def _read(self, model: BaseAlgorithm) -> float:
@@ -196,15 +199,20 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "progress_scale": (0.0, 50.0),
     "success_bonus": (0.0, 50.0),
     "collision_penalty": (0.0, 100.0),
+    "cost_penalty": (0.0, 1.0),
 }
 
 
 #: reward weights an env may expose, with their role and conservative direction
 _REWARD_WEIGHTS: dict[str, tuple[KnobRole, str | None]] = {
     "collision_penalty": ("cost_penalty", "up"),
+    "cost_penalty": ("cost_penalty", "up"),
     "success_bonus": ("loss_weight", None),
     "progress_scale": ("loss_weight", None),
 }
+#: listed values of a reward weight that starts at 0, where no multiplier can move it (``rl_manager/SafeFetch*``'s
+#: penalty per unit of cost, next to a sparse reward of -1 per step short of the goal)
+_REWARD_WEIGHT_VALUES: dict[str, tuple[float, ...]] = {"cost_penalty": (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)}
 
 
 def _reward_weight_names(model: BaseAlgorithm) -> list[str]:
@@ -255,7 +263,8 @@ def discover_actuators(model: BaseAlgorithm, overrides: dict[str, KnobBounds] | 
         acts.append(ActionStd(*b["action_std"]))
     for weight in _reward_weight_names(model):
         role, conservative = _REWARD_WEIGHTS[weight]
-        acts.append(RewardWeight(weight, *b[weight], role=role, conservative=conservative))
+        listed = {"values": _REWARD_WEIGHT_VALUES[weight], "multipliers": ()} if weight in _REWARD_WEIGHT_VALUES else {}
+        acts.append(RewardWeight(weight, *b[weight], role=role, conservative=conservative, **listed))
     found = {a.name: a for a in acts}
     for name, o in (overrides or {}).items():
         if name not in found:

@@ -17,7 +17,12 @@ A batch is then drawn and relabelled there, with the same distribution as SB3's:
   its reward recomputed; the rest keep their stored goal and reward; ``dones`` ignore timeouts, as SB3's;
 - the reward is recomputed on the device for Gymnasium-Robotics' goal envs (``-(distance > threshold)`` or
   ``-distance``), after checking that formula against the env's own ``compute_reward`` on stored goals;
-  any other env is asked through ``compute_reward`` as in SB3 (one host round trip per batch).
+  any other env is asked through ``compute_reward`` as in SB3 (one host round trip per batch);
+- a cost penalty (an env attribute ``cost_penalty``, as ``rl_manager/SafeFetch*`` has) is subtracted from
+  relabelled rewards too, times each transition's ``info["cost"]``, which ``add`` keeps in ``costs`` (SB3's
+  buffer drops infos unless ``copy_info_dict``, so its relabelled rewards carry no penalty). The penalty in
+  force is read when an episode ends, with the threshold: a knob's new value reaches relabelled rewards
+  within one episode.
 
 Random numbers come from the buffer's own torch generator on the device (seeded from numpy's global generator
 when the mirror is built), not numpy's: the same algorithm, another stream, and the policy's torch stream untouched.
@@ -51,6 +56,7 @@ _MIRROR_KEYS = (
     "_slot",
     "_reward_fn",
     "_reward_key",
+    "_penalty",
     "_generator",
 )
 
@@ -64,6 +70,8 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: each stored transition's ``info["cost"]`` (0 without one), for the cost penalty of relabelled rewards
+        self.costs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         self._reset_mirror()
 
     def _reset_mirror(self) -> None:
@@ -75,6 +83,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         self._slot = 0
         self._reward_fn: Callable[[th.Tensor, th.Tensor], th.Tensor] | None = None
         self._reward_key: tuple[float, str] | None = None
+        self._penalty = 0.0
         self._generator: th.Generator | None = None
 
     # -- pickling: the mirror is rebuilt from the numpy arrays, never saved ---------------------------------
@@ -86,6 +95,8 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "costs" not in state:  # pickled before the buffer kept costs
+            self.costs = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         self._reset_mirror()
 
     # -- keeping the mirror in step with SB3's arrays ------------------------------------------------------
@@ -103,6 +114,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
             for env_idx in np.flatnonzero(self.ep_length[row] > 0):
                 end = self.ep_start[row, env_idx] + self.ep_length[row, env_idx]
                 self._pending.append((np.arange(row, end) % self.buffer_size, int(env_idx)))
+        self.costs[row] = [float(info.get("cost", 0.0)) for info in infos]
         super().add(obs, next_obs, action, reward, done, infos)
         if self._mirror is not None:
             self._upload_row(row)
@@ -124,6 +136,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         out |= {f"next/{k}": v[rows] for k, v in self.next_observations.items()}
         out["actions"] = self.actions[rows]
         out["rewards"] = self.rewards[rows]
+        out["costs"] = self.costs[rows]
         out["dones"] = (self.dones[rows] * (1 - self.timeouts[rows])).astype(np.float32)
         out["ep_start"] = self.ep_start[rows]
         return {k: np.ascontiguousarray(v) for k, v in out.items()}
@@ -208,6 +221,12 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
             return None
         return reward
 
+    def _cost_penalty(self) -> float:
+        """The env's ``cost_penalty`` attribute (0 without one)."""
+        if self.env is None or not self.env.has_attr("cost_penalty"):
+            return 0.0
+        return float(self.env.get_attr("cost_penalty", indices=[0])[0])
+
     def _env_reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
         """The env's own ``compute_reward`` (first env, no infos), as SB3 relabels."""
         assert self.env is not None
@@ -231,6 +250,7 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
             self._n_valid = int(self._cum[-1])  # one host sync per ended episode
             if self._reward_fn is not None and self._reward_attrs() != self._reward_key:
                 self._reward_fn = self._device_reward_fn()  # a setter changed the threshold: check again
+            self._penalty = self._cost_penalty()
         if self._n_valid == 0:
             raise RuntimeError(
                 "Unable to sample before the end of the first episode. We recommend choosing a value "
@@ -250,6 +270,8 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
         next_obs["desired_goal"][n_real:] = goals
         relabel = self._reward_fn or self._host_reward
         rewards[n_real:] = relabel(next_obs["achieved_goal"][n_real:], goals)
+        if self._penalty:
+            rewards[n_real:] -= self._penalty * m["costs"][v_rows, v_envs]
         return DictReplayBufferSamples(
             observations=obs,
             actions=m["actions"][rows, envs],

@@ -238,13 +238,17 @@ CASES: dict[str, Case] = {
     "ddpg": Case("ddpg", _knobs("learning_rate", "noise_sigma"), noise="ou"),
     "tqc-her": Case(
         "tqc",
-        _knobs("learning_rate", "target_entropy", "noise_sigma", reward=False),
+        _knobs("learning_rate", "target_entropy", "noise_sigma", "cost_penalty", reward=False),
         FETCH_REACH,
         noise="normal",
         her=True,
     ),
     "sac-her-fixed": Case(
-        "sac", _knobs("learning_rate", "ent_coef", reward=False), FETCH_REACH, her=True, kwargs=(("ent_coef", 0.1),)
+        "sac",
+        _knobs("learning_rate", "ent_coef", "cost_penalty", reward=False),
+        FETCH_REACH,
+        her=True,
+        kwargs=(("ent_coef", 0.1),),
     ),
     "td3-no-noise": Case("td3", _knobs("learning_rate")),
     "ppo-pendulum": Case(
@@ -274,6 +278,7 @@ def target_value(name: str, act: Actuator, model: BaseAlgorithm) -> float:
             "action_std": 0.3,
             "noise_sigma": 0.4,
             "collision_penalty": 25.0,
+            "cost_penalty": 0.2,
             "success_bonus": 3.0,
             "progress_scale": 4.0,
         }[name]
@@ -369,7 +374,7 @@ CHECKS: dict[str, Callable[[Harness, Actuator, float, list[TrainCall]], None]] =
     "clip_range": check_clip_range,
     "action_std": check_action_std,
     "noise_sigma": check_noise_sigma,
-    **{name: check_reward_weight(name) for name in REWARD_WEIGHTS},
+    **{name: check_reward_weight(name) for name in (*REWARD_WEIGHTS, "cost_penalty")},
 }
 
 

@@ -9,6 +9,7 @@ import gymnasium as gym
 import gymnasium_robotics
 import numpy as np
 import pytest
+import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.her import HerReplayBuffer
@@ -167,6 +168,35 @@ def test_a_reward_that_is_not_the_distance_rule_is_relabelled_by_the_env(env):
     n_real = 256 - int(buffer.her_ratio * 256)
     rewards = batch.rewards.numpy()[n_real:, 0]
     assert set(np.unique(rewards)) <= {0.0, -2.0} and (rewards == -2.0).any()
+    venv.close()
+
+
+def test_relabelled_rewards_carry_the_cost_penalty_of_their_transition():
+    """With ``rl_manager/SafeFetchReach``'s cost penalty, a relabelled reward is the env's ``compute_reward`` with the
+    transition's own info (what SB3's buffer gives with ``copy_info_dict``), and a new penalty reaches the next
+    batch after an episode ends."""
+    venv = make_vec_env("rl_manager/SafeFetchReach-v0", n_envs=N_ENVS, seed=0, env_kwargs={"cost_penalty": 0.5})
+    buffer, reference = make(venv), make(venv, cls=HerReplayBuffer, copy_info_dict=True)
+    fill([buffer, reference], venv, 110)
+    assert (buffer.costs > 0).any()
+    batch = buffer.sample(512)
+    assert buffer._reward_fn is not None and buffer._penalty == 0.5  # relabelled on the device
+    rows, envs = locate(buffer, batch.actions.numpy())
+    n_real = 512 - int(buffer.her_ratio * 512)
+    achieved, goals = batch.next_observations["achieved_goal"].numpy(), batch.observations["desired_goal"].numpy()
+    infos = reference.infos[rows, envs]
+    np.testing.assert_array_equal(buffer.costs[rows, envs], [i["cost"] for i in infos])
+    expected = venv.env_method("compute_reward", achieved, goals, infos, indices=[0])[0]
+    rewards = batch.rewards.numpy()[:, 0]
+    np.testing.assert_allclose(rewards[n_real:], expected[n_real:], rtol=1e-6)
+    np.testing.assert_array_equal(rewards[:n_real], buffer.rewards[rows[:n_real], envs[:n_real]])  # stored, as SB3
+    assert (buffer.costs[rows[n_real:], envs[n_real:]] > 0).any()  # the penalty was there to see
+
+    venv.env_method("set_reward_weights", cost_penalty=0.0)
+    fill([buffer], venv, 50)  # an episode ends: the penalty is read again
+    batch = buffer.sample(256)
+    assert set(np.unique(batch.rewards.numpy()[256 - int(buffer.her_ratio * 256) :])) <= {0.0, -1.0}
+    assert pickle.loads(pickle.dumps(buffer)).costs.tolist() == buffer.costs.tolist()
     venv.close()
 
 

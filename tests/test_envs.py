@@ -183,6 +183,33 @@ def test_fetch_cost_terms_selection_and_validation() -> None:
     assert "object_off_table" not in FetchSafetyCost(reach).reported_terms
 
 
+def test_fetch_cost_penalty_is_in_the_reward_and_in_compute_reward() -> None:
+    """The penalty lowers each step's reward by ``cost_penalty × cost``; ``compute_reward`` gives the same reward
+    from the step's info, one at a time or as HER's batch of infos, and none without a cost in the info."""
+    env, wrapper = _make_pick(cost_penalty=0.5)
+    assert wrapper.reward_weights() == {"cost_penalty": 0.5}
+    steps = [env.step(np.array([0.0, 0.0, -1.0, 0.0], dtype=np.float32)) for _ in range(12)]
+    infos = [info for *_, info in steps]
+    assert any(i["cost"] > 0 for i in infos)
+    achieved = np.stack([obs["achieved_goal"] for obs, *_ in steps])
+    desired = np.stack([obs["desired_goal"] for obs, *_ in steps])
+    base = env.unwrapped.compute_reward(achieved, desired, None)
+    expected = base - 0.5 * np.array([i["cost"] for i in infos])
+    np.testing.assert_allclose([reward for _, reward, *_ in steps], expected)
+    np.testing.assert_allclose(wrapper.compute_reward(achieved, desired, np.array(infos)), expected, rtol=1e-6)
+    hit = next(k for k, i in enumerate(infos) if i["cost"] > 0)
+    assert wrapper.compute_reward(achieved[hit], desired[hit], infos[hit]) == pytest.approx(expected[hit])
+    np.testing.assert_array_equal(wrapper.compute_reward(achieved, desired, [{}] * len(infos)), base)
+    np.testing.assert_array_equal(wrapper.compute_reward(achieved, desired, None), base)
+    # a knob: validated, in force from the next step
+    assert wrapper.set_reward_weights(cost_penalty=0.0) == {"cost_penalty": 0.0}
+    np.testing.assert_array_equal(wrapper.compute_reward(achieved, desired, np.array(infos)), base)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError):
+            wrapper.set_reward_weights(cost_penalty=bad)
+    assert wrapper.cost_penalty == 0.0
+
+
 def test_fetch_cost_wrapper_sits_inside_monitor() -> None:
     vec = make_vec_env("rl_manager/SafeFetchReach-v0", n_envs=1, seed=0)
     vec.reset()
