@@ -171,31 +171,35 @@ def test_a_reward_that_is_not_the_distance_rule_is_relabelled_by_the_env(env):
     venv.close()
 
 
-def test_relabelled_rewards_carry_the_cost_penalty_of_their_transition():
+@pytest.mark.parametrize("device", DEVICES)
+def test_relabelled_rewards_carry_the_cost_penalty_of_their_transition(device):
     """With ``rl_manager/SafeFetchReach``'s cost penalty, a relabelled reward is the env's ``compute_reward`` with the
     transition's own info (what SB3's buffer gives with ``copy_info_dict``), and a new penalty reaches the next
     batch after an episode ends."""
     venv = make_vec_env("rl_manager/SafeFetchReach-v0", n_envs=N_ENVS, seed=0, env_kwargs={"cost_penalty": 0.5})
-    buffer, reference = make(venv), make(venv, cls=HerReplayBuffer, copy_info_dict=True)
-    fill([buffer, reference], venv, 110)
+    buffer, reference = make(venv, device=device), make(venv, cls=HerReplayBuffer, copy_info_dict=True)
+    fill([buffer, reference], venv, 60)
+    buffer.sample(16)  # the mirror exists: later rows reach it through add (pinned slots on CUDA)
+    fill([buffer, reference], venv, 50, seed=1)  # new actions: a transition is found by its action
     assert (buffer.costs > 0).any()
     batch = buffer.sample(512)
     assert buffer._reward_fn is not None and buffer._penalty == 0.5  # relabelled on the device
-    rows, envs = locate(buffer, batch.actions.numpy())
+    rows, envs = locate(buffer, batch.actions.cpu().numpy())
     n_real = 512 - int(buffer.her_ratio * 512)
-    achieved, goals = batch.next_observations["achieved_goal"].numpy(), batch.observations["desired_goal"].numpy()
+    achieved = batch.next_observations["achieved_goal"].cpu().numpy()
+    goals = batch.observations["desired_goal"].cpu().numpy()
     infos = reference.infos[rows, envs]
     np.testing.assert_array_equal(buffer.costs[rows, envs], [i["cost"] for i in infos])
     expected = venv.env_method("compute_reward", achieved, goals, infos, indices=[0])[0]
-    rewards = batch.rewards.numpy()[:, 0]
+    rewards = batch.rewards.cpu().numpy()[:, 0]
     np.testing.assert_allclose(rewards[n_real:], expected[n_real:], rtol=1e-6)
     np.testing.assert_array_equal(rewards[:n_real], buffer.rewards[rows[:n_real], envs[:n_real]])  # stored, as SB3
     assert (buffer.costs[rows[n_real:], envs[n_real:]] > 0).any()  # the penalty was there to see
 
     venv.env_method("set_reward_weights", cost_penalty=0.0)
-    fill([buffer], venv, 50)  # an episode ends: the penalty is read again
+    fill([buffer], venv, 50, seed=2)  # an episode ends: the penalty is read again
     batch = buffer.sample(256)
-    assert set(np.unique(batch.rewards.numpy()[256 - int(buffer.her_ratio * 256) :])) <= {0.0, -1.0}
+    assert set(np.unique(batch.rewards.cpu().numpy()[256 - int(buffer.her_ratio * 256) :])) <= {0.0, -1.0}
     assert pickle.loads(pickle.dumps(buffer)).costs.tolist() == buffer.costs.tolist()
     venv.close()
 
