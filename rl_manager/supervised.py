@@ -158,6 +158,33 @@ def label_smoothing_knob(
     return attribute_knob(criterion, "label_smoothing", low=low, high=high, **fields, **kwargs)
 
 
+def optimizer_restart_knob(optimizer: th.optim.Optimizer) -> Knob:
+    """``optimizer_restarts``: how many times the optimiser's state (Adam's moments) was cleared.
+
+    Raising it clears the state once (the next step starts new moments, with the bias correction of a first
+    step); lowering it only records the value (cleared moments cannot come back; a rollback restores them).
+    :class:`~rl_manager.managers.supervised_rule.SupervisedRuleManager` raises it with its early LR cut.
+    """
+    count = [0.0]
+
+    def write(value: float) -> None:
+        if value > count[0]:
+            optimizer.state.clear()
+        count[0] = value
+
+    return FnKnob(
+        "optimizer_restarts",
+        lambda: count[0],
+        write,
+        low=0.0,
+        high=3.0,
+        values=(0.0, 1.0, 2.0, 3.0),
+        multipliers=(),
+        role="other",
+        description="times the optimiser state (Adam moments) was cleared; +1 clears it now",
+    )
+
+
 def default_knobs(optimizer: th.optim.Optimizer, model: nn.Module | None) -> list[Knob]:
     """Learning rate, then dropout (if the model has any), then weight decay (if the optimiser has it).
 

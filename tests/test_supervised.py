@@ -309,14 +309,10 @@ def test_label_smoothing_knob_is_a_regularisation_knob(tmp_path: Path) -> None:
         label_smoothing_knob(nn.MSELoss())
 
 
-def test_tinystories_proposed_rules_roll_back_with_more_regularisation(tmp_path: Path) -> None:
-    """The experiment's proposed overfitting rules (issue 15): once the rollback gate opens on an overfitting
+def test_first_supervised_rules_roll_back_with_more_regularisation(tmp_path: Path) -> None:
+    """The first versions of the supervised rule (issue 15): once the rollback gate opens on an overfitting
     run, back to the best weights with a regularisation knob raised, the LR in force kept."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "tinystories"))
-    from proposed_rule import BoldRegularizeRuleManager, RegularizeFirstRuleManager
-
+    from rl_manager.managers.supervised_rule import BoldRegularizeRuleManager, RegularizeFirstRuleManager
     from rl_manager.supervised import default_knobs
 
     val = [5.0, 4.6, 4.3, 4.1, 4.15, 4.3, 4.45, 4.6]
@@ -343,13 +339,9 @@ def test_tinystories_proposed_rules_roll_back_with_more_regularisation(tmp_path:
         assert model[2].p > 0
 
 
-def test_tinystories_v4_candidates_add_their_bolder_moves(tmp_path: Path) -> None:
+def test_supervised_rule_versions_add_their_bolder_moves(tmp_path: Path) -> None:
     """The v4 candidates (issue 15): dropout joins the plateau LR cut; an LR halving joins the gap-onset move."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "tinystories"))
-    from proposed_rule import OnsetAnnealRuleManager
-
+    from rl_manager.managers.supervised_rule import OnsetAnnealRuleManager
     from rl_manager.supervised import default_knobs
 
     def applied(name: str, manager, total: int, train: list[float], val: list[float]):
@@ -376,3 +368,28 @@ def test_tinystories_v4_candidates_add_their_bolder_moves(tmp_path: Path) -> Non
     move = next(r for r in onset if r.knobs_after["dropout"] > 0)
     assert move.knobs_after["learning_rate"] == pytest.approx(1.5e-3)
     assert move.knobs_after["weight_decay"] > move.knobs_before["weight_decay"]
+
+
+def test_supervised_rule_cuts_the_lr_with_new_moments_on_a_starting_plateau(tmp_path: Path) -> None:
+    """``"supervised_rule"`` by name: on a flat start (training loss above the validation loss) the LR falls, the
+    optimiser's moments are cleared once (``optimizer_restarts``) and dropout rises, in one decision."""
+    from rl_manager.managers import MANAGERS, SupervisedRuleManager
+    from rl_manager.supervised import default_knobs, optimizer_restart_knob
+
+    model, opt = tiny(lr=3e-3)
+    x = th.randn(8, 4)
+    model(x).sum().backward()
+    opt.step()
+    assert opt.state  # Adam's moments exist
+    tm = TorchManager(
+        opt, model, "supervised_rule", run_dir=tmp_path, async_=False,
+        knobs=[*default_knobs(opt, model), optimizer_restart_knob(opt)], total_steps=1000, fallback=None,
+    )  # fmt: skip
+    assert MANAGERS["supervised_rule"] is SupervisedRuleManager
+    for step, (t, v) in enumerate([(5.6, 4.84), (5.3, 4.83)], start=1):
+        tm.report(20 * step, train_loss=t, val_loss=v)
+    assert not opt.state  # new moments from the next step on
+    tm.close()
+    (move,) = [r for r in records(tmp_path, "decision") if r.applied]
+    assert move.knobs_after["learning_rate"] < 3e-3 and move.knobs_after["dropout"] == pytest.approx(0.3)
+    assert move.knobs_after["optimizer_restarts"] == 1.0

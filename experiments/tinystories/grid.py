@@ -9,8 +9,8 @@ fixes the initialisation and the batch order, the same in every arm):
 - ``tuned``: a fixed recipe chosen by a sweep over LR × dropout × weight decay on the sweep seed(s)
   (default 100, never a final seed; lowest mean best validation loss), then run on the final seeds.
 - managed arms: ``TorchManager`` with the library rule manager under a few adapter settings (rollback
-  margin, listed knob values), and the proposed rule of :mod:`proposed_rule`; all on dev and final
-  seeds. Which library-rule setting is the reported ``managed`` arm is decided on the dev seeds
+  margin, listed knob values), and the proposed rules of :mod:`rl_manager.managers.supervised_rule`; all on dev
+  and final seeds. Which library-rule setting is the reported ``managed`` arm is decided on the dev seeds
   (lowest mean best validation loss), never on the final seeds.
 
 Usage::
@@ -51,7 +51,7 @@ MANAGED: dict[str, list[str]] = {
     "managed_m02_coarse": ["--rollback-margin", "0.02", *COARSE],
     "proposed_m02": ["--manager", "proposed", "--rollback-margin", "0.02"],
     "proposed_m02_coarse": ["--manager", "proposed", "--rollback-margin", "0.02", *COARSE],
-    # tinystories_v3: early LR-too-high cut + bold regularisation at the overfitting onset (proposed_rule.py)
+    # tinystories_v3: early LR-too-high cut + bold regularisation at the overfitting onset (supervised_rule.py)
     "proposed_v3": ["--manager", "proposed_v3", "--restart-knob", "--rollback-margin", "0.02", *COARSE],
     # tinystories_v4: v3 plus an LR annealing step at the onset and/or dropout with the plateau cut
     **{

@@ -161,61 +161,38 @@ def managed_knobs(args: argparse.Namespace, opt, model, criterion) -> list:
         knobs.append(label_smoothing_knob(criterion, **({"values": ls} if ls else {})))
     assert [k.name for k in knobs[:3]] == [k.name for k in default_knobs(opt, model)]
     if getattr(args, "restart_knob", False):
+        from rl_manager.supervised import optimizer_restart_knob
+
         knobs.append(optimizer_restart_knob(opt))
     return knobs
 
 
-def optimizer_restart_knob(opt: th.optim.Optimizer):
-    """``optimizer_restarts``: how many times the optimiser's state (Adam's moments) was cleared; raising it
-    clears the state once (the next step starts new moments, with the bias correction of a first step).
-    Lowering it only records the value (cleared moments cannot come back; a rollback restores them)."""
-    from rl_manager.supervised import TorchKnob
-
-    count = [0.0]
-
-    def write(value: float) -> None:
-        if value > count[0]:
-            opt.state.clear()
-        count[0] = value
-
-    return TorchKnob(
-        "optimizer_restarts",
-        lambda: count[0],
-        write,
-        low=0.0,
-        high=3.0,
-        values=(0.0, 1.0, 2.0, 3.0),
-        multipliers=(),
-        role="other",
-        description="times the optimiser state (Adam moments) was cleared; +1 clears it now",
-    )
-
-
-#: tinystories_v4 candidates (proposed_rule.OnsetAnnealRuleManager), chosen between on the dev seeds
+#: tinystories_v4 candidates (supervised_rule.OnsetAnnealRuleManager), chosen between on the dev seeds
 V4 = ("proposed_v4_anneal", "proposed_v4_plateaureg", "proposed_v4_both")
 
 
 def make_rule_manager(name: str) -> Manager:
-    """``rule``: the library's rule manager; ``proposed``: :mod:`proposed_rule` (an experiment arm); ``llm``:
+    """``rule``: the library's rule manager; ``proposed*``: the versions of
+    :mod:`rl_manager.managers.supervised_rule` (v4's ``proposed_v4_both`` is its ``SupervisedRuleManager``); ``llm``:
     :class:`~rl_manager.managers.LLMManager` on the ``RL_MANAGER_*`` endpoint (the library's rules as fallback)."""
     if name == "llm":
         from rl_manager.managers import LLMManager
 
         return LLMManager()
     if name == "proposed":
-        from proposed_rule import RegularizeFirstRuleManager
+        from rl_manager.managers.supervised_rule import RegularizeFirstRuleManager
 
         return RegularizeFirstRuleManager()
     if name == "proposed_bold":
-        from proposed_rule import BoldRegularizeRuleManager
+        from rl_manager.managers.supervised_rule import BoldRegularizeRuleManager
 
         return BoldRegularizeRuleManager()
     if name == "proposed_v3":
-        from proposed_rule import EarlySignalsRuleManager
+        from rl_manager.managers.supervised_rule import EarlySignalsRuleManager
 
         return EarlySignalsRuleManager()
     if name.startswith("proposed_v4"):
-        from proposed_rule import OnsetAnnealRuleManager
+        from rl_manager.managers.supervised_rule import OnsetAnnealRuleManager
 
         anneal = None if name == "proposed_v4_plateaureg" else 0.5
         dropout = 0.3 if name in ("proposed_v4_plateaureg", "proposed_v4_both") else None

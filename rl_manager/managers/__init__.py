@@ -9,6 +9,7 @@ from rl_manager.managers.lagrangian import LagrangianManager
 from rl_manager.managers.llm import LLMManager
 from rl_manager.managers.none import NoneManager
 from rl_manager.managers.rule import RuleManager
+from rl_manager.managers.supervised_rule import SupervisedRuleManager
 
 #: managers that can be built by name without further configuration
 MANAGERS: dict[str, type[Manager]] = {
@@ -18,6 +19,7 @@ MANAGERS: dict[str, type[Manager]] = {
     "kl_adaptive": KLAdaptiveManager,
     "lagrangian": LagrangianManager,
     "keep_best": KeepBestManager,
+    "supervised_rule": SupervisedRuleManager,
 }
 
 
@@ -42,5 +44,6 @@ __all__ = [
     "NoneManager",
     "Proposal",
     "RuleManager",
+    "SupervisedRuleManager",
     "make_manager",
 ]
