@@ -44,6 +44,8 @@ SWEEP_DROPOUT = (0.0, 0.1, 0.3, 0.5)
 SWEEP_WD = (0.0, 0.1, 1.0)
 
 COARSE = ["--dropout-values", "0,0.1,0.2,0.3,0.5", "--wd-values", "0,0.1,0.3,1", "--ls-values", "0,0.1,0.2"]
+#: the menu and gates of the v3/v4 candidates (and of ``llm_arm.py``): restart knob, rollback margin 0.02, coarse values
+CANDIDATE_MENU = ["--restart-knob", "--rollback-margin", "0.02", *COARSE]
 #: managed variants: name -> extra arguments of ``train_lm.py train --arm managed --sync``
 MANAGED: dict[str, list[str]] = {
     "managed_default": [],  # library defaults: rollback margin 0.10, the library's listed values
@@ -52,10 +54,10 @@ MANAGED: dict[str, list[str]] = {
     "proposed_m02": ["--manager", "proposed", "--rollback-margin", "0.02"],
     "proposed_m02_coarse": ["--manager", "proposed", "--rollback-margin", "0.02", *COARSE],
     # tinystories_v3: early LR-too-high cut + bold regularisation at the overfitting onset (supervised_rule.py)
-    "proposed_v3": ["--manager", "proposed_v3", "--restart-knob", "--rollback-margin", "0.02", *COARSE],
+    "proposed_v3": ["--manager", "proposed_v3", *CANDIDATE_MENU],
     # tinystories_v4: v3 plus an LR annealing step at the onset and/or dropout with the plateau cut
     **{
-        v: ["--manager", v, "--restart-knob", "--rollback-margin", "0.02", *COARSE]
+        v: ["--manager", v, *CANDIDATE_MENU]
         for v in ("proposed_v4_anneal", "proposed_v4_plateaureg", "proposed_v4_both")
     },
 }

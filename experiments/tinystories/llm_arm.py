@@ -16,23 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from grid import CANDIDATE_MENU
+
 from rl_manager.llm_server import LlamaServer
 from rl_manager.models import resolve_gguf
 
 HERE = Path(__file__).resolve().parent
-#: the managed arms' menu and gates in ``grid.py`` (the v3/v4 candidates ran with exactly these)
-MANAGED_ARGS = [
-    "--sync",
-    "--restart-knob",
-    "--rollback-margin",
-    "0.02",
-    "--dropout-values",
-    "0,0.1,0.2,0.3,0.5",
-    "--wd-values",
-    "0,0.1,0.3,1",
-    "--ls-values",
-    "0,0.1,0.2",
-]
+#: the candidates' managed menu and gates in ``grid.py``, decided at every evaluation
+MANAGED_ARGS = ["--sync", *CANDIDATE_MENU]
 
 
 def main(argv: list[str] | None = None) -> None:

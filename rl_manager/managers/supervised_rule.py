@@ -58,6 +58,16 @@ class RegularizeFirstRuleManager(RuleManager):
         rows = [r for r in s.history if finite(r.train_loss)][-3:]
         return len(rows) == 3 and rows[-1].train_loss < rows[0].train_loss
 
+    @staticmethod
+    def _overfitting_signal(s: TelemetrySnapshot) -> bool:
+        """Validation loss rising over the last 3 evaluations while the training loss fell."""
+        rows = [r for r in s.history if finite(r.val_loss) and finite(r.train_loss)][-3:]
+        return (
+            len(rows) == 3
+            and rows[2].val_loss > rows[1].val_loss > rows[0].val_loss
+            and rows[2].train_loss < rows[0].train_loss
+        )
+
     def _regression(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         if s.kind != "supervised" or "rollback_and_consolidate" not in menu.actions or not self._train_falling(s):
             return super()._regression(s, menu)
@@ -80,10 +90,7 @@ class RegularizeFirstRuleManager(RuleManager):
     def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         if s.kind != "supervised":
             return super()._overfitting(s, menu)
-        rows = [r for r in s.history if finite(r.val_loss) and finite(r.train_loss)][-3:]
-        if len(rows) < 3:
-            return None
-        if not (rows[2].val_loss > rows[1].val_loss > rows[0].val_loss and rows[2].train_loss < rows[0].train_loss):
+        if not self._overfitting_signal(s):
             return None
         reason = "validation loss rising while training loss falls: overfitting"
         return self._adjust(
@@ -154,12 +161,7 @@ class BoldRegularizeRuleManager(RuleManager):
     def _overfitting(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         if s.kind != "supervised":
             return super()._overfitting(s, menu)
-        rows = [r for r in s.history if finite(r.val_loss) and finite(r.train_loss)][-3:]
-        if len(rows) < 3:
-            return None
-        if not (rows[2].val_loss > rows[1].val_loss > rows[0].val_loss and rows[2].train_loss < rows[0].train_loss):
-            return None
-        if "adjust" not in menu.actions:
+        if not RegularizeFirstRuleManager._overfitting_signal(s) or "adjust" not in menu.actions:
             return None
         changes = [c for c in [self._bold(menu, consolidate=False)] if c is not None]
         if self._lr_cuts(s) < self.max_lr_cuts:
