@@ -4,6 +4,7 @@
 # in /tmp/site (experiments/results/fetch_throughput/README.md, "Commands").
 #   bash experiments/device_fetch.sh bench OUT_DIR SECONDS CONFIG...   # experiments/fetch_throughput.py
 #   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
+#   bash experiments/device_fetch.sh branch SRC NAME BUDGET [PARAM...]  # continue a copy of run SRC to BUDGET
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
@@ -31,6 +32,24 @@ case "${1:?bench|start|poll}" in
       --device ${DEV:-cuda} --manager ${MANAGER:-none} --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 ${XARGS:-} \
       --run-dir "$res/$name/run" "${params[@]}" >"$res/$name/stdout.log" 2>&1 &
     echo "started $name (pid $!)"
+    ;;
+  branch)
+    # a copy of a finished run continued to a larger budget, with MANAGER (default none) and recipe overrides:
+    # arms that share the source's weights, replay buffer and evaluations up to the branch point
+    src=${2:?source run}; name=${3:?name}; n=${4:?budget}; shift 4
+    mkdir -p "$res/$name" && cp -r "$res/$src/run" "$res/$name/run"
+    python3 - "$res/$name/run" "$n" "${MANAGER:-none}" "$@" <<'PY'
+import sys, yaml
+run, n, manager, *pairs = sys.argv[1:]
+config = yaml.safe_load(open(f"{run}/config.yml"))
+config.update(n_timesteps=int(n), manager=manager, tensorboard_log=f"{run}/tb")
+for pair in pairs:
+    key, value = pair.split(":", 1)
+    config["recipe"][key] = yaml.safe_load(value)
+yaml.safe_dump(config, open(f"{run}/config.yml", "w"), sort_keys=False)
+PY
+    setsid nohup python3 -m rl_manager.train --resume "$res/$name/run" >"$res/$name/stdout.log" 2>&1 &
+    echo "branched $name from $src (pid $!)"
     ;;
   poll)
     out=${2:?out dir}; wait_s=${3:-0}

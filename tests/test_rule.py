@@ -394,6 +394,33 @@ def test_unsafe_escalates_only_while_its_safety_moves_lower_the_cost():
     assert "unsafe" in helped.decision.reason
 
 
+def test_unsafe_prices_a_zero_cost_penalty_at_the_middle_of_its_values():
+    """A Fetch-like ``cost_penalty`` at 0 with no success bonus: the first raise goes to the geometric middle of
+    the offered values (0.2 of 0.05...1), not to 0.05, whose ladder moved nothing measurable in the v14 grid;
+    a later raise doubles it (0.2 → 0.5) as before."""
+
+    def raised(value: float) -> float:
+        snap = _unsafe_run()
+        snap.knobs = [k for k in snap.knobs if k.role != "cost_penalty"] + [
+            KnobSpec(
+                name="cost_penalty",
+                value=value,
+                low=0.0,
+                high=1.0,
+                role="cost_penalty",
+                conservative="up",
+                values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
+                multipliers=(),  # as rl_manager.actuators lists it
+            )
+        ]
+        out = decide(snap, RuleManager())
+        assert "unsafe" in out.decision.reason
+        return {c.knob: c.after for c in out.changes}["cost_penalty"]
+
+    assert raised(0.0) == pytest.approx(0.2)
+    assert raised(0.2) == pytest.approx(0.5)
+
+
 def _plateaued_run(interventions=()):
     rows = [HistoryRow(evaluation_index=i, step=i, score=0.3, success_rate=0.3) for i in range(10)]
     from rl_manager.schema import BestCheckpoint

@@ -50,7 +50,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        evaluations, once solving or while the  (not again while the latest measured
                        entropy bonus is far above usual        safety move left the cost within 10% of
                                                                its level and the cost is not rising
-                                                               beyond its noise: the run's own level)
+                                                               beyond its noise: the run's own level);
+                                                               with no bonus, a penalty at zero rises
+                                                               to the middle of its offered values
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
                        and lies below the validation loss
@@ -578,6 +580,8 @@ class RuleManager(Manager):
             # recipe's choice and its violations at mid-training are the run's own level
             cap = self.unsafe_ratio * bonus.value if weighed else None
             change = self._change(menu, "cost_penalty", "up", 3.0 if weighed else 2.0, cap=cap)
+            if change is not None and not weighed and penalty.value <= 0:
+                change = self._first_price(menu, change)
             if change is not None:
                 changes.append(change)
             new_penalty = change.value if change is not None else penalty.value
@@ -598,6 +602,19 @@ class RuleManager(Manager):
         if constrained or (not weighed and len(stds) >= 2 and stds[-1] > stds[0]):
             return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
         return None
+
+    @staticmethod
+    def _first_price(menu: ActionSpace, change: KnobChange) -> KnobChange:
+        """The first raise of a cost penalty from zero with no success bonus beside it: the offered value at the
+        geometric middle of the positive ones. A ×2 ladder from zero starts at the smallest value, which prices a
+        violation far below a reward step (``SafeFetch*``'s 0.05 of a sparse reward's 1: no measurable effect
+        in the v14 grid), and each of its later steps waits for its own measurement."""
+        knob = menu.knob(change.knob)
+        positive = [o.value for o in knob.options if o.value > 0] if knob is not None else []
+        if not positive:
+            return change
+        middle = math.sqrt(min(positive) * max(positive))
+        return KnobChange(knob=change.knob, value=min(positive, key=lambda v: abs(math.log(v / middle))))
 
     @staticmethod
     def _safety_move_failed(s: TelemetrySnapshot, min_drop: float = 0.1) -> bool:
