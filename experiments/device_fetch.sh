@@ -39,7 +39,7 @@ case "${1:?bench|start|poll}" in
     src=${2:?source run}; name=${3:?name}; n=${4:?budget}; shift 4
     mkdir -p "$res/$name" && cp -r "$res/$src/run" "$res/$name/run"
     python3 - "$res/$name/run" "$n" "${MANAGER:-none}" "$@" <<'PY'
-import sys, yaml
+import json, sys, yaml
 run, n, manager, *pairs = sys.argv[1:]
 config = yaml.safe_load(open(f"{run}/config.yml"))
 config.update(n_timesteps=int(n), manager=manager, tensorboard_log=f"{run}/tb")
@@ -47,6 +47,10 @@ for pair in pairs:
     key, value = pair.split(":", 1)
     config["recipe"][key] = yaml.safe_load(value)
 yaml.safe_dump(config, open(f"{run}/config.yml", "w"), sort_keys=False)
+# a resume re-applies the saved knobs outside the checkpoint (env reward weights): a new env_kwargs value goes there too
+state = json.load(open(f"{run}/manager_state.json"))
+state["knobs"].update({k: v for k, v in (config["recipe"].get("env_kwargs") or {}).items() if k in state["knobs"]})
+json.dump(state, open(f"{run}/manager_state.json", "w"))
 PY
     setsid nohup python3 -m rl_manager.train --resume "$res/$name/run" >"$res/$name/stdout.log" 2>&1 &
     echo "branched $name from $src (pid $!)"
