@@ -308,8 +308,12 @@ def _build_model(config: dict[str, Any], env, run_dir: Path, load_from: Path | N
     if load_from is not None:
         model = cls.load(load_from, env=env, device=config["device"], tensorboard_log=tb)
         buffer = load_from.with_name("last_replay_buffer.pkl")
-        if buffer.exists() and hasattr(model, "load_replay_buffer"):
-            model.load_replay_buffer(buffer)
+        if hasattr(model, "load_replay_buffer"):
+            if buffer.exists():
+                model.load_replay_buffer(buffer)
+            else:  # an empty buffer: collect again before the first update (HER cannot sample before an episode ends)
+                logger.warning("%s: no replay buffer beside the checkpoint: training refills one first", run_dir)
+                model.learning_starts = model.num_timesteps + kwargs.get("learning_starts", model.learning_starts)
         return model
     return cls(
         config["recipe"].get("policy", "MlpPolicy"),

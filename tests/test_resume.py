@@ -233,3 +233,27 @@ def test_resume_from_a_checkpoint_before_the_first_boundary_is_audited(tmp_path:
     again = Controller(FakeAdapter(), "none", run_dir=tmp_path / "new", knobs=fresh.knobs(), fallback=None)
     again.start(resumed_at=0)  # a new run: nothing to record
     assert read_audit(tmp_path / "new") == []
+
+
+def test_resume_without_the_replay_buffer_refills_one_first(tmp_path: Path) -> None:
+    """A checkpoint whose replay buffer is gone (deleted, or never copied beside it): the run continues on an
+    empty buffer, collecting ``learning_starts`` steps before its first update, instead of HER failing to sample
+    before an episode has ended."""
+    run = tmp_path / "run"
+    args = ["--env", "FetchReach", "--algo", "sac", "--manager", "none", "--eval-freq", "200", "--eval-episodes", "1"]
+    args += [
+        "--heldout-episodes",
+        "1",
+        "-v",
+        "0",
+        "-params",
+        "policy_kwargs:{net_arch: [16]}",
+        "batch_size:32",
+        "learning_starts:60",
+    ]
+    assert main(["--run-dir", str(run), "-n", "200", *args]) == 0
+    (run / "last_replay_buffer.pkl").unlink()
+    config = (run / "config.yml").read_text().replace("n_timesteps: 200", "n_timesteps: 400")
+    (run / "config.yml").write_text(config)
+    assert main(["--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["timesteps"] == 400
