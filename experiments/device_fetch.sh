@@ -5,6 +5,7 @@
 #   bash experiments/device_fetch.sh bench OUT_DIR SECONDS CONFIG...   # experiments/fetch_throughput.py
 #   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh branch SRC NAME BUDGET [PARAM...]  # continue a copy of run SRC to BUDGET
+#   bash experiments/device_fetch.sh costknob SEED                     # the declared cost-knob grid, detached
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
@@ -55,6 +56,20 @@ PY
     setsid nohup python3 -m rl_manager.train --resume "$res/$name/run" >"$res/$name/stdout.log" 2>&1 &
     echo "branched $name from $src (pid $!)"
     ;;
+  costknob)
+    # experiments/results/fetch_pick_costknob in one detached chain, so that no call has to wait for the trunk:
+    # the trunk to 200k, then (once its summary is written) its three arms to 360k
+    # (TRUNK, BUDGET, XARGS and PARAMS, trunk recipe overrides, change it for a smoke test on a CPU machine)
+    seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}
+    setsid nohup bash -c "FULL='-n ${TRUNK:-200000}' XARGS='${XARGS:---gpu --save-interval 100000}' EF=${EF:-20000} \
+      bash '$me' start trunk $seed ${PARAMS:-}
+      until [ -f '$res/trunk/run/summary.json' ] || grep -q '^error' '$res/trunk/stdout.log'; do sleep 5; done
+      [ -f '$res/trunk/run/summary.json' ] || exit 1
+      MANAGER=rule bash '$me' branch trunk rule $budget
+      bash '$me' branch trunk fixed $budget
+      bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'" >"$res/chain.log" 2>&1 &
+    echo "chain started (pid $!)"
+    ;;
   poll)
     out=${2:?out dir}; wait_s=${3:-0}
     sleep "$wait_s"
@@ -65,12 +80,14 @@ PY
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
+    if not r.get("snapshot"):
+        continue  # a resume or note record
     e = r["snapshot"]["evaluation"]
     print(f"  {r['step']:>8} {r['time'][11:19]} success {e['success_rate']:.2f} safe {e['safe_success_rate']:.2f} cost {e['mean_cost']:.2f}")
 PY
       # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip):
       # a run lost with its machine can still be evaluated held-out elsewhere
-      [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
+      [ -z "${NOBEST:-}" ] && [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
     done
     (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \
       -print0 | tar czf "$out/runs.tgz" --null -T -)
