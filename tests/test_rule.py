@@ -421,6 +421,65 @@ def test_unsafe_prices_a_zero_cost_penalty_at_the_middle_of_its_values():
     assert raised(0.2) == pytest.approx(0.5)
 
 
+def _fetch_cost_run(successes, costs, penalty: float, interventions=(), cost_limit: float | None = 2.5):
+    """A Fetch-like off-policy run over its episode-cost limit, with the ``cost_penalty`` knob at ``penalty``."""
+    from rl_manager.schema import Targets
+
+    rows = [
+        HistoryRow(evaluation_index=i, step=i, score=s, success_rate=s, violation_rate=0.9, mean_cost=c)
+        for i, (s, c) in enumerate(zip(successes, costs, strict=True))
+    ]
+    snap = make_snapshot(
+        position=RunPosition(step=len(rows), total_steps=100, evaluation_index=len(rows) - 1),
+        history=rows,
+        best=None,
+        interventions=list(interventions),
+        targets=Targets(success_rate=0.85, max_violation_rate=0.15, cost_limit=cost_limit),
+    )
+    snap.knobs = [k for k in snap.knobs if k.role != "exploration"] + [
+        KnobSpec(
+            name="cost_penalty",
+            value=penalty,
+            low=0.0,
+            high=1.0,
+            role="cost_penalty",
+            conservative="up",
+            values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
+            multipliers=(),
+        )
+    ]
+    snap.evaluation.n_episodes = 50
+    return snap
+
+
+def test_a_broken_cost_limit_is_priced_while_the_run_learns():
+    """v16: the FetchPickAndPlace trunk (success 0.16 → 0.26, episode cost ~20 against a limit of 2.5) replayed
+    through the rule never reached a safety move: the *improving* guard held it. Under an explicit cost limit the
+    penalty rises while the policy learns, and again after a raise that did not lower the cost; without a limit
+    both guards hold as before."""
+    learning = [0.1, 0.16, 0.26, 0.36]
+    out = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0), RuleManager())
+    assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 0.2)]
+    unconstrained = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0, cost_limit=None), RuleManager())
+    assert not any(c.knob == "cost_penalty" for c in unconstrained.changes)
+    from rl_manager.managers.rule import SAFETY_OUTCOME
+
+    failed = InterventionOutcome(
+        evaluation_index=1,
+        step=1,
+        action="adjust",
+        changes=[ResolvedChange(knob="cost_penalty", before=0.0, after=0.2)],
+        expected_outcome=SAFETY_OUTCOME,
+        score_before=0.16,
+        scores_after=[0.26, 0.36],
+        cost_before=20.0,
+        costs_after=[20.0, 20.0],
+        verdict="improved",
+    )
+    again = decide(_fetch_cost_run(learning, [20.0] * 4, 0.2, [failed]), RuleManager())
+    assert [(c.knob, c.after) for c in again.changes] == [("cost_penalty", 0.5)]
+
+
 def _plateaued_run(interventions=()):
     rows = [HistoryRow(evaluation_index=i, step=i, score=0.3, success_rate=0.3) for i in range(10)]
     from rl_manager.schema import BestCheckpoint

@@ -52,7 +52,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                                                                its level and the cost is not rising
                                                                beyond its noise: the run's own level);
                                                                with no bonus, a penalty at zero rises
-                                                               to the middle of its offered values
+                                                               to the middle of its offered values;
+                                                               over a ``cost_limit``, the penalty rises
+                                                               while the run learns and after a move
+                                                               that did not lower the cost (Lagrangian)
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
                        and lies below the validation loss
@@ -562,9 +565,13 @@ class RuleManager(Manager):
         constrained = all(over_limit(r) for r in rows)
         if not (constrained or all(high_for_run(r) for r in rows)):
             return None
-        if self._improving(s) and not self._cost_rising(s):
+        # an explicit episode-cost constraint broken on 2 evaluations is priced while the policy still learns and
+        # until the penalty reaches its top, as a Lagrange multiplier rises while EpCost > d whatever the return:
+        # pricing the cost cuts neither exploration nor the LR (the probation still reverts a raise measured worse)
+        pricing = constrained and self._change(menu, "cost_penalty", "up", 2.0) is not None
+        if not pricing and self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
-        if self._safety_move_failed(s) and not self._cost_rising(s):
+        if not pricing and self._safety_move_failed(s) and not self._cost_rising(s):
             return None  # the run's own cost level: the last safety move did not lower it, do not escalate
         e = s.evaluation
         reason = (
