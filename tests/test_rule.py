@@ -394,6 +394,21 @@ def test_unsafe_escalates_only_while_its_safety_moves_lower_the_cost():
     assert "unsafe" in helped.decision.reason
 
 
+def _fetch_penalty(value: float) -> KnobSpec:
+    """``SafeFetch*``'s ``cost_penalty`` knob at ``value``, as ``rl_manager.actuators`` lists it (values, no
+    multipliers)."""
+    return KnobSpec(
+        name="cost_penalty",
+        value=value,
+        low=0.0,
+        high=1.0,
+        role="cost_penalty",
+        conservative="up",
+        values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
+        multipliers=(),
+    )
+
+
 def test_unsafe_prices_a_zero_cost_penalty_at_the_middle_of_its_values():
     """A Fetch-like ``cost_penalty`` at 0 with no success bonus: the first raise goes to the geometric middle of
     the offered values (0.2 of 0.05...1), not to 0.05, whose ladder moved nothing measurable in the v14 grid;
@@ -401,18 +416,7 @@ def test_unsafe_prices_a_zero_cost_penalty_at_the_middle_of_its_values():
 
     def raised(value: float) -> float:
         snap = _unsafe_run()
-        snap.knobs = [k for k in snap.knobs if k.role != "cost_penalty"] + [
-            KnobSpec(
-                name="cost_penalty",
-                value=value,
-                low=0.0,
-                high=1.0,
-                role="cost_penalty",
-                conservative="up",
-                values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
-                multipliers=(),  # as rl_manager.actuators lists it
-            )
-        ]
+        snap.knobs = [k for k in snap.knobs if k.role != "cost_penalty"] + [_fetch_penalty(value)]
         out = decide(snap, RuleManager())
         assert "unsafe" in out.decision.reason
         return {c.knob: c.after for c in out.changes}["cost_penalty"]
@@ -436,18 +440,7 @@ def _fetch_cost_run(successes, costs, penalty: float, interventions=(), cost_lim
         interventions=list(interventions),
         targets=Targets(success_rate=0.85, max_violation_rate=0.15, cost_limit=cost_limit),
     )
-    snap.knobs = [k for k in snap.knobs if k.role != "exploration"] + [
-        KnobSpec(
-            name="cost_penalty",
-            value=penalty,
-            low=0.0,
-            high=1.0,
-            role="cost_penalty",
-            conservative="up",
-            values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
-            multipliers=(),
-        )
-    ]
+    snap.knobs = [k for k in snap.knobs if k.role != "exploration"] + [_fetch_penalty(penalty)]
     snap.evaluation.n_episodes = 50
     return snap
 
