@@ -6,7 +6,8 @@
 #   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh branch SRC NAME BUDGET [PARAM...]  # continue a copy of run SRC to BUDGET
 #   bash experiments/device_fetch.sh costknob SEED                     # the declared cost-knob grid, detached
-#   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0); pack
+#   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0) or until
+#                                                                      # every run is done; pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
 #                                                                      # elsewhere: train --evaluate MODEL)
@@ -67,12 +68,20 @@ PY
       [ -f '$res/trunk/run/summary.json' ] || exit 1
       MANAGER=rule bash '$me' branch trunk rule $budget
       bash '$me' branch trunk fixed $budget
-      bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'" >"$res/chain.log" 2>&1 &
+      bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'
+      echo launched" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"
     ;;
   poll)
     out=${2:?out dir}; wait_s=${3:-0}
-    sleep "$wait_s"
+    # wait up to WAIT_S, but no longer than until every run has printed its final line (held-out included):
+    # a lent machine can be taken back between two calls, so the results come back in the call that sees them
+    for ((t = 0; t < wait_s; t += 5)); do
+      # (a costknob chain is done once it has launched its arms and they are done)
+      { [ ! -f "$res/chain.log" ] || grep -q '^launched' "$res/chain.log"; } && ls "$res"/*/stdout.log >/dev/null 2>&1 \
+        && ! grep -L 'done: [0-9]* steps in' "$res"/*/stdout.log | grep -q . && break
+      sleep 5
+    done
     mkdir -p "$out"
     for d in "$res"/*/; do
       echo "== $(basename "$d"): $(tail -c 400 "$d/stdout.log" | tr '\r' '\n' | tail -2)"
