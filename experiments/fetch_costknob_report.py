@@ -46,7 +46,7 @@ def training_windows(arm: Path, n_envs: int, window: int, from_step: int) -> pd.
     """Training-episode success, episode cost and safe success (success at zero cost) per window of env steps."""
     m = pd.read_csv(arm / "monitor.csv.gz")
     m["step"] = (m.groupby("env").cumcount() + 1) * EPISODE_STEPS * n_envs
-    m = m[m.step > from_step]
+    m = m[m.step > from_step].copy()
     m["window"] = from_step + ((m.step - from_step - 1) // window + 1) * window
     m["safe"] = (m.is_success > 0) & (m.episode_cost == 0)
     return m.groupby("window").agg(
