@@ -59,16 +59,17 @@ PY
     ;;
   costknob)
     # experiments/results/fetch_pick_costknob in one detached chain, so that no call has to wait for the trunk:
-    # the trunk to 200k, then (once its summary is written) its three arms to 360k
-    # (TRUNK, BUDGET, XARGS and PARAMS, trunk recipe overrides, change it for a smoke test on a CPU machine)
-    seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}
+    # the trunk to 200k, then (once its summary is written) its arms to 360k: ARMS, default "rule fixed pen1" (fewer
+    # arms share the machine's cores with fewer runs). TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change
+    # it for a smoke test on a CPU machine.
+    seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}; arms=" ${ARMS:-rule fixed pen1} "
     setsid nohup bash -c "FULL='-n ${TRUNK:-200000}' XARGS='${XARGS:---gpu --save-interval 100000}' EF=${EF:-20000} \
       bash '$me' start trunk $seed ${PARAMS:-}
       until [ -f '$res/trunk/run/summary.json' ] || grep -q '^error' '$res/trunk/stdout.log'; do sleep 5; done
       [ -f '$res/trunk/run/summary.json' ] || exit 1
-      MANAGER=rule bash '$me' branch trunk rule $budget
-      bash '$me' branch trunk fixed $budget
-      bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'
+      [[ '$arms' == *' rule '* ]] && MANAGER=rule bash '$me' branch trunk rule $budget
+      [[ '$arms' == *' fixed '* ]] && bash '$me' branch trunk fixed $budget
+      [[ '$arms' == *' pen1 '* ]] && bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'
       echo launched" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"
     ;;
