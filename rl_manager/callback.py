@@ -126,6 +126,9 @@ class ManagerCallback(BaseCallback, Controlled):
     :param interim: async only: the manager that decides at boundaries where no reply is applied (e.g. ``"rule"``
         beside a slow LLM); ``None``: nothing happens there.
     :param end_on_best: at the end of training, restore the best checkpoint and its knobs.
+    :param confirm_episodes: before a stop is applied, play this many more episodes on ``eval_env`` (fresh
+        scenes: its stream continues) and refuse the stop if they miss the targets; 0: no confirmation. The gate
+        stops at the first evaluations that meet the targets, a favourable draw when evaluations are small.
     :param verbose: 1 prints each decision.
     """
 
@@ -151,6 +154,7 @@ class ManagerCallback(BaseCallback, Controlled):
         interim: Manager | str | None = None,
         end_on_best: bool = False,
         evaluator: PairedEvaluator | None = None,
+        confirm_episodes: int = 0,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -165,7 +169,7 @@ class ManagerCallback(BaseCallback, Controlled):
             eval_env = DummyVecEnv([lambda env=eval_env: env])  # a plain gymnasium env, wrapped as EvalCallback does
         self.eval_env, self.evaluator = eval_env, evaluator
         self.eval_freq = int(eval_freq)
-        self.n_eval_episodes = n_eval_episodes
+        self.n_eval_episodes, self.confirm_episodes = n_eval_episodes, int(confirm_episodes)
         self.deterministic = deterministic
         self.knob_overrides = knobs or {}
         self.success_key, self.cost_key, self.episode_cost_key = success_key, cost_key, episode_cost_key
@@ -222,6 +226,19 @@ class ManagerCallback(BaseCallback, Controlled):
             cost_key=self.cost_key,
         )
         return self.last_eval.metrics()
+
+    def confirm_stop(self) -> EvalMetrics | None:
+        """The metrics of ``confirm_episodes`` fresh evaluation episodes, or ``None`` without a confirmation."""
+        if self.confirm_episodes <= 0 or self.eval_env is None:
+            return None
+        return evaluate(
+            self.model,
+            self.eval_env,
+            self.confirm_episodes,
+            deterministic=self.deterministic,
+            success_key=self.success_key,
+            cost_key=self.cost_key,
+        ).metrics()
 
     def _parent_eval_metrics(self) -> EvalMetrics:
         parent: EvalCallback = self.parent  # type: ignore[assignment]

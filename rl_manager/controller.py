@@ -42,7 +42,7 @@ from rl_manager.core import DecisionLedger, Outcome, decide
 from rl_manager.io import write_text_atomic
 from rl_manager.knobs import Knob, ManagerError
 from rl_manager.managers import Manager, make_manager
-from rl_manager.menu import GateConfig, build_action_space
+from rl_manager.menu import GateConfig, build_action_space, meets_targets
 from rl_manager.probation import Probation, Trial
 from rl_manager.schema import (
     ActionName,
@@ -101,6 +101,9 @@ class Adapter(Protocol):
 
     def restore(self, checkpoint: Any) -> None:
         """Load a checkpoint made by :meth:`checkpoint`, or the file it wrote (a :class:`~pathlib.Path`)."""
+
+    # An adapter may also define ``confirm_stop() -> EvalMetrics | None``: the metrics of fresh episodes, played
+    # before a stop is applied (``None``: no confirmation). A stop whose confirmation misses the targets is refused.
 
 
 def history_row(index: int, score_name: str, score: float | None, obs: Observation) -> HistoryRow:
@@ -676,7 +679,8 @@ class Controller:
                     changes += self._write(outcome.changes)
                 applied = True
             elif decision.action == "stop_training":
-                applied = self.stopped = True
+                message = self._unconfirmed_stop(snapshot)
+                applied = self.stopped = not message
         except Exception as exc:  # a knob failure is logged, never raised into training
             logger.exception("applying %s failed", decision.action)
             message = f"apply failed: {type(exc).__name__}: {exc}"
@@ -710,6 +714,28 @@ class Controller:
             print(f"[manager] step {step} eval {self.state.evaluation_index}: {summary}")
         elif applied:
             logger.info("step %d eval %d: applied %s", step, self.state.evaluation_index, summary)
+
+    def _unconfirmed_stop(self, snapshot: TelemetrySnapshot) -> str:
+        """Why a stop is refused ("": it is not): the targets missed on the adapter's confirmation episodes.
+
+        The gate stops at the first evaluations that meet the targets, so it stops on a favourable draw of a noisy
+        estimate; fresh episodes, which that choice did not select, must meet them too.
+        """
+        confirm = getattr(self.adapter, "confirm_stop", None)
+        metrics = confirm() if callable(confirm) else None
+        if metrics is None or meets_targets(metrics, snapshot):
+            return ""
+        figures = ", ".join(
+            f"{name} {value:.3g}"
+            for name, value in (
+                ("success", metrics.success_rate),
+                ("safe success", metrics.safe_success_rate),
+                ("violation rate", metrics.violation_rate),
+                ("episode cost", metrics.mean_cost),
+            )
+            if value is not None
+        )
+        return f"stop refused: {metrics.n_episodes} fresh episodes miss the targets ({figures}); training continues"
 
     # ------------------------------------------------------------------------------------- persistence
     def save_state(self) -> None:

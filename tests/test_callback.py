@@ -65,7 +65,8 @@ def test_as_eval_callback_child(tmp_path):
     assert records[0].snapshot.evaluation.mean_cost is None  # EvalCallback does not collect costs: absent, not 0
 
 
-def test_stop_ends_training(tmp_path):
+@pytest.mark.parametrize("confirm_episodes", [0, 4])
+def test_stop_ends_training(tmp_path, confirm_episodes):
     env, eval_env = envs()
     model = ppo(env)
     cb = ManagerCallback(
@@ -76,11 +77,15 @@ def test_stop_ends_training(tmp_path):
         n_eval_episodes=1,
         gates=GateConfig(stop_patience=2),
         targets=Targets(success_rate=0.0, max_violation_rate=1.0),
+        confirm_episodes=confirm_episodes,
     )
     model.learn(5000, callback=cb)
     assert cb.stopped
     assert model.num_timesteps == 2 * 128  # stopped at the second boundary
-    assert read_audit(tmp_path)[-1].decision.action == "stop_training"
+    last = read_audit(tmp_path)[-1]
+    assert last.decision.action == "stop_training" and last.applied and last.message == ""
+    # one episode per boundary, then the confirmation's fresh ones
+    assert len(eval_env.envs[0].get_episode_rewards()) == 2 + confirm_episodes
 
 
 def test_rollback_restores_best_weights_and_knobs(tmp_path):

@@ -14,8 +14,10 @@ import rl_manager.controller as controller_module
 from rl_manager.audit import read_audit
 from rl_manager.controller import STATE_FILENAME, Controller
 from rl_manager.knobs import ManagerError
+from rl_manager.managers import Manager
+from rl_manager.managers.base import Proposal
 from rl_manager.menu import GateConfig
-from rl_manager.schema import Targets
+from rl_manager.schema import ActionSpace, EvalMetrics, Targets, TelemetrySnapshot
 from tests.fakes import FakeAdapter, Scripted, adjust, make_controller, observation
 
 
@@ -81,6 +83,39 @@ def test_stop_ends_and_end_on_best(tmp_path: Path) -> None:
     summary = ctl.close()
     assert adapter.weights == {"w": 1.0}  # ended on the best checkpoint
     assert summary["stopped_by_manager"] and read_audit(tmp_path)[-1].kind == "note"
+
+
+class StopWhenOffered(Manager):
+    """Stops whenever the menu offers it."""
+
+    name = "stop-when-offered"
+
+    def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
+        return Proposal(reply={"action": "stop_training" if "stop_training" in menu.actions else "no_action"})
+
+
+def test_a_stop_whose_fresh_episodes_miss_the_targets_is_refused(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(
+        tmp_path,
+        StopWhenOffered(),
+        gates=GateConfig(stop_patience=2),
+        targets=Targets(success_rate=0.8, max_violation_rate=None, cost_limit=2.5),
+    )
+    confirmations = [
+        EvalMetrics(n_episodes=100, success_rate=0.78, mean_cost=1.0),  # success a draw below the target
+        EvalMetrics(n_episodes=100, success_rate=0.95, mean_cost=3.6),  # cost over the limit
+        EvalMetrics(n_episodes=100, success_rate=0.95, mean_cost=1.0),
+    ]
+    adapter.confirm_stop = lambda: confirmations.pop(0)  # type: ignore[attr-defined]
+    assert ctl.boundary(observation(1000, 0.9, cost=1.0))  # one evaluation: the gate is shut
+    assert ctl.boundary(observation(2000, 0.95, cost=1.0))  # the gate opens; the fresh episodes miss it
+    assert ctl.boundary(observation(3000, 1.0, cost=1.0)) and not ctl.stopped
+    refused = [r for r in read_audit(tmp_path) if r.decision is not None and r.decision.action == "stop_training"]
+    assert [r.applied for r in refused] == [False, False]
+    assert "100 fresh episodes" in refused[0].message and "success 0.78" in refused[0].message
+    assert "episode cost 3.6" in refused[1].message
+    assert not ctl.boundary(observation(4000, 1.0, cost=1.0)) and ctl.stopped  # confirmed
+    assert not confirmations and ctl.summary()["interventions"][-1]["action"] == "stop_training"
 
 
 def test_async_reply_applied_at_next_boundary(tmp_path: Path) -> None:

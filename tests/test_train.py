@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch as th
 import yaml
 from stable_baselines3.common.save_util import load_from_zip_file
@@ -217,3 +218,15 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     assert recipe["replay_buffer_class"] == "DeviceHerReplayBuffer" and recipe["tf32"] and config["device"] == "cpu"
     with pytest.raises(InputError, match="off-policy"):
         gpu_preset("ppo", {}, "cpu")
+
+
+def test_a_stop_is_confirmed_on_fresh_episodes_where_boundaries_evaluate_through_sb3():
+    assert train.parse_args(["--confirm-episodes", "0"]).confirm_episodes == 0
+    with pytest.raises(SystemExit):
+        train.parse_args(["--confirm-episodes", "-1"])
+    paired = object()  # a run with the paired evaluator (PaperReacher): large paired boundary evaluations
+    assert train._confirm_episodes({"confirm_episodes": None}, None) == train.CONFIRM_EPISODES
+    assert train._confirm_episodes({}, None) == train.CONFIRM_EPISODES  # a run from before the key existed
+    assert train._confirm_episodes({"confirm_episodes": None}, paired) == 0
+    assert train._confirm_episodes({"confirm_episodes": 0}, None) == 0
+    assert train._confirm_episodes({"confirm_episodes": 30}, paired) == 30
