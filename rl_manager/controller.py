@@ -679,8 +679,8 @@ class Controller:
                     changes += self._write(outcome.changes)
                 applied = True
             elif decision.action == "stop_training":
-                message = self._unconfirmed_stop(snapshot)
-                applied = self.stopped = not message
+                applied, message = self._confirm_stop(snapshot)
+                self.stopped = applied
         except Exception as exc:  # a knob failure is logged, never raised into training
             logger.exception("applying %s failed", decision.action)
             message = f"apply failed: {type(exc).__name__}: {exc}"
@@ -715,16 +715,16 @@ class Controller:
         elif applied:
             logger.info("step %d eval %d: applied %s", step, self.state.evaluation_index, summary)
 
-    def _unconfirmed_stop(self, snapshot: TelemetrySnapshot) -> str:
-        """Why a stop is refused ("": it is not): the targets missed on the adapter's confirmation episodes.
+    def _confirm_stop(self, snapshot: TelemetrySnapshot) -> tuple[bool, str]:
+        """Whether a stop goes ahead, and the figures of the adapter's confirmation episodes ("" without one).
 
         The gate stops at the first evaluations that meet the targets, so it stops on a favourable draw of a noisy
-        estimate; fresh episodes, which that choice did not select, must meet them too.
+        estimate; fresh episodes, which that choice did not select, must meet them too, else the stop is refused.
         """
         confirm = getattr(self.adapter, "confirm_stop", None)
         metrics = confirm() if callable(confirm) else None
-        if metrics is None or meets_targets(metrics, snapshot):
-            return ""
+        if metrics is None:
+            return True, ""
         figures = ", ".join(
             f"{name} {value:.3g}"
             for name, value in (
@@ -735,7 +735,12 @@ class Controller:
             )
             if value is not None
         )
-        return f"stop refused: {metrics.n_episodes} fresh episodes miss the targets ({figures}); training continues"
+        if meets_targets(metrics, snapshot):
+            return True, f"stop confirmed: {metrics.n_episodes} fresh episodes meet the targets ({figures})"
+        return (
+            False,
+            f"stop refused: {metrics.n_episodes} fresh episodes miss the targets ({figures}); training continues",
+        )
 
     # ------------------------------------------------------------------------------------- persistence
     def save_state(self) -> None:

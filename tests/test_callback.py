@@ -83,7 +83,11 @@ def test_stop_ends_training(tmp_path, confirm_episodes):
     assert cb.stopped
     assert model.num_timesteps == 2 * 128  # stopped at the second boundary
     last = read_audit(tmp_path)[-1]
-    assert last.decision.action == "stop_training" and last.applied and last.message == ""
+    assert last.decision.action == "stop_training" and last.applied
+    if confirm_episodes:
+        assert last.message.startswith("stop confirmed: 4 fresh episodes meet the targets (success ")
+    else:
+        assert last.message == ""
     # one episode per boundary, then the confirmation's fresh ones
     assert len(eval_env.envs[0].get_episode_rewards()) == 2 + confirm_episodes
 

@@ -115,6 +115,7 @@ def test_a_stop_whose_fresh_episodes_miss_the_targets_is_refused(tmp_path: Path)
     assert "100 fresh episodes" in refused[0].message and "success 0.78" in refused[0].message
     assert "episode cost 3.6" in refused[1].message
     assert not ctl.boundary(observation(4000, 1.0, cost=1.0)) and ctl.stopped  # confirmed
+    assert read_audit(tmp_path)[-1].message.startswith("stop confirmed: 100 fresh episodes")
     assert not confirmations and ctl.summary()["interventions"][-1]["action"] == "stop_training"
 
 
