@@ -217,28 +217,25 @@ class ManagerCallback(BaseCallback, Controlled):
             return self.evaluator.evaluate(self.model)
         if self.eval_env is None:
             return EvalMetrics()  # checkpoint boundary: training-window telemetry only
-        self.last_eval = evaluate(
-            self.model,
-            self.eval_env,
-            self.n_eval_episodes,
-            deterministic=self.deterministic,
-            success_key=self.success_key,
-            cost_key=self.cost_key,
-        )
+        self.last_eval = self._play(self.n_eval_episodes)
         return self.last_eval.metrics()
 
     def confirm_stop(self) -> EvalMetrics | None:
         """The metrics of ``confirm_episodes`` fresh evaluation episodes, or ``None`` without a confirmation."""
         if self.confirm_episodes <= 0 or self.eval_env is None:
             return None
+        return self._play(self.confirm_episodes).metrics()
+
+    def _play(self, n_episodes: int) -> EvalResult:
+        """``n_episodes`` more episodes on ``eval_env``, whose scene stream continues from the last call."""
         return evaluate(
             self.model,
             self.eval_env,
-            self.confirm_episodes,
+            n_episodes,
             deterministic=self.deterministic,
             success_key=self.success_key,
             cost_key=self.cost_key,
-        ).metrics()
+        )
 
     def _parent_eval_metrics(self) -> EvalMetrics:
         parent: EvalCallback = self.parent  # type: ignore[assignment]
