@@ -61,7 +61,7 @@ PY
     # experiments/results/fetch_pick_costknob in one detached chain, so that no call has to wait for the trunk:
     # the trunk to 200k, then (once its summary is written) its arms to 360k: ARMS, default "rule fixed pen1" (fewer
     # arms share the machine's cores with fewer runs). TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change
-    # it for a smoke test on a CPU machine.
+    # it for a smoke test on a CPU machine; HELDOUT (default 400) is the size of the final models' held-out.
     seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}; arms=" ${ARMS:-rule fixed pen1} "
     setsid nohup bash -c "FULL='-n ${TRUNK:-200000}' XARGS='${XARGS:---gpu --save-interval 100000}' EF=${EF:-20000} \
       bash '$me' start trunk $seed ${PARAMS:-}
@@ -70,7 +70,14 @@ PY
       [[ '$arms' == *' rule '* ]] && MANAGER=rule bash '$me' branch trunk rule $budget
       [[ '$arms' == *' fixed '* ]] && bash '$me' branch trunk fixed $budget
       [[ '$arms' == *' pen1 '* ]] && bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'
-      echo launched" >"$res/chain.log" 2>&1 &
+      echo launched
+      # then a larger held-out of each arm's final model (the same scenes in every arm; the first 100 are the run's)
+      for arm in $arms; do
+        until grep -q 'done: [0-9]* steps in' \"$res/\$arm/stdout.log\" || grep -q '^error' \"$res/\$arm/stdout.log\"; do sleep 5; done
+        python3 -m rl_manager.train --evaluate \"$res/\$arm/run/final_model.zip\" --heldout-episodes ${HELDOUT:-400} \
+          >\"$res/\$arm/heldout.log\" 2>&1 &
+      done
+      wait; echo evaluated" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"
     ;;
   poll)
@@ -78,14 +85,15 @@ PY
     # wait up to WAIT_S, but no longer than until every run has printed its final line (held-out included):
     # a lent machine can be taken back between two calls, so the results come back in the call that sees them
     for ((t = 0; t < wait_s; t += 5)); do
-      # (a costknob chain is done once it has launched its arms and they are done)
-      { [ ! -f "$res/chain.log" ] || grep -q '^launched' "$res/chain.log"; } && ls "$res"/*/stdout.log >/dev/null 2>&1 \
+      # (a costknob chain is done once its arms are done and their final models evaluated on HELDOUT episodes)
+      { [ ! -f "$res/chain.log" ] || grep -q '^evaluated' "$res/chain.log"; } && ls "$res"/*/stdout.log >/dev/null 2>&1 \
         && ! grep -L 'done: [0-9]* steps in' "$res"/*/stdout.log | grep -q . && break
       sleep 5
     done
     mkdir -p "$out"
     for d in "$res"/*/; do
       echo "== $(basename "$d"): $(tail -c 400 "$d/stdout.log" | tr '\r' '\n' | tail -2)"
+      [ ! -f "$d/heldout.log" ] || echo "   final model, $(tail -n 1 "$d/heldout.log")"
       python3 - "$d/run/audit.jsonl" <<'PY' || true
 import json, sys
 for line in open(sys.argv[1]):
