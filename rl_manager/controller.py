@@ -735,36 +735,12 @@ class Controller:
             )
             if value is not None
         )
-        rescored = self._pool_into_best(metrics)
         if meets_targets(metrics, snapshot):
-            return True, f"stop confirmed: {metrics.n_episodes} fresh episodes meet the targets ({figures}){rescored}"
+            return True, f"stop confirmed: {metrics.n_episodes} fresh episodes meet the targets ({figures})"
         return (
             False,
-            f"stop refused: {metrics.n_episodes} fresh episodes miss the targets ({figures}); training continues"
-            f"{rescored}",
+            f"stop refused: {metrics.n_episodes} fresh episodes miss the targets ({figures}); training continues",
         )
-
-    def _pool_into_best(self, fresh: EvalMetrics) -> str:
-        """Fold fresh episodes of the current policy into the best checkpoint's score, where this boundary's
-        evaluation is the best; returns what the audit says of it ("" where nothing changed).
-
-        The best is the maximum of noisy evaluations, so its score is biased upward; the fresh episodes, which that
-        choice did not select, are most of the evidence about it. Left out, a checkpoint whose stop its fresh
-        episodes refused kept its inflated score, and rollbacks later returned to it.
-        """
-        state, best = self.state, self.state.best
-        if best is None or best.evaluation_index != state.evaluation_index or state.score_name is None:
-            return ""
-        if state.score_name.startswith("train_"):
-            return ""  # a training-window score: the fresh evaluation episodes do not measure it
-        score = score_of(state.score_name, fresh, self.observation.training)
-        n_eval, n_fresh = self.observation.evaluation.n_episodes, fresh.n_episodes
-        if score is None or not math.isfinite(score) or not (n_eval and n_fresh):
-            return ""
-        pooled = (n_eval * best.score + n_fresh * score) / (n_eval + n_fresh)
-        state.best = best.model_copy(update={"score": pooled})
-        n = n_eval + n_fresh
-        return f"; the best checkpoint (this evaluation) re-scored {best.score:.3g} -> {pooled:.3g} on {n} episodes"
 
     # ------------------------------------------------------------------------------------- persistence
     def save_state(self) -> None:

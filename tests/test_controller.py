@@ -119,27 +119,6 @@ def test_a_stop_whose_fresh_episodes_miss_the_targets_is_refused(tmp_path: Path)
     assert not confirmations and ctl.summary()["interventions"][-1]["action"] == "stop_training"
 
 
-def test_fresh_episodes_of_the_best_checkpoint_are_pooled_into_its_score(tmp_path: Path) -> None:
-    ctl, adapter = make_controller(
-        tmp_path, StopWhenOffered(), gates=GateConfig(stop_patience=2), targets=Targets(success_rate=0.8)
-    )
-    confirmations = [EvalMetrics(n_episodes=100, success_rate=s) for s in (0.5, 0.5, 0.95)]
-    adapter.confirm_stop = lambda: confirmations.pop(0)  # type: ignore[attr-defined]
-    ctl.boundary(observation(1000, 0.9))  # the best; the gate is shut
-    ctl.boundary(observation(2000, 0.8))  # refused; this policy is not the best, whose score stays
-    assert ctl.state.best.evaluation_index == 0 and ctl.state.best.score == pytest.approx(0.9)
-    ctl.boundary(observation(3000, 0.95))  # a new best on 20 episodes; its 100 fresh ones read 0.5
-    assert ctl.state.best.evaluation_index == 2
-    assert ctl.state.best.score == pytest.approx((20 * 0.95 + 100 * 0.5) / 120)
-    ctl.boundary(observation(4000, 0.9))  # beats the pooled score (it would not beat 0.95): the best moves
-    assert ctl.stopped and ctl.state.best.evaluation_index == 3
-    assert ctl.state.best.score == pytest.approx((20 * 0.9 + 100 * 0.95) / 120)
-    messages = [r.message for r in read_audit(tmp_path) if r.decision is not None][1:]
-    assert "re-scored" not in messages[0]
-    assert messages[1].endswith("the best checkpoint (this evaluation) re-scored 0.95 -> 0.575 on 120 episodes")
-    assert messages[2].startswith("stop confirmed") and "re-scored 0.9 -> 0.942" in messages[2]
-
-
 def test_async_reply_applied_at_next_boundary(tmp_path: Path) -> None:
     gate = threading.Event()
     ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)], gate=gate), async_decisions=True)
