@@ -146,10 +146,9 @@ def _recent(history: list[HistoryRow], n: int) -> list[HistoryRow] | None:
 
 def meets_targets(row: HistoryRow | EvalMetrics, snapshot: TelemetrySnapshot) -> bool:
     """Whether one evaluation (a history row, or the metrics of a confirmation) meets the snapshot's targets: safe
-    success where measured, the violation rate
-    and, under an episode-cost constraint, the evaluation's mean episode cost (a run over its cost limit is
-    not done: on SafeFetchReach's reckless start a stop at the success target, cost 2–3× the limit, ended the
-    managed runs before the fixed runs' late drop in violations)."""
+    success where measured, the violation rate and, under an episode-cost constraint, the evaluation's mean episode
+    cost (a run over its cost limit is not done: on SafeFetchReach's reckless start a stop at the success target,
+    cost 2–3× the limit, ended the managed runs before the fixed runs' late drop in violations)."""
     t = snapshot.targets
     if t.success_rate is None:
         return False
