@@ -473,27 +473,6 @@ def test_a_broken_cost_limit_is_priced_while_the_run_learns():
     assert [(c.knob, c.after) for c in again.changes] == [("cost_penalty", 0.5)]
 
 
-def test_unsafe_cuts_a_high_entropy_bonus_only_beside_a_penalty_raise():
-    """A SafeFetchReach-like SAC run (fixed ``ent_coef`` far above the usual range, success 1.0, episode cost
-    over its limit): below its top the penalty rises and the entropy bonus is halved beside it; at its top
-    neither the bonus nor the constrained fallback cuts exploration (v17-v18: the halvings past the top went
-    with lower final success)."""
-
-    def unsafe(penalty: float, ent_coef: float):
-        snap = _fetch_cost_run([1.0] * 4, [5.0] * 4, penalty)
-        snap.knobs.append(
-            KnobSpec(name="ent_coef", value=ent_coef, low=1e-4, high=1.0, role="exploration", conservative="down")
-        )
-        return decide(snap, RuleManager())
-
-    below = unsafe(0.5, 0.125)
-    assert "unsafe" in below.decision.reason
-    assert sorted((c.knob, c.after) for c in below.changes) == [("cost_penalty", 1.0), ("ent_coef", 0.0625)]
-    for ent_coef in (0.0625, 0.005):  # far above the usual range, then within it (the constrained fallback)
-        at_top = unsafe(1.0, ent_coef)
-        assert not any(c.knob == "ent_coef" for c in at_top.changes), at_top.decision.reason
-
-
 def _plateaued_run(interventions=()):
     rows = [HistoryRow(evaluation_index=i, step=i, score=0.3, success_rate=0.3) for i in range(10)]
     from rl_manager.schema import BestCheckpoint

@@ -55,10 +55,7 @@ rule uses the knobs of that role that the menu offers, in menu order.
                                                                to the middle of its offered values;
                                                                over a ``cost_limit``, the penalty rises
                                                                while the run learns and after a move
-                                                               that did not lower the cost (Lagrangian);
-                                                               with the penalty at its top, exploration
-                                                               comes down only once the action std grew
-                                                               past its start
+                                                               that did not lower the cost (Lagrangian)
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
                        and lies below the validation loss
@@ -600,23 +597,16 @@ class RuleManager(Manager):
                 option = self._named_option(menu, bonus.name, "down", 0.5, floor=floor)
                 if option is not None:
                     changes.append(KnobChange(knob=bonus.name, value=option.value))
-        # a penalty at the top of its range prices the cost as far as the recipe allows: what cost remains is
-        # the run's own level at that price, and exploration cut below the recipe's own from there on only trades
-        # success (and, for SAC, the search for a safer path) for it (v17-v18: 21 of 26 SafeFetchReach runs
-        # halved ent_coef 1-5 times past the top, to as low as 0.004; 6 of those 21 ended less successful
-        # than fixed, 1 of the other 5), so only exploration grown past the recipe's start still comes down
-        at_top = penalty is not None and penalty.value >= penalty.high
-        if self._high_exploration(s) and not at_top:
-            high_bonus = self._change(menu, "exploration", "down", 0.5)
-            if high_bonus is not None:
-                changes.append(high_bonus)
+        high_bonus = self._change(menu, "exploration", "down", 0.5) if self._high_exploration(s) else None
+        if high_bonus is not None:
+            changes.append(high_bonus)
         if changes and "adjust" in menu.actions:
             return Adjust(changes=changes[: menu.max_changes], reason=reason, expected_outcome=expected)
-        # exploration down: under an explicit episode-cost limit (the penalty below its top), or once it has
-        # grown past the recipe's start; a lower LR (or, without a constraint, less exploration than the recipe's
-        # own) only slows a learning policy down: its cost is the run's own level
+        # exploration down: under an explicit episode-cost limit, or once it has grown past the recipe's
+        # start; a lower LR (or, without a constraint, less exploration than the recipe's own) only slows
+        # a learning policy down: its cost is the run's own level
         stds = [r.action_std for r in s.history if finite(r.action_std)]
-        if (constrained and not at_top) or (not weighed and len(stds) >= 2 and stds[-1] > stds[0]):
+        if constrained or (not weighed and len(stds) >= 2 and stds[-1] > stds[0]):
             return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
         return None
 
