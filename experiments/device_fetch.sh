@@ -73,7 +73,9 @@ PY
       echo launched
       # then a larger held-out of each arm's final model (the same scenes in every arm; the first 100 are the run's)
       for arm in $arms; do
+        # (a later call's copy of the tree drops the untracked link made above: make it again for the import)
         until grep -q 'done: [0-9]* steps in' \"$res/\$arm/stdout.log\" || grep -q '^error' \"$res/\$arm/stdout.log\"; do sleep 5; done
+        [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs
         python3 -m rl_manager.train --evaluate \"$res/\$arm/run/final_model.zip\" --heldout-episodes ${HELDOUT:-400} \
           >\"$res/\$arm/heldout.log\" 2>&1 &
       done
