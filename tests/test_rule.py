@@ -452,8 +452,7 @@ def test_a_broken_cost_limit_is_priced_while_the_run_learns():
     both guards hold as before."""
     learning = [0.1, 0.16, 0.26, 0.36]
     out = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0), RuleManager())
-    # v20: a zero penalty under a broken limit goes to the top of its values at once (without a limit: the middle)
-    assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 1.0)]
+    assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 0.2)]
     unconstrained = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0, cost_limit=None), RuleManager())
     assert not any(c.knob == "cost_penalty" for c in unconstrained.changes)
     from rl_manager.managers.rule import SAFETY_OUTCOME

@@ -52,8 +52,7 @@ rule uses the knobs of that role that the menu offers, in menu order.
                                                                its level and the cost is not rising
                                                                beyond its noise: the run's own level);
                                                                with no bonus, a penalty at zero rises
-                                                               to the middle of its offered values (to
-                                                               their top over a ``cost_limit``);
+                                                               to the middle of its offered values;
                                                                over a ``cost_limit``, the penalty rises
                                                                while the run learns and after a move
                                                                that did not lower the cost (Lagrangian)
@@ -589,7 +588,7 @@ class RuleManager(Manager):
             cap = self.unsafe_ratio * bonus.value if weighed else None
             change = self._change(menu, "cost_penalty", "up", 3.0 if weighed else 2.0, cap=cap)
             if change is not None and not weighed and penalty.value <= 0:
-                change = self._first_price(menu, change, top=constrained)
+                change = self._first_price(menu, change)
             if change is not None:
                 changes.append(change)
             new_penalty = change.value if change is not None else penalty.value
@@ -612,20 +611,15 @@ class RuleManager(Manager):
         return None
 
     @staticmethod
-    def _first_price(menu: ActionSpace, change: KnobChange, top: bool = False) -> KnobChange:
+    def _first_price(menu: ActionSpace, change: KnobChange) -> KnobChange:
         """The first raise of a cost penalty from zero with no success bonus beside it: the offered value at the
-        geometric middle of the positive ones, or with ``top`` (an explicit episode-cost limit broken on 2
-        evaluations) the highest, as a PID-Lagrangian multiplier's first update would set it. A ×2 ladder from
-        zero starts at the smallest value, which prices a violation far below a reward step (``SafeFetch*``'s 0.05
-        of a sparse reward's 1: no measurable effect in the v14 grid), and each of its later steps waits for its
-        own measurement: from the middle, the top came 2 raises and 4-8k steps later on SafeFetchReach (v17-v19)
-        and 80k later on FetchPickAndPlace seed 240, whose cost paid for the wait."""
+        geometric middle of the positive ones. A ×2 ladder from zero starts at the smallest value, which prices a
+        violation far below a reward step (``SafeFetch*``'s 0.05 of a sparse reward's 1: no measurable effect
+        in the v14 grid), and each of its later steps waits for its own measurement."""
         knob = menu.knob(change.knob)
         positive = [o.value for o in knob.options if o.value > 0] if knob is not None else []
         if not positive:
             return change
-        if top:
-            return KnobChange(knob=change.knob, value=max(positive))
         middle = math.sqrt(min(positive) * max(positive))
         return KnobChange(knob=change.knob, value=min(positive, key=lambda v: abs(math.log(v / middle))))
 
