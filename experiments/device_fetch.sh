@@ -61,12 +61,17 @@ PY
     # experiments/results/fetch_pick_costknob in one detached chain, so that no call has to wait for the trunk:
     # the trunk to 200k, then (once its summary is written) its arms to 360k: ARMS, default "rule fixed pen1" (fewer
     # arms share the machine's cores with fewer runs). TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change
-    # it for a smoke test on a CPU machine; HELDOUT (default 400) is the size of the final models' held-out.
+    # it for a smoke test on a CPU machine; HELDOUT (default 400) is the size of the final models' held-out; no arm
+    # runs if the trunk's last evaluation success is under MIN_SUCCESS (default 0.2).
     seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}; arms=" ${ARMS:-rule fixed pen1} "
     setsid nohup bash -c "FULL='-n ${TRUNK:-200000}' XARGS='${XARGS:---gpu --save-interval 100000}' EF=${EF:-20000} \
       bash '$me' start trunk $seed ${PARAMS:-}
       until [ -f '$res/trunk/run/summary.json' ] || grep -q '^error' '$res/trunk/stdout.log'; do sleep 5; done
       [ -f '$res/trunk/run/summary.json' ] || exit 1
+      # a trunk still at chance (last evaluation's success under MIN_SUCCESS, default the unsafe rule's 0.2) gives
+      # the arms nothing to judge: seeds 238 and 244 never learned; stop and leave the machine's time for others
+      python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); sys.exit(s[\"last_evaluation\"][\"success_rate\"] < float(sys.argv[2]))' \
+        '$res/trunk/run/summary.json' ${MIN_SUCCESS:-0.2} || { echo 'trunk at chance: no arms'; exit 0; }
       [[ '$arms' == *' rule '* ]] && MANAGER=rule bash '$me' branch trunk rule $budget
       [[ '$arms' == *' fixed '* ]] && bash '$me' branch trunk fixed $budget
       [[ '$arms' == *' pen1 '* ]] && bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'
@@ -88,7 +93,7 @@ PY
     # a lent machine can be taken back between two calls, so the results come back in the call that sees them
     for ((t = 0; t < wait_s; t += 5)); do
       # (a costknob chain is done once its arms are done and their final models evaluated on HELDOUT episodes)
-      { [ ! -f "$res/chain.log" ] || grep -q '^evaluated' "$res/chain.log"; } && ls "$res"/*/stdout.log >/dev/null 2>&1 \
+      { [ ! -f "$res/chain.log" ] || grep -q '^evaluated\|^trunk at chance' "$res/chain.log"; } && ls "$res"/*/stdout.log >/dev/null 2>&1 \
         && ! grep -L 'done: [0-9]* steps in' "$res"/*/stdout.log | grep -q . && break
       sleep 5
     done
