@@ -69,7 +69,17 @@ GPU_PRESET: dict[str, Any] = {
     "tf32": True,
 }
 #: keys of a recipe that are not algorithm constructor arguments
-RUN_KEYS = ("n_timesteps", "quick_timesteps", "n_envs", "vec_env", "policy", "manager_knobs", "targets", "env_kwargs")
+RUN_KEYS = (
+    "n_timesteps",
+    "quick_timesteps",
+    "n_envs",
+    "vec_env",
+    "policy",
+    "manager_knobs",
+    "targets",
+    "gates",
+    "env_kwargs",
+)
 #: the recipe key ``vec_env``: how its ``n_envs`` copies run (``subproc``: one process each)
 VEC_ENVS = ("dummy", "subproc")
 
@@ -666,6 +676,7 @@ def train(
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
     from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last, save_model
     from rl_manager.knobs import KnobBounds
+    from rl_manager.menu import GateConfig
     from rl_manager.schema import Targets
 
     recipe = config["recipe"]
@@ -700,6 +711,7 @@ def train(
         n_eval_episodes=config["eval_episodes"],
         fallback=None if config["manager"] == "none" else "rule",
         targets=Targets.model_validate(recipe.get("targets", {})),
+        gates=GateConfig.model_validate(recipe.get("gates", {})),
         knobs=knobs,
         async_decisions=bool(config.get("async_decisions", False)),
         max_age=int(config.get("max_age", 2)),

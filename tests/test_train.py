@@ -230,3 +230,18 @@ def test_a_stop_is_confirmed_on_fresh_episodes_where_boundaries_evaluate_through
     assert train._confirm_episodes({"confirm_episodes": None}, paired) == 0
     assert train._confirm_episodes({"confirm_episodes": 0}, None) == 0
     assert train._confirm_episodes({"confirm_episodes": 30}, paired) == 30
+
+
+@pytest.mark.parametrize("allow_stop", [True, False])
+def test_a_recipe_sets_the_managers_gates(tmp_path, allow_stop):
+    """``gates`` in a recipe reaches the manager's menu: with ``allow_stop: false`` a run whose targets are met at
+    every evaluation trains to its budget; by default the manager stops it."""
+    args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "tuned", "-n", "1200", "--eval-freq", "200"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "rule"]
+    args += ["--confirm-episodes", "0", "-params", "learning_starts:100", "batch_size:32", "buffer_size:2000"]
+    args += ["policy_kwargs:{net_arch: [16]}", "targets:{success_rate: 0.0}", f"gates:{{allow_stop: {allow_stop}}}"]
+    assert main(args) == 0
+    decisions = [r for r in read_audit(run_dir_of(tmp_path)) if r.kind == "decision"]
+    stops = [r for r in decisions if r.decision.action == "stop_training"]
+    assert bool(stops) == allow_stop
+    assert decisions[-1].step == (stops[0].step if allow_stop else 1200)
