@@ -532,6 +532,23 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+def _check_manager_keys(recipe: dict[str, Any]) -> None:
+    """Validate the recipe's ``targets`` and ``gates`` before a run folder is made.
+
+    :raises InputError: for a key either model does not know or a value it refuses.
+    """
+    from pydantic import ValidationError
+
+    from rl_manager.menu import GateConfig
+    from rl_manager.schema import Targets
+
+    for key, model in (("targets", Targets), ("gates", GateConfig)):
+        try:
+            model.model_validate(recipe.get(key, {}))
+        except ValidationError as exc:
+            raise InputError(f"recipe key {key}: {exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -573,6 +590,7 @@ def _main(args: argparse.Namespace) -> int:
         recipe.update(parse_overrides(args.hyperparams))
         if recipe.get("vec_env", "dummy") not in VEC_ENVS:
             raise InputError(f"recipe key vec_env must be one of {VEC_ENVS}, not {recipe['vec_env']!r}")
+        _check_manager_keys(recipe)
         manager_name, manager_line = choose_manager(args.manager)
         if args.llm_gguf:
             if args.manager not in ("auto", "llm"):

@@ -245,3 +245,8 @@ def test_a_recipe_sets_the_managers_gates(tmp_path, allow_stop):
     stops = [r for r in decisions if r.decision.action == "stop_training"]
     assert bool(stops) == allow_stop
     assert decisions[-1].step == (stops[0].step if allow_stop else 1200)
+    # a key the gates (or targets) do not know is refused before a run folder is made
+    bad = tmp_path / "bad"
+    for param in ("gates:{allow_stopp: false}", "targets:{succes_rate: 0.5}"):
+        assert main([*args[: args.index("-f")], "-f", str(bad), "--manager", "rule", "-params", param]) == 2
+    assert not bad.exists()
