@@ -199,7 +199,7 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "progress_scale": (0.0, 50.0),
     "success_bonus": (0.0, 50.0),
     "collision_penalty": (0.0, 100.0),
-    "cost_penalty": (0.0, 3.0),
+    "cost_penalty": (0.0, 1.0),
 }
 
 
@@ -212,7 +212,7 @@ _REWARD_WEIGHTS: dict[str, tuple[KnobRole, str | None]] = {
 }
 #: listed values of a reward weight that starts at 0, where no multiplier can move it (``rl_manager/SafeFetch*``'s
 #: penalty per unit of cost, next to a sparse reward of -1 per step short of the goal)
-_REWARD_WEIGHT_VALUES: dict[str, tuple[float, ...]] = {"cost_penalty": (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0)}
+_REWARD_WEIGHT_VALUES: dict[str, tuple[float, ...]] = {"cost_penalty": (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)}
 
 
 def _reward_weight_names(model: BaseAlgorithm) -> list[str]:

@@ -401,10 +401,10 @@ def _fetch_penalty(value: float) -> KnobSpec:
         name="cost_penalty",
         value=value,
         low=0.0,
-        high=3.0,
+        high=1.0,
         role="cost_penalty",
         conservative="up",
-        values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0),
+        values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
         multipliers=(),
     )
 
@@ -471,67 +471,6 @@ def test_a_broken_cost_limit_is_priced_while_the_run_learns():
     )
     again = decide(_fetch_cost_run(learning, [20.0] * 4, 0.2, [failed]), RuleManager())
     assert [(c.knob, c.after) for c in again.changes] == [("cost_penalty", 0.5)]
-
-
-def test_a_cost_penalty_past_a_reward_step_waits_for_the_success_target():
-    """v21: a penalty of 3.0 from the first step cut SafeFetchReach's cost 98% and success to 0.26. Before the run
-    meets its success target on 2 evaluations the rule prices up to ``learning_price`` (1.0) and no further, and
-    its first price is the middle of the values up to it (0.2, as with values up to 1); once the target is met
-    on both, a broken cost limit raises the penalty past it (1.0 → 2.0 → 3.0)."""
-
-    def priced(successes, penalty: float) -> float | None:
-        out = decide(_fetch_cost_run(successes, [20.0] * 4, penalty), RuleManager())
-        return {c.knob: c.after for c in out.changes}.get("cost_penalty")
-
-    learning, solved = [0.1, 0.3, 0.6, 0.8], [0.5, 0.9, 0.95, 0.95]
-    assert priced(learning, 0.0) == pytest.approx(0.2)
-    assert priced(learning, 0.5) == pytest.approx(1.0)
-    assert priced(learning, 1.0) is None
-    assert priced([0.5, 0.7, 0.8, 0.95], 1.0) is None  # the target met on one evaluation only
-    assert priced(solved, 1.0) == pytest.approx(2.0)
-    assert priced(solved, 2.0) == pytest.approx(3.0)
-    assert priced(solved, 3.0) is None
-
-
-def test_a_price_past_a_reward_step_goes_back_when_success_falls():
-    """v22/v23: prices of 2–3 cut SafeFetchReach's held-out cost 75–81% but lost success on 7–9 of 16 seeds. A
-    penalty raised past ``learning_price`` goes back to it once an evaluation after the raise scores below both
-    evaluations that justified it, and the unsafe rule does not raise it past again; success that holds keeps it."""
-    from rl_manager.managers.rule import PRICE_BACK_OUTCOME, SAFETY_OUTCOME
-
-    raised = InterventionOutcome(
-        evaluation_index=3,
-        step=3,
-        action="adjust",
-        changes=[ResolvedChange(knob="cost_penalty", before=1.0, after=2.0)],
-        expected_outcome=SAFETY_OUTCOME,
-        score_before=1.0,
-    )
-
-    def decided(successes, penalty=2.0, interventions=(raised,)):
-        return decide(_fetch_cost_run(successes, [5.0] * len(successes), penalty, interventions), RuleManager())
-
-    out = decided([0.5, 0.9, 1.0, 1.0, 1.0, 0.95])
-    assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 1.0)]
-    assert out.decision.expected_outcome == PRICE_BACK_OUTCOME
-    held = decided([0.5, 0.9, 0.95, 0.9, 0.95, 0.9])  # success held at its level before the raise (0.9)
-    assert not any(c.knob == "cost_penalty" and c.after < 2.0 for c in held.changes)
-    assert not any(c.knob == "cost_penalty" for c in decided([0.5, 0.9, 1.0, 1.0, 0.95], penalty=1.0).changes)
-    back = InterventionOutcome(
-        evaluation_index=5,
-        step=5,
-        action="adjust",
-        changes=[ResolvedChange(knob="cost_penalty", before=2.0, after=1.0)],
-        expected_outcome=PRICE_BACK_OUTCOME,
-        score_before=0.95,
-        scores_after=[1.0, 1.0, 1.0],
-        verdict="neutral",
-    )
-    solved = [0.5, 0.9, 1.0, 1.0, 0.95, 1.0, 1.0, 1.0]
-    assert not any(c.knob == "cost_penalty" for c in decided(solved, 1.0, (raised, back)).changes)
-    worse = back.model_copy(update={"verdict": "worse"})  # safe success paid for the task's: not undone
-    assert not any(c.knob == "cost_penalty" for c in decided(solved, 1.0, (raised, worse)).changes)
-    assert {c.knob: c.after for c in decided(solved, 1.0, ()).changes}.get("cost_penalty") == pytest.approx(2.0)
 
 
 def _plateaued_run(interventions=()):

@@ -145,8 +145,6 @@ SAFETY_OUTCOME = "fewer safety violations at a similar success rate"
 PLATEAU_OUTCOME = "finer updates, a new best"
 #: expected outcome of the KL ladder's LR moves (under-stepping, over-stepping)
 LADDER_OUTCOME = "approx KL toward its target"
-#: expected outcome of the move that takes a cost penalty back to ``learning_price``
-PRICE_BACK_OUTCOME = "success back to its level before the price"
 
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
@@ -190,15 +188,6 @@ class RuleManager(Manager):
     :param unsafe_ratio: largest cost-penalty/success-bonus ratio the *unsafe* rule raises the penalty to
         (balance by default: it rebalances a lopsided reward and leaves a balanced one alone).
     :param solving_success: (unsafe) success rate from which the task counts as being solved.
-    :param learning_price: (unsafe) highest cost penalty with no success bonus beside it that the rule prices
-        under a broken ``cost_limit`` before the run meets its success target on 2 evaluations (a sparse
-        reward's step, 1: ``SafeFetch*``'s penalty per unit of cost), and the top of the values its first price
-        is the middle of: a violation priced above the reward teaches a policy that has not yet reached its goal
-        not to move (v21 on SafeFetchReach: a penalty of 3.0 from the first step cut the cost 98% and success to
-        0.26); past it only a solved task's cost is priced, and only while the task's success holds: an evaluation
-        whose success falls below both evaluations that justified the raise takes the penalty back to it
-        (v22/v23 on SafeFetchReach: prices of 2–3 cut the held-out cost 75–81% but lost 0.01–0.4 of success on
-        7–9 of 16 seeds, where the fixed runs scored 1.00; past a reward step a violation costs more than a miss).
     :param explode_ratio: action std this many times its first recorded value counts as exploding.
     :param std_ceiling: action std above which exploration counts as exploding in any case.
     :param plateau_evals: evaluations without a new best that count as a plateau.
@@ -224,7 +213,6 @@ class RuleManager(Manager):
         max_ratio: float = 2.0,
         unsafe_ratio: float = 1.0,
         solving_success: float = 0.2,
-        learning_price: float = 1.0,
         explode_ratio: float = 3.0,
         std_ceiling: float = 3.0,
         plateau_evals: int = 4,
@@ -245,7 +233,6 @@ class RuleManager(Manager):
         self.max_ratio = max_ratio
         self.unsafe_ratio = unsafe_ratio
         self.solving_success = solving_success
-        self.learning_price = learning_price
         self.explode_ratio = explode_ratio
         self.std_ceiling = std_ceiling
         self.plateau_evals = plateau_evals
@@ -279,7 +266,6 @@ class RuleManager(Manager):
         # (rule, evaluations that must be measured after the latest intervention before it may act):
         # rules on low-noise signals (approx KL) wait one interval, rules on success rates wait longer
         rules = (
-            (self._overpriced, 0),
             (self._undo_harm, self.min_measured),
             (self._diverging, 1),
             (self._starved, 1),
@@ -509,8 +495,6 @@ class RuleManager(Manager):
         last = next((i for i in reversed(s.interventions) if i.action == "adjust"), None)
         if last is None or last.verdict != "worse" or "adjust" not in menu.actions:
             return None
-        if last.expected_outcome == PRICE_BACK_OUTCOME:
-            return None  # it gives up some safe success for the task's success by design
         changes = []
         for c in last.changes:
             knob = menu.knob(c.knob)
@@ -581,23 +565,10 @@ class RuleManager(Manager):
         constrained = all(over_limit(r) for r in rows)
         if not (constrained or all(high_for_run(r) for r in rows)):
             return None
-        penalty, bonus = self._weights(s)
-        weighed = penalty is not None and bonus is not None and bonus.value > 0
-        if weighed:  # next to a success bonus the penalty rises toward balance, never past it: a balanced reward
-            # is the recipe's choice and its violations at mid-training are the run's own level
-            cap = self.unsafe_ratio * bonus.value
-        else:
-            solved = t.success_rate is not None and all(
-                finite(r.success_rate) and r.success_rate >= t.success_rate for r in rows
-            )
-            priced_back = any(i.expected_outcome == PRICE_BACK_OUTCOME for i in s.interventions)
-            cap = self.learning_price if constrained and (priced_back or not solved) else None
         # an explicit episode-cost constraint broken on 2 evaluations is priced while the policy still learns and
         # until the penalty reaches its top, as a Lagrange multiplier rises while EpCost > d whatever the return:
         # pricing the cost cuts neither exploration nor the LR (the probation still reverts a raise measured worse)
-        pricing = (
-            constrained and self._change(menu, "cost_penalty", "up", 2.0, cap=None if weighed else cap) is not None
-        )
+        pricing = constrained and self._change(menu, "cost_penalty", "up", 2.0) is not None
         if not pricing and self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
         if not pricing and self._safety_move_failed(s) and not self._cost_rising(s):
@@ -608,11 +579,16 @@ class RuleManager(Manager):
             f"{e.violation_rate} at success {e.success_rate}, training episode cost {s.training.mean_episode_cost})"
         )
         expected = SAFETY_OUTCOME
+        penalty, bonus = self._weights(s)
+        weighed = penalty is not None and bonus is not None and bonus.value > 0
         changes: list[KnobChange] = []
         if penalty is not None:
+            # next to a success bonus the penalty rises toward balance, never past it: a balanced reward is the
+            # recipe's choice and its violations at mid-training are the run's own level
+            cap = self.unsafe_ratio * bonus.value if weighed else None
             change = self._change(menu, "cost_penalty", "up", 3.0 if weighed else 2.0, cap=cap)
             if change is not None and not weighed and penalty.value <= 0:
-                change = self._first_price(menu, change, self.learning_price)
+                change = self._first_price(menu, change)
             if change is not None:
                 changes.append(change)
             new_penalty = change.value if change is not None else penalty.value
@@ -634,53 +610,14 @@ class RuleManager(Manager):
             return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
         return None
 
-    def _overpriced(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
-        """A cost penalty above ``learning_price`` (no success bonus beside it) whose evaluations since its latest
-        raise past it show a success rate below both evaluations before that raise: the price now costs the task
-        more than the violations it removes, so it goes back to ``learning_price`` and stays there while this move is
-        in the intervention history (even if its safe success is measured worse)."""
-        penalty, bonus = self._weights(s)
-        if penalty is None or penalty.value <= self.learning_price or (bonus is not None and bonus.value > 0):
-            return None
-        raise_at = next(
-            (
-                i.evaluation_index
-                for i in reversed(s.interventions)
-                for c in i.changes
-                if c.knob == penalty.name and c.before <= self.learning_price < c.after
-            ),
-            None,
-        )
-        if raise_at is None:
-            return None
-        before = [r.success_rate for r in s.history if r.evaluation_index <= raise_at][-2:]
-        after = [r.success_rate for r in s.history if r.evaluation_index > raise_at]
-        if len(before) < 2 or _nonfinite(before) or not after:
-            return None
-        level, low = min(before), min(after, key=lambda v: v if finite(v) else -math.inf)
-        if finite(low) and low >= level:
-            return None
-        knob = menu.knob(penalty.name)
-        backs = [o.value for o in knob.options if o.value <= self.learning_price] if knob is not None else []
-        if not backs or "adjust" not in menu.actions:
-            return None  # e.g. the knob is cooling down: this rule fires again at the next evaluation
-        return Adjust(
-            changes=[KnobChange(knob=penalty.name, value=max(backs))],
-            reason=(
-                f"success {low} since the cost penalty rose past {self.learning_price:g} at evaluation {raise_at}, "
-                f"below its level {level} before: the price costs the task"
-            ),
-            expected_outcome=PRICE_BACK_OUTCOME,
-        )
-
     @staticmethod
-    def _first_price(menu: ActionSpace, change: KnobChange, top: float) -> KnobChange:
+    def _first_price(menu: ActionSpace, change: KnobChange) -> KnobChange:
         """The first raise of a cost penalty from zero with no success bonus beside it: the offered value at the
-        geometric middle of the positive ones up to ``top``. A ×2 ladder from zero starts at the smallest value,
-        which prices a violation far below a reward step (``SafeFetch*``'s 0.05 of a sparse reward's 1: no
-        measurable effect in the v14 grid), and each of its later steps waits for its own measurement."""
+        geometric middle of the positive ones. A ×2 ladder from zero starts at the smallest value, which prices a
+        violation far below a reward step (``SafeFetch*``'s 0.05 of a sparse reward's 1: no measurable effect
+        in the v14 grid), and each of its later steps waits for its own measurement."""
         knob = menu.knob(change.knob)
-        positive = [o.value for o in knob.options if 0 < o.value <= top] if knob is not None else []
+        positive = [o.value for o in knob.options if o.value > 0] if knob is not None else []
         if not positive:
             return change
         middle = math.sqrt(min(positive) * max(positive))
