@@ -3,6 +3,8 @@
 Usage::
 
     python experiments/calibrate_costs.py --episodes 100 --seed 0
+    python experiments/calibrate_costs.py --env rl_manager/SafeFetchReach-v0 --episodes 400 --seed 10000 \
+        --noise --reach-floor 0.42 0.43 0.44 0.45   # the reach with the gripper held at z >= each floor (m)
 
 For every task and policy it prints, per cost term, the fraction of episodes with at least one
 violation and the fraction of steps in violation, plus percentiles of the raw signals (episode
@@ -34,8 +36,10 @@ def _move(target: np.ndarray, grip: np.ndarray, gain: float = 10.0) -> np.ndarra
 
 
 def scripted_reach(obs: dict[str, np.ndarray], state: dict[str, float]) -> np.ndarray:
-    """Move the gripper straight to the goal."""
-    return np.append(_move(obs["desired_goal"], obs["observation"][:3]), 0.0)
+    """Move the gripper straight to the goal (no lower than ``state["floor"]``, when given)."""
+    target = obs["desired_goal"].copy()
+    target[2] = max(target[2], state.get("floor", -np.inf))
+    return np.append(_move(target, obs["observation"][:3]), 0.0)
 
 
 def scripted_pick_and_place(obs: dict[str, np.ndarray], state: dict[str, float]) -> np.ndarray:
@@ -91,7 +95,9 @@ SCRIPTED: dict[str, Policy] = {
 }
 
 
-def run(env_id: str, policy_name: str, episodes: int, seed: int, noise: float) -> dict[str, float]:
+def run(
+    env_id: str, policy_name: str, episodes: int, seed: int, noise: float, floor: float | None = None
+) -> dict[str, float]:
     env = gym.make(env_id)
     env.action_space.seed(seed)
     wrapper = _find_cost_wrapper(env)
@@ -103,7 +109,7 @@ def run(env_id: str, policy_name: str, episodes: int, seed: int, noise: float) -
     max_accel, max_force, ep_costs = [], [], []
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
-        state: dict[str, float] = {}
+        state: dict[str, float] = {} if floor is None else {"floor": floor}
         fired = {t: False for t in terms}
         peak_a, peak_f = 0.0, 0.0
         done = False
@@ -152,14 +158,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.3, 1.0])
+    parser.add_argument("--noise", type=float, nargs="*", default=[0.3, 1.0])
     parser.add_argument("--env", nargs="+", default=list(SCRIPTED))
+    parser.add_argument(
+        "--reach-floor", type=float, nargs="*", default=[], help="(Reach) also run the scripted reach held at z >= each"
+    )
     args = parser.parse_args()
     for env_id in args.env:
-        runs = [("random", 0.0), ("scripted", 0.0)] + [("scripted", n) for n in args.noise]
-        for policy, noise in runs:
+        runs = [("random", 0.0, None), ("scripted", 0.0, None)] + [("scripted", n, None) for n in args.noise]
+        if "Reach" in env_id:
+            runs += [("scripted", 0.0, z) for z in args.reach_floor]
+        for policy, noise, floor in runs:
             label = policy if noise == 0 else f"scripted+N(0,{noise})"
-            res = run(env_id, policy, args.episodes, args.seed, noise)
+            label += "" if floor is None else f" z>={floor}"
+            res = run(env_id, policy, args.episodes, args.seed, noise, floor)
             print(
                 f"{env_id:40s} {label:22s} "
                 + " ".join(f"{k}={v if isinstance(v, tuple) else round(v, 3)}" for k, v in res.items()),
