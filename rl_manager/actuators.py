@@ -211,8 +211,9 @@ _REWARD_WEIGHTS: dict[str, tuple[KnobRole, str | None]] = {
     "progress_scale": ("loss_weight", None),
 }
 #: listed values of a reward weight that starts at 0, where no multiplier can move it (``rl_manager/SafeFetch*``'s
-#: penalty per unit of cost, next to a sparse reward of -1 per step short of the goal)
-_REWARD_WEIGHT_VALUES: dict[str, tuple[float, ...]] = {"cost_penalty": (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)}
+#: penalty per unit of cost, next to a sparse reward of -1 per step short of the goal; 0.75 is the rule's step back
+#: from 1.0 when the cost limit has slack: a violation still priced near a reward step, a miss dearer than a touch)
+_REWARD_WEIGHT_VALUES: dict[str, tuple[float, ...]] = {"cost_penalty": (0.0, 0.05, 0.1, 0.2, 0.5, 0.75, 1.0)}
 
 
 def _reward_weight_names(model: BaseAlgorithm) -> list[str]:

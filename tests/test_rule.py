@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from rl_manager.actuators import _REWARD_WEIGHT_VALUES
 from rl_manager.core import decide
 from rl_manager.managers import RuleManager, make_manager
 from rl_manager.managers.base import Manager, Proposal
@@ -404,7 +405,7 @@ def _fetch_penalty(value: float) -> KnobSpec:
         high=1.0,
         role="cost_penalty",
         conservative="up",
-        values=(0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
+        values=_REWARD_WEIGHT_VALUES["cost_penalty"],
         multipliers=(),
     )
 
@@ -471,6 +472,48 @@ def test_a_broken_cost_limit_is_priced_while_the_run_learns():
     )
     again = decide(_fetch_cost_run(learning, [20.0] * 4, 0.2, [failed]), RuleManager())
     assert [(c.knob, c.after) for c in again.changes] == [("cost_penalty", 0.5)]
+
+
+def _slack_run(costs, penalty: float = 1.0, interventions=(), train_cost: float | None = 0.1, success: float = 0.8):
+    """A Fetch-like run being solved (success 0.8, below its target; no violations on most evaluations) with its ``cost_penalty`` at
+    ``penalty`` and an episode-cost limit of 2."""
+    snap = _fetch_cost_run([success] * len(costs), costs, penalty, interventions, cost_limit=2.0)
+    for row in snap.history:
+        row.violation_rate = 0.05 if row.mean_cost else 0.0
+    snap.training.mean_episode_cost = train_cost
+    return snap
+
+
+def _price_move(before: float, after: float, verdict: str, outcome: str):
+    i = _intervention("cost_penalty", before, after, verdict)
+    i.expected_outcome = outcome
+    return i
+
+
+def test_an_over_priced_cost_penalty_steps_down_while_the_limit_has_slack():
+    """The Lagrange multiplier's other half (v27): at cost ≤ half the limit over 3 evaluations and in training,
+    the penalty steps from 1.0 to 0.75 (toward ×0.75, never below ×0.5); not while the cost uses the limit, not
+    twice in a row, not after a step down measured worse, not from 0; the unsafe rule may undo the step when
+    the limit is broken again."""
+    from rl_manager.managers.rule import SAFETY_OUTCOME, SLACK_OUTCOME
+
+    def moves(snap):
+        return [(c.knob, c.after) for c in decide(snap, RuleManager()).changes]
+
+    assert moves(_slack_run([0.0, 0.0, 0.0, 2.25])) == [("cost_penalty", 0.75)]  # mean 0.75 over the last 3
+    assert moves(_slack_run([0.0, 0.0, 2.25, 2.25])) == []  # mean 1.5 > 1
+    assert moves(_slack_run([0.0] * 4, train_cost=1.5)) == []  # training episodes still use the limit
+    assert moves(_slack_run([0.0] * 4, penalty=0.0)) == []
+    assert moves(_slack_run([0.0] * 4, penalty=0.5)) == []  # no offered value in [0.25, 0.5)
+    raised = _price_move(0.5, 1.0, "improved", SAFETY_OUTCOME)
+    assert moves(_slack_run([0.0] * 4, interventions=[raised])) == [("cost_penalty", 0.75)]
+    stepped = _price_move(1.0, 0.75, "neutral", SLACK_OUTCOME)
+    assert moves(_slack_run([0.0] * 4, penalty=0.75, interventions=[stepped])) == []
+    harmful = _price_move(1.0, 0.75, "worse", SLACK_OUTCOME)
+    assert ("cost_penalty", 0.75) not in moves(_slack_run([0.0] * 4, interventions=[harmful]))
+    # the limit broken again on 2 evaluations after the step down: the unsafe rule prices back up
+    broken = _fetch_cost_run([0.9] * 4, [0.0, 0.0, 4.5, 4.5], 0.75, [stepped], cost_limit=2.0)
+    assert moves(broken) == [("cost_penalty", 1.0)]
 
 
 def _plateaued_run(interventions=()):

@@ -56,6 +56,13 @@ rule uses the knobs of that role that the menu offers, in menu order.
                                                                over a ``cost_limit``, the penalty rises
                                                                while the run learns and after a move
                                                                that did not lower the cost (Lagrangian)
+ 7b    over-priced     a cost penalty above 0 (no success      the penalty one offered step down, toward
+                       bonus) under a ``cost_limit``: mean     ×0.75 and not below ×0.5 (the other half
+                       evaluation cost of the last 3           of the Lagrange multiplier's update: it
+                       evaluations and the latest training     falls while the constraint has slack); not
+                       episode cost ≤ half the limit, success  twice in a row, not after a step down
+                       ≥ ``solving_success``, not improving    measured worse; the *unsafe* rule may undo
+                                                               it when the limit is broken again
  8     overfitting     validation loss rose on the last 2      regularisation up and LR ×0.5
                        evaluations while training loss fell
                        and lies below the validation loss
@@ -145,6 +152,8 @@ SAFETY_OUTCOME = "fewer safety violations at a similar success rate"
 PLATEAU_OUTCOME = "finer updates, a new best"
 #: expected outcome of the KL ladder's LR moves (under-stepping, over-stepping)
 LADDER_OUTCOME = "approx KL toward its target"
+#: expected outcome of the over-priced rule's step down of a cost penalty (the Lagrange multiplier's descent)
+SLACK_OUTCOME = "episode cost up toward its limit, fewer goals given up for safety"
 
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
@@ -248,14 +257,18 @@ class RuleManager(Manager):
     def rule_decision(self, snapshot: TelemetrySnapshot, menu: ActionSpace) -> Decision:
         """Apply the rule table."""
         moves = [
-            ((c.knob, "up" if c.after > c.before else "down"), i.verdict, i.expected_outcome == LADDER_OUTCOME)
+            (
+                (c.knob, "up" if c.after > c.before else "down"),
+                i.verdict,
+                i.expected_outcome in (LADDER_OUTCOME, SLACK_OUTCOME),
+            )
             for i in snapshot.interventions
             for c in i.changes
         ]
         self._worse = {move for move, verdict, _ in moves if verdict == "worse"}
         self._neutral = {move for move, verdict, _ in moves if verdict == "neutral"}
         # the latest change of each knob: reversing it is allowed only once it was measured worse (or, for the
-        # KL ladder, when the ladder made it)
+        # KL ladder, when the ladder made it; for a cost penalty's step down, when the cost limit is broken again)
         self._last_move = {knob: (direction, verdict, ladder) for (knob, direction), verdict, ladder in moves}
         for rule in (self._non_finite, self._stop, self._exploding, self._regression):
             decision = rule(snapshot, menu)
@@ -271,6 +284,7 @@ class RuleManager(Manager):
             (self._starved, 1),
             (self._starved_off_policy, self.min_measured),
             (self._unsafe, self.min_measured),
+            (self._over_priced, self.min_measured),
             (self._overfitting, self.min_measured),
             (self._collapse, self.min_measured),
             (self._under_stepping, 1),
@@ -568,7 +582,7 @@ class RuleManager(Manager):
         # an explicit episode-cost constraint broken on 2 evaluations is priced while the policy still learns and
         # until the penalty reaches its top, as a Lagrange multiplier rises while EpCost > d whatever the return:
         # pricing the cost cuts neither exploration nor the LR (the probation still reverts a raise measured worse)
-        pricing = constrained and self._change(menu, "cost_penalty", "up", 2.0) is not None
+        pricing = constrained and self._change(menu, "cost_penalty", "up", 2.0, reverse=True) is not None
         if not pricing and self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
         if not pricing and self._safety_move_failed(s) and not self._cost_rising(s):
@@ -586,7 +600,7 @@ class RuleManager(Manager):
             # next to a success bonus the penalty rises toward balance, never past it: a balanced reward is the
             # recipe's choice and its violations at mid-training are the run's own level
             cap = self.unsafe_ratio * bonus.value if weighed else None
-            change = self._change(menu, "cost_penalty", "up", 3.0 if weighed else 2.0, cap=cap)
+            change = self._change(menu, "cost_penalty", "up", 3.0 if weighed else 2.0, cap=cap, reverse=True)
             if change is not None and not weighed and penalty.value <= 0:
                 change = self._first_price(menu, change)
             if change is not None:
@@ -609,6 +623,50 @@ class RuleManager(Manager):
         if constrained or (not weighed and len(stds) >= 2 and stds[-1] > stds[0]):
             return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
         return None
+
+    def _over_priced(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        """The cost penalty one step down while the episode-cost constraint has slack.
+
+        The *unsafe* rule raises the penalty as a Lagrange multiplier rises while ``EpCost > d``; a multiplier
+        also falls while ``EpCost < d``. Without that half the price only ratchets up: on SafeFetchReach
+        (v25/v26, 40k steps) the priced runs ended at cost 0.00 against a limit of 2, with 1-6 % of the goals
+        given up (those the reach touches the table for), where a price below a reward step makes reaching
+        them worth a small cost again. The slack is judged on 60 evaluation episodes (3 evaluations) and the
+        latest training window, at half the limit, so that a single touching episode (cost ~45 in a 20-episode
+        evaluation: 2.25 > 2) does not flip the price back and forth."""
+        limit = s.targets.cost_limit
+        penalty, bonus = self._weights(s)
+        if limit is None or penalty is None or penalty.value <= 0 or (bonus is not None and bonus.value > 0):
+            return None  # next to a success bonus the reward's balance rules move the penalty
+        knob = menu.knob(penalty.name)
+        last = self._last_move.get(penalty.name)
+        if knob is None or "adjust" not in menu.actions or (last is not None and last[0] == "down"):
+            return None
+        if (knob.name, "down") in self._worse:
+            return None
+        rows = s.history[-3:]
+        costs = [r.mean_cost for r in rows]
+        if len(rows) < 3 or not all(finite(c) for c in costs) or statistics.fmean(costs) > limit / 2:
+            return None
+        train = s.training.mean_episode_cost
+        if finite(train) and train > limit / 2:
+            return None
+        if not all(finite(r.success_rate) and r.success_rate >= self.solving_success for r in rows):
+            return None
+        if self._improving(s):
+            return None
+        steps = [o for o in knob.options if 0.5 * knob.current * (1 - 1e-9) <= o.value < knob.current]
+        if not steps:
+            return None
+        option = min(steps, key=lambda o: abs(math.log(o.value / (0.75 * knob.current))))
+        return Adjust(
+            changes=[KnobChange(knob=knob.name, value=option.value)],
+            reason=(
+                f"over-priced: mean evaluation cost {statistics.fmean(costs):.3g} over the last 3 evaluations and "
+                f"training episode cost {train} at most half the limit {limit:g}: the cost penalty one step down"
+            ),
+            expected_outcome=SLACK_OUTCOME,
+        )
 
     @staticmethod
     def _first_price(menu: ActionSpace, change: KnobChange) -> KnobChange:
