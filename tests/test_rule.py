@@ -475,8 +475,8 @@ def test_a_broken_cost_limit_is_priced_while_the_run_learns():
 
 
 def _slack_run(costs, penalty: float = 1.0, interventions=(), train_cost: float | None = 0.1, success: float = 0.8):
-    """A Fetch-like run being solved (success 0.8, below its target; no violations on most evaluations) with its ``cost_penalty`` at
-    ``penalty`` and an episode-cost limit of 2."""
+    """A Fetch-like run being solved (success 0.8, below its target; no violations on most evaluations) with its
+    ``cost_penalty`` at ``penalty`` and an episode-cost limit of 2."""
     snap = _fetch_cost_run([success] * len(costs), costs, penalty, interventions, cost_limit=2.0)
     for row in snap.history:
         row.violation_rate = 0.05 if row.mean_cost else 0.0
@@ -492,9 +492,9 @@ def _price_move(before: float, after: float, verdict: str, outcome: str):
 
 def test_an_over_priced_cost_penalty_steps_down_while_the_limit_has_slack():
     """The Lagrange multiplier's other half (v27): at cost ≤ half the limit over 3 evaluations and in training,
-    the penalty steps from 1.0 to 0.75 (toward ×0.75, never below ×0.5); not while the cost uses the limit, not
-    twice in a row, not after a step down measured worse, not from 0; the unsafe rule may undo the step when
-    the limit is broken again."""
+    a penalty at its top steps from 1.0 to 0.75 (toward ×0.75, never below ×0.5); not while the cost uses the
+    limit, not twice in a row, not after a step down measured worse, not below the top; the unsafe rule may undo
+    the step when the limit is broken again."""
     from rl_manager.managers.rule import SAFETY_OUTCOME, SLACK_OUTCOME
 
     def moves(snap):
@@ -504,7 +504,7 @@ def test_an_over_priced_cost_penalty_steps_down_while_the_limit_has_slack():
     assert moves(_slack_run([0.0, 0.0, 2.25, 2.25])) == []  # mean 1.5 > 1
     assert moves(_slack_run([0.0] * 4, train_cost=1.5)) == []  # training episodes still use the limit
     assert moves(_slack_run([0.0] * 4, penalty=0.0)) == []
-    assert moves(_slack_run([0.0] * 4, penalty=0.5)) == []  # no offered value in [0.25, 0.5)
+    assert moves(_slack_run([0.0] * 4, penalty=0.5)) == []  # below its top: the recipe's price, or still rising
     raised = _price_move(0.5, 1.0, "improved", SAFETY_OUTCOME)
     assert moves(_slack_run([0.0] * 4, interventions=[raised])) == [("cost_penalty", 0.75)]
     stepped = _price_move(1.0, 0.75, "neutral", SLACK_OUTCOME)

@@ -56,7 +56,7 @@ rule uses the knobs of that role that the menu offers, in menu order.
                                                                over a ``cost_limit``, the penalty rises
                                                                while the run learns and after a move
                                                                that did not lower the cost (Lagrangian)
- 7b    over-priced     a cost penalty above 0 (no success      the penalty one offered step down, toward
+ 7b    over-priced     a cost penalty at its top (no success   the penalty one offered step down, toward
                        bonus) under a ``cost_limit``: mean     ×0.75 and not below ×0.5 (the other half
                        evaluation cost of the last 3           of the Lagrange multiplier's update: it
                        evaluations and the latest training     falls while the constraint has slack); not
@@ -633,11 +633,13 @@ class RuleManager(Manager):
         given up (those the reach touches the table for), where a price below a reward step makes reaching
         them worth a small cost again. The slack is judged on 60 evaluation episodes (3 evaluations) and the
         latest training window, at half the limit, so that a single touching episode (cost ~45 in a 20-episode
-        evaluation: 2.25 > 2) does not flip the price back and forth."""
+        evaluation: 2.25 > 2) does not flip the price back and forth. Only a price at its top steps down: the
+        ratchet's end, not a recipe's own penalty in mid-training."""
         limit = s.targets.cost_limit
         penalty, bonus = self._weights(s)
-        if limit is None or penalty is None or penalty.value <= 0 or (bonus is not None and bonus.value > 0):
-            return None  # next to a success bonus the reward's balance rules move the penalty
+        if limit is None or penalty is None or penalty.value < penalty.high or (bonus is not None and bonus.value > 0):
+            return None  # below its top the price is the recipe's (or still rising); next to a bonus the balance
+            # rules move it
         knob = menu.knob(penalty.name)
         last = self._last_move.get(penalty.name)
         if knob is None or "adjust" not in menu.actions or (last is not None and last[0] == "down"):
