@@ -20,6 +20,12 @@ res=/tmp/fetchruns
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
+all_done() {  # every run under $res has printed its final line (false while there is none yet)
+  local log
+  for log in "$res"/*/stdout.log; do
+    [ -f "$log" ] && grep -q 'done: [0-9]* steps in' "$log" || return 1
+  done
+}
 case "${1:?bench|start|poll}" in
   bench)
     out=${2:?out dir}; seconds=${3:?seconds}; shift 3
@@ -93,8 +99,8 @@ PY
     # a lent machine can be taken back between two calls, so the results come back in the call that sees them
     for ((t = 0; t < wait_s; t += 5)); do
       # (a costknob chain is done once its arms are done and their final models evaluated on HELDOUT episodes)
-      { [ ! -f "$res/chain.log" ] || grep -q '^evaluated\|^trunk at chance' "$res/chain.log"; } && ls "$res"/*/stdout.log >/dev/null 2>&1 \
-        && ! grep -L 'done: [0-9]* steps in' "$res"/*/stdout.log | grep -q . && break
+      # (no `grep -L ... | grep -q .` here: under pipefail, grep -L's exit status 1 made that check pass at once)
+      { [ ! -f "$res/chain.log" ] || grep -q '^evaluated\|^trunk at chance' "$res/chain.log"; } && all_done && break
       sleep 5
     done
     mkdir -p "$out"
