@@ -16,7 +16,7 @@
 # machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot
 # be continued there anyway).
 set -uo pipefail
-res=/tmp/fetchruns
+res=${RES:-/tmp/fetchruns}  # where the runs live on the machine (RES: elsewhere, as in tests/test_device_fetch.py)
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install

@@ -1,0 +1,39 @@
+"""``experiments/device_fetch.sh poll``: a call waits for unfinished runs and returns as soon as all are done (the
+lent machine goes back 30 s after a call, so a poll that returns early loses the next call's runs)."""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "device_fetch.sh"
+
+
+def _poll(tmp_path: Path, wait_s: int) -> float:
+    """Seconds one ``poll OUT WAIT_S`` call took, the script run from a copy of its folder layout."""
+    (tmp_path / "experiments").mkdir(exist_ok=True)
+    (tmp_path / "rl_manager").mkdir(exist_ok=True)
+    shutil.copy(SCRIPT, tmp_path / "experiments" / SCRIPT.name)
+    start = time.monotonic()
+    subprocess.run(
+        ["bash", str(tmp_path / "experiments" / SCRIPT.name), "poll", str(tmp_path / "out"), str(wait_s)],
+        env={"PATH": "/usr/bin:/bin", "RES": str(tmp_path / "res"), "NOBEST": "1"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert (tmp_path / "out" / "runs.tgz").is_file()
+    return time.monotonic() - start
+
+
+def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path):
+    runs = tmp_path / "res"
+    (runs / "b").mkdir(parents=True)
+    (runs / "b" / "stdout.log").write_text("  20000 steps\n")
+    assert _poll(tmp_path, 3) >= 3  # one run, still training (grep -L's exit status 1 once ended this at once)
+    (runs / "a").mkdir()
+    (runs / "a" / "stdout.log").write_text("done: 10 steps in 1s; held-out ...\n")
+    assert _poll(tmp_path, 3) >= 3  # one finished, one still training
+    (runs / "b" / "stdout.log").write_text("done: 20 steps in 1s\n")
+    assert _poll(tmp_path, 30) < 3
+    (runs / "chain.log").write_text("started trunk\n")  # a chain not yet through its held-out
+    assert _poll(tmp_path, 3) >= 3
