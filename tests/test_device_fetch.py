@@ -1,6 +1,7 @@
 """``experiments/device_fetch.sh poll``: a call waits for unfinished runs and returns as soon as all are done (the
 lent machine goes back 30 s after a call, so a poll that returns early loses the next call's runs)."""
 
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ def _poll(tmp_path: Path, wait_s: int) -> float:
     start = time.monotonic()
     subprocess.run(
         ["bash", str(tmp_path / "experiments" / SCRIPT.name), "poll", str(tmp_path / "out"), str(wait_s)],
-        env={"PATH": "/usr/bin:/bin", "RES": str(tmp_path / "res"), "NOBEST": "1"},
+        env={"PATH": os.environ["PATH"], "RES": str(tmp_path / "res"), "NOBEST": "1"},
         capture_output=True,
         timeout=60,
     )
