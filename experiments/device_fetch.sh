@@ -11,7 +11,7 @@
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
 #                                                                      # elsewhere: train --evaluate MODEL)
-# start reads DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
+# start reads ENV (default FetchPickAndPlace), DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
 # default 20000), RECIPE (default tuned), MANAGER (default none) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
 # machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot
 # be continued there anyway).
@@ -36,7 +36,7 @@ case "${1:?bench|start|poll}" in
     name=${2:?name}; seed=${3:?seed}; shift 3
     mkdir -p "$res/$name"
     params=(); [ $# -gt 0 ] && params=(-params "$@")
-    setsid nohup python3 -m rl_manager.train --env FetchPickAndPlace --recipe ${RECIPE:-tuned} --seed "$seed" ${FULL:---full} \
+    setsid nohup python3 -m rl_manager.train --env ${ENV:-FetchPickAndPlace} --recipe ${RECIPE:-tuned} --seed "$seed" ${FULL:---full} \
       --device ${DEV:-cuda} --manager ${MANAGER:-none} --eval-freq ${EF:-20000} --eval-episodes 50 --heldout-episodes 100 ${XARGS:-} \
       --run-dir "$res/$name/run" "${params[@]}" >"$res/$name/stdout.log" 2>&1 &
     echo "started $name (pid $!)"
