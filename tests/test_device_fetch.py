@@ -38,3 +38,27 @@ def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path
     assert _poll(tmp_path, 30) < 3
     (runs / "chain.log").write_text("started trunk\n")  # a chain not yet through its held-out
     assert _poll(tmp_path, 3) >= 3
+
+
+def test_start_trains_the_env_named_by_env(tmp_path):
+    """``ENV`` picks the task ``start`` trains (FetchPush in ``fetch_push_costknob``); FetchPickAndPlace without it."""
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "rl_manager").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "experiments" / SCRIPT.name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"  # records its arguments instead of training
+    fake.write_text('#!/usr/bin/env bash\necho "$@" > "$RES/argv.$$"\n')
+    fake.chmod(0o755)
+    for env_name, expected in (("FetchPush", "FetchPush"), (None, "FetchPickAndPlace")):
+        res = tmp_path / f"res_{expected}"
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RES": str(res)} | ({"ENV": env_name} if env_name else {})
+        subprocess.run(
+            ["bash", str(tmp_path / "experiments" / SCRIPT.name), "start", "trunk", "7"], env=env, timeout=30
+        )
+        deadline = time.monotonic() + 20
+        while not list(res.glob("argv.*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        argv = next(res.glob("argv.*")).read_text().split()
+        assert argv[argv.index("--env") + 1] == expected
+        assert argv[argv.index("--seed") + 1] == "7"
