@@ -11,10 +11,10 @@
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
 #                                                                      # elsewhere: train --evaluate MODEL)
-# start reads ENV (default FetchPickAndPlace), DEV (default cuda), FULL (default --full: the recipe's budget), EF (evaluation every EF steps,
-# default 20000), RECIPE (default tuned), MANAGER (default none) and XARGS (further train flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU
-# machine, XARGS="--gpu --save-interval 100000" for the GPU setup without buffer pickles mid-run (a run that cannot
-# be continued there anyway).
+# start reads ENV (default FetchPickAndPlace), DEV (default cuda), FULL (default --full: the recipe's budget), EF
+# (evaluation every EF steps, default 20000), RECIPE (default tuned), MANAGER (default none) and XARGS (further train
+# flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU machine, XARGS="--gpu --save-interval
+# 100000" for the GPU setup without buffer pickles mid-run (a run that cannot be continued there anyway).
 set -uo pipefail
 res=${RES:-/tmp/fetchruns}  # where the runs live on the machine (RES: elsewhere, as in tests/test_device_fetch.py)
 cd "$(dirname "$0")/.."

@@ -1,5 +1,6 @@
-"""``experiments/device_fetch.sh poll``: a call waits for unfinished runs and returns as soon as all are done (the
-lent machine goes back 30 s after a call, so a poll that returns early loses the next call's runs)."""
+"""``experiments/device_fetch.sh``: ``poll`` waits for unfinished runs and returns as soon as all are done (the lent
+machine goes back 30 s after a call, so a poll that returns early loses the next call's runs); ``start`` trains the
+task ``ENV`` names."""
 
 import os
 import shutil
@@ -10,14 +11,19 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "device_fetch.sh"
 
 
-def _poll(tmp_path: Path, wait_s: int) -> float:
-    """Seconds one ``poll OUT WAIT_S`` call took, the script run from a copy of its folder layout."""
+def _script(tmp_path: Path) -> Path:
+    """A copy of the script in a copy of its folder layout under ``tmp_path`` (it links ``rl_manager/envs`` there)."""
     (tmp_path / "experiments").mkdir(exist_ok=True)
     (tmp_path / "rl_manager").mkdir(exist_ok=True)
-    shutil.copy(SCRIPT, tmp_path / "experiments" / SCRIPT.name)
+    return Path(shutil.copy(SCRIPT, tmp_path / "experiments" / SCRIPT.name))
+
+
+def _poll(tmp_path: Path, wait_s: int) -> float:
+    """Seconds one ``poll OUT WAIT_S`` call took."""
+    script = _script(tmp_path)
     start = time.monotonic()
     subprocess.run(
-        ["bash", str(tmp_path / "experiments" / SCRIPT.name), "poll", str(tmp_path / "out"), str(wait_s)],
+        ["bash", str(script), "poll", str(tmp_path / "out"), str(wait_s)],
         env={"PATH": os.environ["PATH"], "RES": str(tmp_path / "res"), "NOBEST": "1"},
         capture_output=True,
         timeout=60,
@@ -42,9 +48,7 @@ def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path
 
 def test_start_trains_the_env_named_by_env(tmp_path):
     """``ENV`` picks the task ``start`` trains (FetchPush in ``fetch_push_costknob``); FetchPickAndPlace without it."""
-    (tmp_path / "experiments").mkdir()
-    (tmp_path / "rl_manager").mkdir()
-    shutil.copy(SCRIPT, tmp_path / "experiments" / SCRIPT.name)
+    script = _script(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"  # records its arguments instead of training
@@ -53,9 +57,7 @@ def test_start_trains_the_env_named_by_env(tmp_path):
     for env_name, expected in (("FetchPush", "FetchPush"), (None, "FetchPickAndPlace")):
         res = tmp_path / f"res_{expected}"
         env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RES": str(res)} | ({"ENV": env_name} if env_name else {})
-        subprocess.run(
-            ["bash", str(tmp_path / "experiments" / SCRIPT.name), "start", "trunk", "7"], env=env, timeout=30
-        )
+        subprocess.run(["bash", str(script), "start", "trunk", "7"], env=env, timeout=30)
         deadline = time.monotonic() + 20
         while not list(res.glob("argv.*")) and time.monotonic() < deadline:
             time.sleep(0.1)
