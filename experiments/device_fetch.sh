@@ -66,10 +66,13 @@ PY
   costknob)
     # experiments/results/fetch_pick_costknob in one detached chain, so that no call has to wait for the trunk:
     # the trunk to 200k, then (once its summary is written) its arms to 360k: ARMS, default "rule fixed pen1" (fewer
-    # arms share the machine's cores with fewer runs). TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change
+    # arms share the machine's cores with fewer runs; penX: no manager, the cost penalty X from the branch point). TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change
     # it for a smoke test on a CPU machine; HELDOUT (default 400) is the size of the final models' held-out; no arm
     # runs if the trunk's last evaluation success is under MIN_SUCCESS (default 0.2).
     seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}; arms=" ${ARMS:-rule fixed pen1} "
+    for arm in $arms; do
+      case $arm in rule | fixed | pen[0-9]*) ;; *) echo "error: unknown arm $arm (rule, fixed or pen<penalty>)" >&2; exit 2 ;; esac
+    done
     setsid nohup bash -c "FULL='-n ${TRUNK:-200000}' XARGS='${XARGS:---gpu --save-interval 100000}' EF=${EF:-20000} \
       bash '$me' start trunk $seed ${PARAMS:-}
       until [ -f '$res/trunk/run/summary.json' ] || grep -q '^error' '$res/trunk/stdout.log'; do sleep 5; done
@@ -78,9 +81,13 @@ PY
       # the arms nothing to judge: seeds 238 and 244 never learned; stop and leave the machine's time for others
       python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); sys.exit(s[\"last_evaluation\"][\"success_rate\"] < float(sys.argv[2]))' \
         '$res/trunk/run/summary.json' ${MIN_SUCCESS:-0.2} || { echo 'trunk at chance: no arms'; exit 0; }
-      [[ '$arms' == *' rule '* ]] && MANAGER=rule bash '$me' branch trunk rule $budget
-      [[ '$arms' == *' fixed '* ]] && bash '$me' branch trunk fixed $budget
-      [[ '$arms' == *' pen1 '* ]] && bash '$me' branch trunk pen1 $budget 'env_kwargs:{cost_penalty: 1.0}'
+      for arm in $arms; do
+        case \$arm in
+          rule) MANAGER=rule bash '$me' branch trunk rule $budget ;;
+          fixed) bash '$me' branch trunk fixed $budget ;;
+          pen*) bash '$me' branch trunk \$arm $budget \"env_kwargs:{cost_penalty: \${arm#pen}}\" ;;
+        esac
+      done
       echo launched
       # then a larger held-out of each arm's final model (the same scenes in every arm; the first 100 are the run's)
       for arm in $arms; do

@@ -42,12 +42,29 @@ def _finite_or_none(x: Any) -> float | None:
 # ------------------------------------------------------------------------------------ evaluation
 @dataclass
 class EvalResult:
-    """Per-episode evaluation results; ``successes``/``costs`` are ``None`` when the env has no such key."""
+    """Per-episode evaluation results; ``successes``/``costs`` are ``None`` when the env has no such key.
+
+    ``goals`` holds, for goal-conditioned envs (dict observations with ``desired_goal`` and
+    ``achieved_goal``), each episode's ``[desired_goal, achieved_goal]`` at its first step: the scene,
+    e.g. where a Fetch object starts and where it must go.
+    """
 
     returns: list[float]
     lengths: list[int]
     successes: list[float] | None
     costs: list[float] | None
+    goals: list[list[list[float]]] | None = None
+
+    def episodes(self) -> dict[str, list[Any]]:
+        """Every episode's figures as lists in episode order (for per-episode and paired analyses)."""
+        out: dict[str, list[Any]] = {"return": [round(r, 4) for r in self.returns]}
+        if self.successes is not None:
+            out["success"] = [int(x > 0) for x in self.successes]
+        if self.costs is not None:
+            out["cost"] = [round(c, 4) for c in self.costs]
+        if self.goals is not None:
+            out["goal"] = self.goals
+        return out
 
     def metrics(self) -> EvalMetrics:
         """Aggregate into :class:`~rl_manager.schema.EvalMetrics`."""
@@ -83,9 +100,16 @@ def evaluate(
     successes: list[float] = []
     costs: list[float] = []
     seen = {"success": False, "cost": False}
+    space = getattr(env.observation_space, "spaces", {})
+    with_goals = "desired_goal" in space and "achieved_goal" in space
+    start: list[list[list[float]]] = [[] for _ in range(n_envs)]
+    goals: list[list[list[float]]] = []
 
     def on_step(local: dict[str, Any], _globals: dict[str, Any]) -> None:
         i, info = local["i"], local["info"]
+        if with_goals and local["current_lengths"][i] == 1:  # the observation this episode started from
+            obs = local["observations"]
+            start[i] = [np.round(obs[k][i], 4).tolist() for k in ("desired_goal", "achieved_goal")]
         if cost_key in info:
             seen["cost"] = True
             running_cost[i] += float(info[cost_key])
@@ -94,6 +118,7 @@ def evaluate(
                 seen["success"] = True
                 successes.append(float(info[success_key]))
             costs.append(float(running_cost[i]))
+            goals.append(start[i])
             running_cost[i] = 0.0
 
     returns, lengths = evaluate_policy(
@@ -109,6 +134,7 @@ def evaluate(
         lengths=[int(n) for n in lengths],
         successes=successes if seen["success"] else None,
         costs=costs if seen["cost"] else None,
+        goals=goals if with_goals else None,
     )
 
 

@@ -405,10 +405,15 @@ def _confirm_episodes(config: dict[str, Any], evaluator) -> int:
     return int(n) if n is not None else 0 if evaluator is not None else CONFIRM_EPISODES
 
 
-def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[str, Any]:
+def heldout_evaluation(model, config: dict[str, Any], n_episodes: int, per_episode: bool = False) -> dict[str, Any]:
     """Deterministic and stochastic evaluation on seeds the manager never saw.
 
     Tasks with difficulty cells play ``n_episodes`` per difficulty on a fixed held-out scene set.
+
+    :param per_episode: also keep every episode's figures (tasks without difficulty cells), under ``"episodes"``
+        in each entry: success, cost and return and, for goal-conditioned envs, the scene (see
+        :class:`~rl_manager.telemetry.EvalResult`). The scenes depend on the run's seed only, so two arms of one
+        seed are compared episode by episode.
     """
     from rl_manager.evaluation import PairedEvaluator, concat_results
 
@@ -427,10 +432,10 @@ def heldout_evaluation(model, config: dict[str, Any], n_episodes: int) -> dict[s
         finally:
             evaluator.close()
         return out
-    return _sb3_heldout(model, config, n_episodes)
+    return _sb3_heldout(model, config, n_episodes, per_episode)
 
 
-def _sb3_heldout(model, config: dict[str, Any], n_episodes: int) -> dict[str, Any]:
+def _sb3_heldout(model, config: dict[str, Any], n_episodes: int, per_episode: bool = False) -> dict[str, Any]:
     """Held-out evaluation through SB3 vec envs (tasks without difficulty cells)."""
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -443,15 +448,18 @@ def _sb3_heldout(model, config: dict[str, Any], n_episodes: int) -> dict[str, An
             env = make_vec_env(
                 env_id, n_envs=1, seed=config["seed"] + 20_000, env_kwargs=config["recipe"].get("env_kwargs")
             )
-            m = evaluate(model, env, n_episodes, deterministic=deterministic).metrics()
+            result = evaluate(model, env, n_episodes, deterministic=deterministic)
             env.close()
-            out[f"{mode}/{cell}"] = m.model_dump(mode="json")
+            out[f"{mode}/{cell}"] = result.metrics().model_dump(mode="json")
+            if per_episode:
+                out[f"{mode}/{cell}"]["episodes"] = result.episodes()
     return out
 
 
 def evaluate_saved(path: Path, n_episodes: int, device: str | None = None) -> int:
     """The held-out evaluation of a saved model (e.g. a ``best_model.zip`` brought back from a run lost with its
-    machine), on the same seeds as at the end of its run; written to ``heldout_<model>.json`` beside it.
+    machine), on the same seeds as at the end of its run; written to ``heldout_<model>.json`` beside it, and each
+    episode's figures to ``heldout_<model>_episodes.json``.
 
     :param path: the model; its run's ``config.yml`` must lie beside it.
     :param device: torch device (default: auto, whatever the run trained on).
@@ -464,10 +472,14 @@ def evaluate_saved(path: Path, n_episodes: int, device: str | None = None) -> in
     env = make_train_env(config["env_id"], {**config["recipe"], "n_envs": 1, "vec_env": "dummy"}, seed=config["seed"])
     try:
         model = algo_classes()[config["algo"]].load(path, env=env, device=device or "auto")
-        heldout = heldout_evaluation(model, config, n_episodes)
+        heldout = heldout_evaluation(model, config, n_episodes, per_episode=True)
     finally:
         env.close()
     dest = path.with_name(f"heldout_{path.stem}.json")
+    # each episode's figures beside the aggregates, in one compact file (paired comparisons of two arms' models)
+    episodes = {k: v.pop("episodes") for k, v in heldout.items() if "episodes" in v}
+    if episodes:
+        write_text_atomic(dest.with_name(f"heldout_{path.stem}_episodes.json"), json.dumps(episodes))
     write_text_atomic(dest, json.dumps({"model": str(path), "episodes": n_episodes, "heldout": heldout}, indent=2))
     print(f"{_heldout_line(heldout)} ({n_episodes} episodes of {path}) -> {dest}")
     return 0

@@ -64,3 +64,20 @@ def test_start_trains_the_env_named_by_env(tmp_path):
         argv = next(res.glob("argv.*")).read_text().split()
         assert argv[argv.index("--env") + 1] == expected
         assert argv[argv.index("--seed") + 1] == "7"
+
+
+def test_costknob_refuses_an_unknown_arm_before_the_trunk(tmp_path):
+    """An arm the chain cannot branch (``pen`` without its penalty, a typo) stops it before any device time goes
+    into the trunk; ``penX`` arms (no manager, penalty X) are branched (a CPU smoke test in fetch_pick_costknob)."""
+    script = _script(tmp_path)
+    for arms in ("fixed pen", "rule fixd"):
+        res = tmp_path / "res"
+        done = subprocess.run(
+            ["bash", str(script), "costknob", "7"],
+            env={"PATH": os.environ["PATH"], "RES": str(res), "ARMS": arms},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 2 and "unknown arm" in done.stderr
+        assert not (res / "chain.log").exists()

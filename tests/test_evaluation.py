@@ -221,3 +221,37 @@ def test_evaluation_leaves_the_training_rng_and_mode_alone():
     a = ev.evaluate(model).stochastic
     th.manual_seed(456)
     assert ev.evaluate(model).stochastic == a
+
+
+class _Policy:
+    """A fixed action or a seeded random one, with ``predict`` as SB3's evaluation calls it."""
+
+    def __init__(self, space, random_actions):
+        self.space, self.rng = space, np.random.default_rng(0) if random_actions else None
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        n = len(obs["desired_goal"])
+        if self.rng is None:
+            return np.zeros((n, *self.space.shape), dtype=np.float32), None
+        return self.rng.uniform(-1, 1, (n, *self.space.shape)).astype(np.float32), None
+
+
+def test_sb3_evaluation_keeps_each_episodes_scene_whatever_the_policy():
+    """The held-out scenes (a goal env's start: where the object lies, where it must go) depend on the seed
+    alone, so two arms' final models are compared episode by episode; two envs in one vec env each keep theirs."""
+    from rl_manager.telemetry import evaluate
+
+    results = []
+    for random_actions in (False, True):
+        env = make_vec_env("rl_manager/SafeFetchPickAndPlace-v0", n_envs=2, seed=7)
+        results.append(evaluate(_Policy(env.action_space, random_actions), env, 4))
+        env.close()
+    still, moving = results
+    assert still.goals == moving.goals and len(still.goals) == 4
+    desired, achieved = np.array(still.goals).transpose(1, 0, 2)
+    assert len({tuple(g) for g in desired}) == 4 and not np.allclose(desired, achieved)  # a new scene per episode
+    assert still.costs != moving.costs  # the policies differ, and so does what they do in the scenes
+    assert still.episodes()["goal"] == still.goals and len(moving.episodes()["cost"]) == 4
+    plain = make_vec_env(ENV, n_envs=1, seed=7)
+    assert "goal" not in evaluate(PPO("MlpPolicy", plain, seed=0), plain, 2).episodes()
+    plain.close()

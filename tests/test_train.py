@@ -79,11 +79,17 @@ def test_train_cli_safe_fetch_reach_sac(tmp_path, monkeypatch):
         (lone / name).write_bytes((run / name).read_bytes())
     judged = []
     real = train.heldout_evaluation
-    monkeypatch.setattr(train, "heldout_evaluation", lambda model, *a: judged.append(model) or real(model, *a))
+    monkeypatch.setattr(train, "heldout_evaluation", lambda m, *a, **k: judged.append(m) or real(m, *a, **k))
     assert main(["--evaluate", str(lone / "final_model.zip"), "--heldout-episodes", "2", "--device", "cpu"]) == 0
     heldout = json.loads((lone / "heldout_final_model.json").read_text())["heldout"]
     summary = json.loads((run / "summary.json").read_text())
     assert heldout["deterministic/all"] == summary["heldout"]["deterministic/all"]
+    # each episode beside the aggregates: its figures average to them, and its scene is the goal env's
+    episodes = json.loads((lone / "heldout_final_model_episodes.json").read_text())["deterministic/all"]
+    held = heldout["deterministic/all"]
+    assert np.mean(episodes["success"]) == held["success_rate"] and np.mean(episodes["cost"]) == held["mean_cost"]
+    assert np.mean(episodes["return"]) == pytest.approx(held["mean_return"], abs=1e-3)
+    assert np.shape(episodes["goal"]) == (2, 2, 3)  # [desired, achieved] goal at each episode's start
     saved = load_from_zip_file(run / "final_model.zip", device="cpu")[1]["policy"]
     assert all(th.equal(v, saved[k]) for k, v in judged[0].policy.state_dict().items())  # the saved weights
     (lone / "config.yml").unlink()
