@@ -2,10 +2,10 @@
 
 An arm's ``heldout_<model>_episodes.json`` (``python -m rl_manager.train --evaluate MODEL``) holds each episode's
 success, cost and scene; two arms of one seed play the same scenes, so their difference is taken episode by episode
-(a 95 % normal interval of the paired mean difference; the episode cost's relative change with a 95 % paired
-bootstrap interval). For Fetch tasks with an object, the goals split by how high they lie above the object's start:
-a goal less than ``--lift`` (default 0.05 m, the tasks' success distance) above it is met by pushing the object, a
-higher one only by picking it up.
+(a 95 % normal interval of the paired mean difference, also of each cost term's where the env reports terms; the
+episode cost's relative change with a 95 % paired bootstrap interval). For Fetch tasks with an object, the goals split
+by how high they lie above the object's start: a goal less than ``--lift`` (default 0.05 m, the tasks' success
+distance) above it is met by pushing the object, a higher one only by picking it up.
 
     python experiments/heldout_pairs.py RUNS/rule/run/heldout_final_model_episodes.json \\
         RUNS/fixed/run/heldout_final_model_episodes.json
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         if not mask.any():
             continue
         print(f"{name} ({int(mask.sum())} episodes)")
-        for key in ("success", "cost"):
+        terms = sorted(k for k in a if k.startswith("cost_") and k in b)  # the cost per term, where kept
+        for key in ("success", "cost", *terms):
             if key in a and key in b:
                 print(f"  {key}: {paired(a[key][mask], b[key][mask])}")
         if "cost" in a and "cost" in b:

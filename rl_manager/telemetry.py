@@ -46,7 +46,8 @@ class EvalResult:
 
     ``goals`` holds, for goal-conditioned envs (dict observations with ``desired_goal`` and
     ``achieved_goal``), each episode's ``[desired_goal, achieved_goal]`` at its first step: the scene,
-    e.g. where a Fetch object starts and where it must go.
+    e.g. where a Fetch object starts and where it must go. ``cost_terms`` holds each episode's cost per term, for
+    envs that report terms as ``<cost_key>_<term>`` in ``info`` (the Fetch cost wrapper's ``cost_table_contact``).
     """
 
     returns: list[float]
@@ -54,6 +55,7 @@ class EvalResult:
     successes: list[float] | None
     costs: list[float] | None
     goals: list[list[list[float]]] | None = None
+    cost_terms: dict[str, list[float]] | None = None
 
     def episodes(self) -> dict[str, list[Any]]:
         """Every episode's figures as lists in episode order (for per-episode and paired analyses)."""
@@ -64,6 +66,8 @@ class EvalResult:
             out["cost"] = [round(c, 4) for c in self.costs]
         if self.goals is not None:
             out["goal"] = self.goals
+        for term, costs in (self.cost_terms or {}).items():
+            out[f"cost_{term}"] = [round(c, 4) for c in costs]
         return out
 
     def metrics(self) -> EvalMetrics:
@@ -104,6 +108,9 @@ def evaluate(
     with_goals = "desired_goal" in space and "achieved_goal" in space
     start: list[list[list[float]]] = [[] for _ in range(n_envs)]
     goals: list[list[list[float]]] = []
+    prefix = f"{cost_key}_"
+    running_terms: list[dict[str, float]] = [{} for _ in range(n_envs)]
+    terms: dict[str, list[float]] = {}
 
     def on_step(local: dict[str, Any], _globals: dict[str, Any]) -> None:
         i, info = local["i"], local["info"]
@@ -113,13 +120,19 @@ def evaluate(
         if cost_key in info:
             seen["cost"] = True
             running_cost[i] += float(info[cost_key])
+        for key, value in info.items():
+            if key.startswith(prefix) and isinstance(value, (int, float, np.number)):
+                term = key[len(prefix) :]
+                running_terms[i][term] = running_terms[i].get(term, 0.0) + float(value)
         if local["done"]:
             if success_key in info:
                 seen["success"] = True
                 successes.append(float(info[success_key]))
             costs.append(float(running_cost[i]))
             goals.append(start[i])
-            running_cost[i] = 0.0
+            for term in terms.keys() | running_terms[i].keys():  # (a term first seen now: 0 in earlier episodes)
+                terms.setdefault(term, [0.0] * (len(costs) - 1)).append(running_terms[i].get(term, 0.0))
+            running_cost[i], running_terms[i] = 0.0, {}
 
     returns, lengths = evaluate_policy(
         model,
@@ -135,6 +148,7 @@ def evaluate(
         successes=successes if seen["success"] else None,
         costs=costs if seen["cost"] else None,
         goals=goals if with_goals else None,
+        cost_terms=terms or None,
     )
 
 

@@ -252,6 +252,11 @@ def test_sb3_evaluation_keeps_each_episodes_scene_whatever_the_policy():
     assert len({tuple(g) for g in desired}) == 4 and not np.allclose(desired, achieved)  # a new scene per episode
     assert still.costs != moving.costs  # the policies differ, and so does what they do in the scenes
     assert still.episodes()["goal"] == still.goals and len(moving.episodes()["cost"]) == 4
+    # each episode's cost split into the wrapper's terms, which add up to it
+    terms, names = moving.episodes(), ("cost_table_contact", "cost_ee_accel", "cost_object_off_table")
+    assert {k for k in terms if k.startswith("cost_")} == set(names)
+    total = np.sum([terms[name] for name in names], axis=0)
+    assert np.allclose(total, terms["cost"]) and total.sum() > 0
     plain = make_vec_env(ENV, n_envs=1, seed=7)
     assert "goal" not in evaluate(PPO("MlpPolicy", plain, seed=0), plain, 2).episodes()
     plain.close()
