@@ -66,12 +66,16 @@ PY
   costknob)
     # experiments/results/fetch_pick_costknob in one detached chain, so that no call has to wait for the trunk:
     # the trunk to 200k, then (once its summary is written) its arms to 360k: ARMS, default "rule fixed pen1" (fewer
-    # arms share the machine's cores with fewer runs; penX: no manager, the cost penalty X from the branch point). TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change
-    # it for a smoke test on a CPU machine; HELDOUT (default 400) is the size of the final models' held-out; no arm
-    # runs if the trunk's last evaluation success is under MIN_SUCCESS (default 0.2).
+    # arms share the machine's cores with fewer runs; penX: no manager, the cost penalty X from the branch point).
+    # TRUNK, BUDGET, XARGS and PARAMS (trunk recipe overrides) change it for a smoke test on a CPU machine; HELDOUT
+    # (default 400) is the size of the final models' held-out; no arm runs if the trunk's last evaluation success is
+    # under MIN_SUCCESS (default 0.2).
     seed=${2:?seed}; me=$(realpath "$0"); mkdir -p "$res"; budget=${BUDGET:-360000}; arms=" ${ARMS:-rule fixed pen1} "
     for arm in $arms; do
-      case $arm in rule | fixed | pen[0-9]*) ;; *) echo "error: unknown arm $arm (rule, fixed or pen<penalty>)" >&2; exit 2 ;; esac
+      case $arm in
+        rule | fixed | pen[0-9]*) ;;
+        *) echo "error: unknown arm $arm (rule, fixed or pen<penalty>)" >&2; exit 2 ;;
+      esac
     done
     setsid nohup bash -c "FULL='-n ${TRUNK:-200000}' XARGS='${XARGS:---gpu --save-interval 100000}' EF=${EF:-20000} \
       bash '$me' start trunk $seed ${PARAMS:-}

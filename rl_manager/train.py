@@ -412,8 +412,9 @@ def heldout_evaluation(model, config: dict[str, Any], n_episodes: int, per_episo
 
     :param per_episode: also keep every episode's figures (tasks without difficulty cells), under ``"episodes"``
         in each entry: success, cost and return and, for goal-conditioned envs, the scene (see
-        :class:`~rl_manager.telemetry.EvalResult`). The scenes depend on the run's seed only, so two arms of one
-        seed are compared episode by episode.
+        :class:`~rl_manager.telemetry.EvalResult`). Where an env's steps draw nothing from its random generator
+        (the Fetch tasks), the scenes depend on the run's seed only, so two arms of one seed are compared episode
+        by episode.
     """
     from rl_manager.evaluation import PairedEvaluator, concat_results
 
