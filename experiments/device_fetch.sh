@@ -20,10 +20,11 @@ res=${RES:-/tmp/fetchruns}  # where the runs live on the machine (RES: elsewhere
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs   # what setuptools' package-dir does on install
+finished='done: [0-9]* steps in'  # a run's final line (rl_manager.train)
 all_done() {  # every run under $res has printed its final line (false while there is none yet)
   local log
   for log in "$res"/*/stdout.log; do
-    [ -f "$log" ] && grep -q 'done: [0-9]* steps in' "$log" || return 1
+    [ -f "$log" ] && grep -q "$finished" "$log" || return 1
   done
 }
 case "${1:?bench|start|poll}" in
@@ -96,7 +97,7 @@ PY
       # then a larger held-out of each arm's final model (the same scenes in every arm; the first 100 are the run's)
       for arm in $arms; do
         # (a later call's copy of the tree drops the untracked link made above: make it again for the import)
-        until grep -q 'done: [0-9]* steps in' \"$res/\$arm/stdout.log\" || grep -q '^error' \"$res/\$arm/stdout.log\"; do sleep 5; done
+        until grep -q '$finished' \"$res/\$arm/stdout.log\" || grep -q '^error' \"$res/\$arm/stdout.log\"; do sleep 5; done
         [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs
         python3 -m rl_manager.train --evaluate \"$res/\$arm/run/final_model.zip\" --heldout-episodes ${HELDOUT:-400} \
           >\"$res/\$arm/heldout.log\" 2>&1 &
