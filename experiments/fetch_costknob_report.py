@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path)
     p.add_argument("--arms", nargs="+", required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", required=True, help="the folders' suffix after _s: a seed, or e.g. 240_480")
     p.add_argument("--from-step", type=int, default=0, help="the branch point: earlier steps are the shared trunk")
     p.add_argument("--window", type=int, default=20000)
     p.add_argument("--n-envs", type=int, default=16)
