@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         lift = a["goal"][:, 0, 2] - a["goal"][:, 1, 2]  # desired minus achieved (the object's) height at the start
         groups[f"goal < {args.lift:g} m up (push)"] = lift < args.lift
         groups[f"goal >= {args.lift:g} m up (lift)"] = lift >= args.lift
+    terms = sorted(k for k in a if k.startswith("cost_") and k in b)  # the cost per term, where kept
     for name, mask in groups.items():
         if not mask.any():
             continue
         print(f"{name} ({int(mask.sum())} episodes)")
-        terms = sorted(k for k in a if k.startswith("cost_") and k in b)  # the cost per term, where kept
         for key in ("success", "cost", *terms):
             if key in a and key in b:
                 print(f"  {key}: {paired(a[key][mask], b[key][mask])}")
