@@ -175,10 +175,13 @@ def test_cost_over_the_limit_of_a_random_early_policy_is_not_unsafe():
     out = decide(snap, RuleManager())
     assert "unsafe" not in out.decision.reason
     assert not any(c.knob == "ent_coef" and c.after < c.before for c in out.changes)
-    for r in rows:  # the same cost once the task is being solved is unsafe
-        r.success_rate = 0.5
+    for r in rows:  # the same cost once the task is being solved is unsafe: held while it is learned (no
+        r.success_rate = 0.5  # success bonus, success below its target) until 3/4 of the budget is spent
     out = decide(snap, RuleManager())
-    assert "unsafe" in out.decision.reason
+    assert not out.changes and "no safety move yet" in out.decision.reason
+    snap.position.step = 80
+    out = decide(snap, RuleManager())
+    assert out.decision.action == "adjust" and "unsafe" in out.decision.reason
 
 
 def test_no_rollback_on_a_fluke_best_measured_on_few_episodes():
@@ -446,17 +449,28 @@ def _fetch_cost_run(successes, costs, penalty: float, interventions=(), cost_lim
     return snap
 
 
-def test_a_broken_cost_limit_is_priced_while_the_run_learns():
-    """v16: the FetchPickAndPlace trunk (success 0.16 → 0.26, episode cost ~20 against a limit of 2.5) replayed
-    through the rule never reached a safety move: the *improving* guard held it. Under an explicit cost limit the
-    penalty rises while the policy learns, and again after a raise that did not lower the cost; without a limit
-    both guards hold as before."""
-    learning = [0.1, 0.16, 0.26, 0.36]
-    out = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0), RuleManager())
-    assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 0.2)]
-    unconstrained = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0, cost_limit=None), RuleManager())
-    assert not any(c.knob == "cost_penalty" for c in unconstrained.changes)
+def test_a_broken_cost_limit_is_priced_once_the_task_is_learned():
+    """Learn the task first, then price its cost. FetchPickAndPlace seed 240: every arm priced from 200-220k
+    (success 0.2-0.4, the rule's v16 behaviour) stayed near 0.5 held-out success while the unpriced arm reached
+    0.97; the top penalty set at 400k on the learned policy cut the cost 99 % at success +0.05. With no success
+    bonus the price waits for success ≥ the target on both evaluations over the limit, or for ``price_hold`` of
+    the budget; then it rises while success still rises, and again after a raise that did not lower the cost;
+    without a limit the guards hold as before."""
     from rl_manager.managers.rule import SAFETY_OUTCOME
+
+    learning = [0.1, 0.16, 0.26, 0.36]
+    held = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0), RuleManager())
+    assert not held.changes and "no safety move yet" in held.decision.reason
+    late = _fetch_cost_run(learning, [20.0] * 4, 0.0)
+    late.position.step = 75  # three quarters of the budget spent: priced even below the target
+    assert [(c.knob, c.after) for c in decide(late, RuleManager()).changes] == [("cost_penalty", 0.2)]
+    assert not decide(late, RuleManager(price_hold=0.9)).changes
+    learned = [0.5, 0.7, 0.86, 0.9]  # still rising, at its target on the 2 evaluations over the limit
+    out = decide(_fetch_cost_run(learned, [20.0] * 4, 0.0), RuleManager())
+    assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 0.2)]
+    assert not decide(_fetch_cost_run([0.5, 0.7, 0.8, 0.9], [20.0] * 4, 0.0), RuleManager()).changes  # 0.8 < 0.85
+    unconstrained = decide(_fetch_cost_run(learned, [20.0] * 4, 0.0, cost_limit=None), RuleManager())
+    assert not any(c.knob == "cost_penalty" for c in unconstrained.changes)
 
     failed = InterventionOutcome(
         evaluation_index=1,
@@ -464,13 +478,13 @@ def test_a_broken_cost_limit_is_priced_while_the_run_learns():
         action="adjust",
         changes=[ResolvedChange(knob="cost_penalty", before=0.0, after=0.2)],
         expected_outcome=SAFETY_OUTCOME,
-        score_before=0.16,
-        scores_after=[0.26, 0.36],
+        score_before=0.7,
+        scores_after=[0.86, 0.9],
         cost_before=20.0,
         costs_after=[20.0, 20.0],
         verdict="improved",
     )
-    again = decide(_fetch_cost_run(learning, [20.0] * 4, 0.2, [failed]), RuleManager())
+    again = decide(_fetch_cost_run(learned, [20.0] * 4, 0.2, [failed]), RuleManager())
     assert [(c.knob, c.after) for c in again.changes] == [("cost_penalty", 0.5)]
 
 
@@ -652,6 +666,9 @@ def test_unsafe_at_the_penalty_cap_does_not_slow_a_healthy_run_down():
     assert not decide(snap, RuleManager()).changes
     snap.knobs.remove(bonus)  # no bonus to balance against and the penalty at its bound: exploration comes down
     next(k for k in snap.knobs if k.name == "collision_penalty").value = 20.0
+    assert not decide(snap, RuleManager()).changes  # ... once the task is learned (success 0.4 < its target 0.85)
+    for r in snap.history:
+        r.success_rate = 0.9
     out = decide(snap, RuleManager())
     assert out.changes and all(c.after < c.before for c in out.changes)
 
@@ -789,3 +806,21 @@ def test_ladder_moves_do_not_hold_the_slower_rules_back():
         ]
         out = decide(snap, RuleManager())
         assert (out.decision.action == "no_action") is waits
+
+
+def test_a_held_price_leaves_progress_to_the_tasks_success():
+    """While the cost is left unpriced (success 0.2-0.3, below its target), the safe success stays near 0 by
+    design: the rules that judge progress read the task's success. On seed 240's unpriced trajectory the *stuck*
+    and *collapse* rules otherwise raised ``target_entropy`` at 280-340k, on a run that learned at 340-400k."""
+    successes = [0.2, 0.3, 0.25, 0.3]
+    snap = _fetch_cost_run(successes, [20.0] * 4, 0.0)
+    snap.knobs.append(KnobSpec(name="ent_coef", value=0.005, low=1e-4, high=0.5, role="exploration"))
+    snap.position.step = 50
+    for r in snap.history:
+        r.safe_success_rate, r.score, r.mean_return = 0.02, 0.02, -40.0
+    held = decide(snap, RuleManager())
+    assert not held.changes and "no safety move yet" in held.decision.reason
+    for r in snap.history:  # the same safe success on a run that is not unsafe: stuck, explore more
+        r.mean_cost, r.violation_rate = 0.0, 0.0
+    out = decide(snap, RuleManager())
+    assert [(c.knob, c.after > c.before) for c in out.changes] == [("ent_coef", True)], out.decision.reason

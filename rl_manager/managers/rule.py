@@ -46,16 +46,16 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        success rate, on the last 2             penalty, else exploration down under a
                        evaluations, and not falling; or the    ``cost_limit`` or (without a bonus) once
                        episode cost over ``cost_limit`` on 2   the action std grew past its start; never
-                                                               LR down (it only slows a learning policy)
-                       evaluations, once solving or while the  (not again while the latest measured
-                       entropy bonus is far above usual        safety move left the cost within 10% of
-                                                               its level and the cost is not rising
-                                                               beyond its noise: the run's own level);
-                                                               with no bonus, a penalty at zero rises
-                                                               to the middle of its offered values;
-                                                               over a ``cost_limit``, the penalty rises
-                                                               while the run learns and after a move
-                                                               that did not lower the cost (Lagrangian)
+                       evaluations, once solving or while the  LR down (it only slows a learning policy)
+                       entropy bonus is far above usual.       (not again while the latest measured
+                       With no success bonus (and a usual      safety move left the cost within 10% of
+                       entropy bonus): only once success       its level and the cost is not rising
+                       reaches its target on both, or past     beyond its noise: the run's own level);
+                       ``price_hold`` of the budget (learn     with no bonus, a penalty at zero rises
+                       the task first: a price set while it    to the middle of its offered values;
+                       is being learned can block the skill    over a ``cost_limit``, the penalty rises
+                       that avoids the cost)                   after a move that did not lower the cost
+                                                               too (Lagrangian)
  7b    over-priced     a cost penalty at its top (no success   the penalty one offered step down, toward
                        bonus) under a ``cost_limit``: mean     ×0.75 and not below ×0.5 (the other half
                        evaluation cost of the last 3           of the Lagrange multiplier's update: it
@@ -206,6 +206,8 @@ class RuleManager(Manager):
     :param trend_window: evaluations over which the mean return's trend is fitted (the *improving* gate).
     :param trend_t: t statistic of that trend's slope from which the run counts as improving.
     :param stuck_progress: fraction of the budget before which a slow start is not called *stuck*.
+    :param price_hold: (unsafe) fraction of the budget until which a cost penalty with no success bonus beside it
+        waits for success to reach its target before it is raised (learn the task first, then price its cost).
     """
 
     name = "rule"
@@ -230,6 +232,7 @@ class RuleManager(Manager):
         trend_window: int = 6,
         trend_t: float = 2.0,
         stuck_progress: float = 0.25,
+        price_hold: float = 0.75,
     ) -> None:
         self.min_evaluations = min_evaluations
         self.divergence_ratio = divergence_ratio
@@ -249,6 +252,8 @@ class RuleManager(Manager):
         self.trend_window = trend_window
         self.trend_t = trend_t
         self.stuck_progress = stuck_progress
+        self.price_hold = price_hold
+        self._held = ""
 
     # ---------------------------------------------------------------------------------------
     def _propose(self, snapshot: TelemetrySnapshot, menu: ActionSpace, feedback: str | None) -> Proposal:
@@ -270,6 +275,7 @@ class RuleManager(Manager):
         # the latest change of each knob: reversing it is allowed only once it was measured worse (or, for the
         # KL ladder, when the ladder made it; for a cost penalty's step down, when the cost limit is broken again)
         self._last_move = {knob: (direction, verdict, ladder) for (knob, direction), verdict, ladder in moves}
+        self._held = self._learning_first(snapshot)
         for rule in (self._non_finite, self._stop, self._exploding, self._regression):
             decision = rule(snapshot, menu)
             if decision is not None:
@@ -301,10 +307,13 @@ class RuleManager(Manager):
                 continue
             decision = rule(snapshot, menu)
             if decision is not None:
+                if self._held and isinstance(decision, NoAction):
+                    decision = decision.model_copy(update={"reason": f"{decision.reason}; {self._held}"})
                 return decision
+        held = f"; {self._held}" if self._held else ""
         if waiting:
-            return NoAction(reason="waiting to measure the effect of the latest intervention")
-        return NoAction(reason="no rule fired: keep the recipe", expected_outcome="training continues as it is")
+            return NoAction(reason=f"waiting to measure the effect of the latest intervention{held}")
+        return NoAction(reason=f"no rule fired: keep the recipe{held}", expected_outcome="training continues as it is")
 
     # --------------------------------------------------------------------------- helpers
     def _option(
@@ -442,11 +451,12 @@ class RuleManager(Manager):
             return True
         return latest < s.best.score
 
-    @staticmethod
-    def _success_series(snapshot: TelemetrySnapshot, n: int = 3) -> list[float]:
+    def _success_series(self, snapshot: TelemetrySnapshot, n: int = 3) -> list[float]:
+        """The last ``n`` evaluations' safe success (the task's success while a cost is left unpriced)."""
         values = []
         for row in snapshot.history[-n:]:
-            v = row.safe_success_rate if row.safe_success_rate is not None else row.success_rate
+            safe = row.safe_success_rate if not self._held else None
+            v = safe if safe is not None else row.success_rate
             if finite(v):
                 values.append(v)
         return values if len(values) == min(n, len(snapshot.history)) else []
@@ -549,7 +559,9 @@ class RuleManager(Manager):
             )
         return None
 
-    def _unsafe(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+    def _unsafe_state(self, s: TelemetrySnapshot) -> bool | None:
+        """``None`` when the last 2 evaluations are safe enough for the run; ``True`` when they broke an explicit
+        episode-cost limit; ``False`` when only their violation rate is high for the run."""
         t = s.targets
         rows = s.history[-2:]
         if len(rows) < 2:
@@ -576,12 +588,20 @@ class RuleManager(Manager):
                 return False
             return not finite(success) or success >= self.solving_success
 
-        constrained = all(over_limit(r) for r in rows)
-        if not (constrained or all(high_for_run(r) for r in rows)):
+        if all(over_limit(r) for r in rows):
+            return True
+        return False if all(high_for_run(r) for r in rows) else None
+
+    def _unsafe(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
+        constrained = self._unsafe_state(s)
+        if constrained is None or self._held:
             return None
-        # an explicit episode-cost constraint broken on 2 evaluations is priced while the policy still learns and
-        # until the penalty reaches its top, as a Lagrange multiplier rises while EpCost > d whatever the return:
-        # pricing the cost cuts neither exploration nor the LR (the probation still reverts a raise measured worse)
+        penalty, bonus = self._weights(s)
+        weighed = penalty is not None and bonus is not None and bonus.value > 0
+        # an explicit episode-cost constraint broken on 2 evaluations (of a task learned, or with a success bonus)
+        # is priced while success still rises and until the penalty reaches its top, as a Lagrange multiplier rises
+        # while EpCost > d whatever the return: pricing the cost cuts neither exploration nor the LR (the probation
+        # still reverts a raise measured worse)
         pricing = constrained and self._change(menu, "cost_penalty", "up", 2.0, reverse=True) is not None
         if not pricing and self._improving(s) and not self._cost_rising(s):
             return None  # a policy still learning to succeed, no less safely, is not cut back yet
@@ -593,8 +613,6 @@ class RuleManager(Manager):
             f"{e.violation_rate} at success {e.success_rate}, training episode cost {s.training.mean_episode_cost})"
         )
         expected = SAFETY_OUTCOME
-        penalty, bonus = self._weights(s)
-        weighed = penalty is not None and bonus is not None and bonus.value > 0
         changes: list[KnobChange] = []
         if penalty is not None:
             # next to a success bonus the penalty rises toward balance, never past it: a balanced reward is the
@@ -623,6 +641,40 @@ class RuleManager(Manager):
         if constrained or (not weighed and len(stds) >= 2 and stds[-1] > stds[0]):
             return self._adjust(menu, [("exploration", "down", 0.5)], reason, expected)
         return None
+
+    def _learning_first(self, s: TelemetrySnapshot) -> str:
+        """Why a run that is unsafe for its cost gets no safety move yet ("" when it gets one): the task is learned
+        first.
+
+        A price set while the policy is still learning the task can keep it from learning the skill that avoids
+        the cost. On FetchPickAndPlace seed 240 every arm priced from 200-220k (success 0.2-0.4) stayed near 0.5
+        held-out success, the share of goals met by pushing, while the unpriced arm learned to lift (0.97 at
+        480k); the top penalty set at 400k, once the unpriced run had learned, cut the held-out cost by 99 % at a
+        success 0.05 *higher* (``experiments/results/fetch_pick_costknob``). So, with no success bonus in the
+        reward, the *unsafe* rule waits until success reaches the run's target on the 2 evaluations that broke
+        the limit, or until ``price_hold`` of the budget is spent (a run that never learns is still priced, with
+        time left for the price's ladder to act). Meanwhile the rules that judge progress read the task's
+        success, not the safe success that the unpriced cost holds down. Success unmeasured, no target, a success
+        bonus (the balance rules price the cost against it) or exploration far above usual (an entropy bonus over
+        0.01 or an action std over 1: the cost is the thrashing's) hold nothing."""
+        target, rows = s.targets.success_rate, s.history[-2:]
+        _, bonus = self._weights(s)
+        std = s.health.action_std
+        thrashing = self._high_exploration(s) or (finite(std) and std > 1.0)
+        if target is None or (bonus is not None and bonus.value > 0) or thrashing:
+            return ""
+        if self._unsafe_state(s) is None or not all(finite(r.success_rate) for r in rows):
+            return ""
+        if all(r.success_rate >= target for r in rows):
+            return ""
+        total = s.position.total_steps
+        if total and s.position.step >= self.price_hold * total:
+            return ""
+        return (
+            f"unsafe for the run, but no safety move yet: success {rows[-2].success_rate:.3g}, "
+            f"{rows[-1].success_rate:.3g} on the last 2 evaluations, not both at its target {target:g}; the task is "
+            f"learned first (safety moves from {self.price_hold:.0%} of the budget on)"
+        )
 
     def _over_priced(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         """The cost penalty one step down while the episode-cost constraint has slack.
