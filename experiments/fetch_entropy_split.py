@@ -1,0 +1,23 @@
+"""Which ``--gpu`` FetchPickAndPlace runs learned, next to their policy entropy at 100-200k env steps.
+
+``python experiments/fetch_entropy_split.py``: one line per recorded run (its audit log under
+``experiments/results/fetch_*``): the median policy entropy and entropy coefficient over its evaluations at
+100-200k, and the first evaluation with success >= 0.3. The ``--gpu`` recipe's target entropy is -4 (``-dim(A)``).
+"""
+
+import glob
+import gzip
+import json
+import statistics
+
+for path in sorted(glob.glob("experiments/results/fetch_*/**/audit.jsonl.gz", recursive=True)):
+    snaps = {r["step"]: r["snapshot"] for r in map(json.loads, gzip.open(path, "rt")) if r.get("snapshot")}
+    first = next(iter(snaps.values()), None)
+    if first is None or "PickAndPlace" not in first["task"] or first["algo"] != "fasttqc" or max(snaps) < 160_000:
+        continue
+    window = [snaps[k]["health"] for k in snaps if 100_000 <= k <= 200_000]
+    learned = next((k for k in sorted(snaps) if snaps[k]["evaluation"]["success_rate"] >= 0.3), None)
+    entropy = statistics.median(h["entropy"] for h in window)
+    ent_coef = statistics.median(h["ent_coef"] for h in window)
+    run = path.split("results/")[1].rsplit("/", 1)[0]
+    print(f"{run:<55} entropy {entropy:6.2f}  ent_coef {ent_coef:.4f}  success >= 0.3 from {learned} (to {max(snaps)})")
