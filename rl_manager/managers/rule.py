@@ -48,8 +48,8 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        episode cost over ``cost_limit`` on 2   the action std grew past its start; never
                        evaluations, once solving or while the  LR down (it only slows a learning policy)
                        entropy bonus is far above usual.       (not again while the latest measured
-                       With no success bonus (and a usual      safety move left the cost within 10% of
-                       entropy bonus): only once success       its level and the cost is not rising
+                       With no success bonus (and usual        safety move left the cost within 10% of
+                       exploration): only once success         its level and the cost is not rising
                        reaches its target on both, or past     beyond its noise: the run's own level);
                        ``price_hold`` of the budget (learn     with no bonus, a penalty at zero rises
                        the task first: a price set while it    to the middle of its offered values;
