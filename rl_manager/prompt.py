@@ -296,8 +296,8 @@ PROBLEMS: dict[str, str] = {
     "too early": "too few evaluations, a single noisy dip, or a past change still pending -> no_action",
     "exploration collapse": "entropy or action_std falling while the score is stuck "
     "-> adjust: raise the exploration knob",
-    "cost too high": "cost or violation rate above its limit "
-    "-> adjust: raise the cost_penalty knob or lower exploration",
+    "cost too high": "cost or violation rate above its limit, success near its target "
+    "-> adjust: raise the cost_penalty knob or lower exploration (priced earlier, the task may not be learned)",
     "diverging": "losses, approx_kl or clip_fraction exploding -> adjust: lower learning_rate or clip_range",
     "non-finite": "NaN values -> rollback_and_consolidate (lower learning_rate) or rollback_to_best; "
     "if not allowed, adjust: lower learning_rate",
@@ -332,7 +332,7 @@ Worked examples (signals => problem: action):
 - score 0.40 -> 0.47 -> 0.42, one dip after a rise, losses unchanged => too early: no_action
 - a knob changed 1 evaluation ago, verdict pending => too early: no_action
 - score 0.10 -> 0.10 -> 0.11, entropy 0.8 -> 0.1 -> -0.6 => exploration collapse: adjust, exploration knob up
-- violation rate 0.35 above its limit 0.1 for 3 evaluations => cost too high: adjust, cost_penalty knob up
+- success 0.9, violation rate 0.35 above its limit 0.1 for 3 evaluations => cost too high: adjust, cost_penalty knob up
 - approx_kl 0.01 -> 0.05 -> 0.12, value loss x8 => diverging: adjust, learning_rate down
 - losses NaN, score 0 for 2 evaluations, rollback allowed => non-finite: rollback_and_consolidate, learning_rate down
 - score below the best for 2 evaluations after a change measured "worse", rollback allowed => regression: \
