@@ -5,19 +5,19 @@
 100-200k, and the first evaluation with success >= 0.3. The ``--gpu`` recipe's target entropy is -4 (``-dim(A)``).
 """
 
-import glob
-import gzip
-import json
 import statistics
+from pathlib import Path
 
-for path in sorted(glob.glob("experiments/results/fetch_*/**/audit.jsonl.gz", recursive=True)):
-    snaps = {r["step"]: r["snapshot"] for r in map(json.loads, gzip.open(path, "rt")) if r.get("snapshot")}
+from rl_manager.audit import read_audit
+
+for path in sorted(Path("experiments/results").glob("fetch_*/**/audit.jsonl.gz")):
+    snaps = {r.step: r.snapshot for r in read_audit(path.with_suffix("")) if r.snapshot is not None}
     first = next(iter(snaps.values()), None)
-    if first is None or "PickAndPlace" not in first["task"] or first["algo"] != "fasttqc" or max(snaps) < 160_000:
+    if first is None or "PickAndPlace" not in first.task or first.algo != "fasttqc" or max(snaps) < 160_000:
         continue
-    window = [snaps[k]["health"] for k in snaps if 100_000 <= k <= 200_000]
-    learned = next((k for k in sorted(snaps) if snaps[k]["evaluation"]["success_rate"] >= 0.3), None)
-    entropy = statistics.median(h["entropy"] for h in window)
-    ent_coef = statistics.median(h["ent_coef"] for h in window)
-    run = path.split("results/")[1].rsplit("/", 1)[0]
+    window = [snaps[k].health for k in snaps if 100_000 <= k <= 200_000]
+    learned = next((k for k in sorted(snaps) if snaps[k].evaluation.success_rate >= 0.3), None)
+    entropy = statistics.median(h.entropy for h in window)
+    ent_coef = statistics.median(h.ent_coef for h in window)
+    run = str(path.parent.relative_to("experiments/results"))
     print(f"{run:<55} entropy {entropy:6.2f}  ent_coef {ent_coef:.4f}  success >= 0.3 from {learned} (to {max(snaps)})")

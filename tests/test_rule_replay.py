@@ -43,7 +43,7 @@ def test_the_rule_prices_a_pick_and_place_run_once_it_has_learned():
     replayed as a rule arm branched at 200k with a 520k budget: no move while success is below its target, not
     even the *stuck*/*collapse* moves that read the safe success held near 0 by the unpriced cost; the first price
     at 400k (success 0.92, 0.90), where the top penalty cut the held-out cost 99 % at success +0.05."""
-    records = [r for r in read_audit(RESULTS / "fetch_pick_costknob" / "fixed_s240_520" / "audit.jsonl")]
+    records = read_audit(RESULTS / "fetch_pick_costknob" / "fixed_s240_520" / "audit.jsonl")
     records = [r for r in records if r.kind == "decision" and r.snapshot is not None and r.step >= 220_000]
     assert len(records) == 16
     moves = []
