@@ -196,10 +196,14 @@ def test_decide_against_real_server(server):
     assert first.latency_s > 0 and outcome.latency_s >= first.latency_s
     if first.finish_reason != "length":  # json_schema: the server's grammar yields schema-valid JSON
         DecisionAdapter.validate_json(first.raw_reply)
-    if outcome.fallback is None:
-        assert outcome.proposer == "llm" and not first.errors
-    else:  # the guard refused (e.g. a menu value not copied exactly): logged, then the fallback
+    last = outcome.attempts[-1]
+    if outcome.fallback is None:  # the LLM's decision was taken, at once or on the one re-ask
+        assert outcome.proposer == "llm" and last.proposer == "llm" and not last.errors
+        if first.errors:  # the re-ask quoted the guard's refusal to the model
+            assert len(outcome.attempts) == 2 and all(error in last.prompt for error in first.errors)
+    else:  # the guard refused every LLM reply (e.g. a menu value not copied exactly): logged, then the fallback
         assert first.errors and outcome.fallback in ("rule", "no_action")
+        assert all(a.errors for a in outcome.attempts if a.proposer == "llm")
     DecisionAdapter.validate_python(outcome.decision.model_dump())
 
 
