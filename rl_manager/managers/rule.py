@@ -69,11 +69,13 @@ rule uses the knobs of that role that the menu offers, in menu order.
  9     learning        success (or score) rose significantly   no_action
                        over the last 3 evaluations (rise
                        above 2 s.e. of the difference)
- 10    collapsed       entropy down ≥ 1 nat or by half, or     exploration ×2
-                       action std < 0.1 (the exploration knob
-                       at its floor only where exploration is
-                       not measured); success flat; return
-                       not improving (†)
+ 10    collapsed       entropy down ≥ 1 nat or by half (not    exploration ×2
+                       under automatic entropy tuning: there
+                       the entropy falls to its target by
+                       design), or action std < 0.1 (the
+                       exploration knob at its floor only
+                       where exploration is not measured);
+                       success flat; return not improving (†)
  11    under-stepping  PPO: approx KL of the latest update     LR ×1.5 (rl_games' KL-adaptive rule)
                        < target/2 and the mean clip fraction
                        of the last 2 boundaries <
@@ -92,7 +94,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
                        the budget used, return not             exploration ×2 when at its floor (the
                        improving (†)                           off-policy starved state); else
-                                                               exploration ×1.5
+                                                               exploration ×1.5 (not a target entropy
+                                                               that the entropy exceeds by over 1 nat:
+                                                               the tuner cannot hold it down already)
  13    plateau         no new best score for                   LR ×0.5, once: not again unless the last
                        ``plateau_evals`` evaluations and no    decay was measured ``improved``
                        new best mean return either, ≥ 30% of
@@ -140,6 +144,7 @@ from rl_manager.schema import (
     KnobChange,
     KnobMenu,
     KnobOption,
+    KnobSpec,
     NoAction,
     RollbackAndConsolidate,
     RollbackToBest,
@@ -158,6 +163,12 @@ SLACK_OUTCOME = "episode cost up toward its limit, fewer goals given up for safe
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
     return any(v is not None and not math.isfinite(v) for v in values)
+
+
+def _at_floor(knob: KnobSpec) -> bool:
+    """Whether a knob sits within 2× of a positive lower bound, or at a lower bound of 0 or below (a target entropy
+    of -4 over [-16, -1] is not at its floor)."""
+    return knob.value <= (2 * knob.low if knob.low > 0 else knob.low + 1e-12)
 
 
 def _flat(values: list[float], tol: float = 0.05) -> bool:
@@ -924,7 +935,22 @@ class RuleManager(Manager):
     @staticmethod
     def _exploration_at_floor(s: TelemetrySnapshot) -> bool:
         """Whether an exploration knob sits at (or within 2× of) its lower bound."""
-        return any(k.role == "exploration" and k.value <= max(2 * k.low, 1e-12) for k in s.knobs)
+        return any(k.role == "exploration" and _at_floor(k) for k in s.knobs)
+
+    @staticmethod
+    def _entropy_target(s: TelemetrySnapshot) -> float | None:
+        """The target entropy of a run whose entropy coefficient is tuned toward it (SAC/TQC ``ent_coef="auto"``),
+        else ``None``."""
+        return next((k.value for k in s.knobs if k.name == "target_entropy"), None)
+
+    @staticmethod
+    def _recent_entropy(s: TelemetrySnapshot, n: int = 3) -> float | None:
+        """The median policy entropy of the latest ``n`` boundaries (robust to a single batch's estimate far off:
+        a saturated squashed Gaussian reads tens of nats below its level), else the health's, else ``None``."""
+        values = [r.entropy for r in s.history[-n:] if finite(r.entropy)]
+        if values:
+            return statistics.median(values)
+        return s.health.entropy if finite(s.health.entropy) else None
 
     def _rebalance(self, s: TelemetrySnapshot, menu: ActionSpace) -> list[KnobChange]:
         """Reward weights back toward balance when the cost penalty outweighs the success bonus > max_ratio×."""
@@ -1039,7 +1065,9 @@ class RuleManager(Manager):
 
     def _collapsed(self, s: TelemetrySnapshot, menu: ActionSpace) -> bool:
         entropies = [r.entropy for r in s.history if finite(r.entropy)]
-        if len(entropies) >= 2:
+        # Under automatic entropy tuning the entropy falls to its target by design (and the tuner pushes it back up
+        # from below): a fall is the tuner at work, not a collapse.
+        if len(entropies) >= 2 and self._entropy_target(s) is None:
             first, last = entropies[0], entropies[-1]
             if first - last >= 1.0 or (first > 0 and last < 0.5 * first):
                 return True
@@ -1053,7 +1081,7 @@ class RuleManager(Manager):
                 return True
         # a knob pinned at the floor has no "down" option and may be absent from the menu
         for spec in s.knobs:
-            if spec.role == "exploration" and spec.value <= max(2 * spec.low, 1e-12) and spec.value < spec.high:
+            if spec.role == "exploration" and _at_floor(spec) and spec.value < spec.high:
                 return True
         return False
 
@@ -1084,6 +1112,12 @@ class RuleManager(Manager):
         if changes:  # one bold combined move, as in the starved states
             return Adjust(
                 changes=changes, reason="no progress at a small learning rate", expected_outcome="success starts rising"
+            )
+        target, entropy = self._entropy_target(s), self._recent_entropy(s)
+        if target is not None and entropy is not None and entropy > target + 1.0:
+            return NoAction(
+                reason=f"no progress, but the policy entropy ({entropy:.3g}) sits over 1 nat above its target "
+                f"({target:g}) already: a higher target adds no exploration"
             )
         decision = self._adjust(
             menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising"
