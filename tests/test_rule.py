@@ -824,3 +824,53 @@ def test_a_held_price_leaves_progress_to_the_tasks_success():
         r.mean_cost, r.violation_rate = 0.0, 0.0
     out = decide(snap, RuleManager())
     assert [(c.knob, c.after > c.before) for c in out.changes] == [("ent_coef", True)], out.decision.reason
+
+
+def _auto_entropy(snap, target: float = -4.0):
+    """``snap`` with SAC/TQC's ``ent_coef="auto"``: a target-entropy knob in place of the entropy bonus."""
+    snap.knobs[1] = KnobSpec(
+        name="target_entropy", value=target, low=-16.0, high=-1.0, role="exploration", conservative="down"
+    )
+    return snap
+
+
+def test_an_entropy_tuned_down_to_its_target_is_no_collapse():
+    """SafeFetchReach's tuned SAC: the entropy falls from ~+1 to its target -4 over the first evaluations, as the
+    tuner drives it; the *collapsed* rule read that fall as a collapse and raised the target at 5-13k steps on
+    every tuned run of v3/v4/v13b. The same fall under a fixed entropy bonus still is one."""
+    snap = _auto_entropy(flat_collapsed())
+    for r, entropy in zip(snap.history, [1.2, -0.9, -2.6, -4.1], strict=True):
+        r.entropy = entropy
+    out = decide(snap, RuleManager())
+    assert out.decision.action == "no_action", out.decision
+    assert [c.knob for c in decide(flat_collapsed(), RuleManager()).changes] == ["ent_coef"]
+
+
+def test_stuck_raises_no_target_that_the_entropy_already_exceeds():
+    """FetchPickAndPlace at chance: the policy sits 3-6 nats above its target entropy of -4 (the tuner cannot bring
+    it down), and the *stuck* rule raised the target -4 -> -3 -> -2.25 -> -1.69 (seed 244): moves that add no
+    exploration. At its target the same run still gets the higher target."""
+
+    def stuck(entropies):
+        snap = _auto_entropy(_slow_learner([-50.0, -50.0, -49.9, -50.0, -50.0, -49.95], algo="tqc"))
+        for r, entropy in zip(snap.history, entropies, strict=True):
+            r.success_rate, r.score, r.action_std, r.entropy = 0.02, 0.02, None, entropy
+        snap.health.action_std, snap.health.entropy = None, entropies[-1]
+        return decide(snap, RuleManager())
+
+    above = stuck([1.5, 1.5, 0.8, 1.3, -24.4, 2.2])  # one batch's estimate far below: the median holds
+    assert above.decision.action == "no_action" and "above its target" in above.decision.reason
+    at = stuck([-3.9, -4.2, -3.8, -4.1, -4.0, -3.7])
+    assert [(c.knob, c.after > c.before) for c in at.changes] == [("target_entropy", True)], at.decision
+
+
+def test_a_negative_lower_bound_is_not_a_floor():
+    """A target entropy of -4 over [-16, -1] is not "at its floor" (``value <= max(2 * low, 1e-12)`` said it was);
+    an entropy bonus of 0 over [0, 0.5] still is."""
+    snap = _auto_entropy(make_snapshot())
+    assert not RuleManager._exploration_at_floor(snap)
+    snap.knobs[1].value = -16.0
+    assert RuleManager._exploration_at_floor(snap)
+    zero = make_snapshot()
+    zero.knobs[1].low, zero.knobs[1].value = 0.0, 0.0
+    assert RuleManager._exploration_at_floor(zero)

@@ -12,6 +12,7 @@ import pytest
 
 from rl_manager.audit import read_audit, redecide
 from rl_manager.managers import RuleManager
+from rl_manager.menu import build_action_space
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 # grid folder -> the rule runs in it (glob), and how many there are
@@ -54,3 +55,22 @@ def test_the_rule_prices_a_pick_and_place_run_once_it_has_learned():
         if r.step < 400_000:
             assert "no safety move yet" in decision.reason or "learning" in decision.reason, (r.step, decision)
     assert moves[0] == (400_000, "cost_penalty", 0.2)
+
+
+def test_the_rule_leaves_seed_234s_pick_and_place_run_alone_until_it_has_learned():
+    """Seed 234's unpriced ``--gpu`` run (FetchPickAndPlace, 40k-step evaluations; success 0.34 at 200k, 0.94 at
+    320k), which neither the learn-first hold nor the automatic-entropy change was written from, replayed with the
+    cost knob of ``fetch_pick_costknob`` added to its recipe: no move at all while it learns (the rule raised
+    ``target_entropy`` at 120k and 160k, reading the entropy's fall to its target as a collapse), then the first
+    price at 360k, once success is at its target on 2 evaluations (0.94, 0.88)."""
+    priced = read_audit(RESULTS / "fetch_pick_costknob" / "fixed_s240_520" / "audit.jsonl")
+    knob = next(k for r in priced if r.snapshot is not None for k in r.snapshot.knobs if k.name == "cost_penalty")
+    records = read_audit(RESULTS / "fetch_throughput" / "learning_gpu_s234" / "audit.jsonl")
+    records = [r for r in records if r.kind == "decision" and r.snapshot is not None]
+    assert [r.step for r in records] == list(range(40_000, 440_000, 40_000))
+    moves = []
+    for r in records:
+        snapshot = r.snapshot.model_copy(update={"knobs": [*r.snapshot.knobs, knob]})
+        decision = RuleManager().rule_decision(snapshot, build_action_space(snapshot))
+        moves += [(r.step, c.knob, c.value) for c in getattr(decision, "changes", [])]
+    assert moves[0] == (360_000, "cost_penalty", 0.2), moves
