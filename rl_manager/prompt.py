@@ -294,8 +294,8 @@ def render_messages(messages: Sequence[dict[str, str]]) -> str:
 PROBLEMS: dict[str, str] = {
     "healthy": "score rising or steady and nothing wrong -> no_action",
     "too early": "too few evaluations, a single noisy dip, or a past change still pending -> no_action",
-    "exploration collapse": "entropy or action_std falling while the score is stuck "
-    "-> adjust: raise the exploration knob",
+    "exploration collapse": "entropy or action_std falling while the score is stuck (not an entropy falling to "
+    "its target_entropy: the tuner does that) -> adjust: raise the exploration knob",
     "cost too high": "cost or violation rate above its limit, success near its target "
     "-> adjust: raise the cost_penalty knob or lower exploration (priced earlier, the task may not be learned)",
     "diverging": "losses, approx_kl or clip_fraction exploding -> adjust: lower learning_rate or clip_range",
