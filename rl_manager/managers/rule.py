@@ -1135,6 +1135,9 @@ class RuleManager(Manager):
         target = s.targets.success_rate
         if target is not None and success and success[-1] >= target:
             return None
+        shown = self._success_series(s, len(s.history))
+        if shown and max(shown) < 0.1:
+            return None  # never off the floor (the *stuck* level): a stuck or slow run, no plateau to fine-tune
         if any(i.expected_outcome == PLATEAU_OUTCOME and i.verdict != "improved" for i in s.interventions):
             return None  # one decay that brought no new best is not compounded into a starved run
         returns = [r.mean_return for r in s.history]
