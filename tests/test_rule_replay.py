@@ -74,3 +74,19 @@ def test_the_rule_leaves_seed_234s_pick_and_place_run_alone_until_it_has_learned
         decision = RuleManager().rule_decision(snapshot, build_action_space(snapshot))
         moves += [(r.step, c.knob, c.value) for c in getattr(decision, "changes", [])]
     assert moves[0] == (360_000, "cost_penalty", 0.2), moves
+
+
+def test_no_plateau_decay_for_a_run_that_never_left_the_floor():
+    """SafeFetchReach tuned, seed 411 (v28): success 0.00-0.05 on its first 8 evaluations, then the *plateau* rule
+    halved the LR at 40 % of the budget; left alone, the run learned by 85 % (held-out 0.77 safe success), decayed it
+    ended at 0.20. A flat score at the floor is a stuck (or slow) run, not a plateau to fine-tune; the same boundary
+    with the run once at 0.3 still gets the decay."""
+    records = read_audit(RESULTS / "safe_fetch_reach_v28_autoentropy" / "runs" / "tuned-rule" / "s411" / "audit.jsonl")
+    record = next(r for r in records if r.kind == "decision" and r.step == 8000)
+    assert [(c.knob, c.value) for c in record.decision.changes] == [("learning_rate", 0.0005)]
+    assert "plateau" in record.decision.reason
+    assert RuleManager().rule_decision(record.snapshot, record.menu).action == "no_action"
+    off_the_floor = record.snapshot.model_copy(deep=True)
+    off_the_floor.history[0].success_rate = off_the_floor.history[0].safe_success_rate = 0.3
+    decision = RuleManager().rule_decision(off_the_floor, record.menu)
+    assert [(c.knob, c.value) for c in decision.changes] == [("learning_rate", 0.0005)], decision
