@@ -106,7 +106,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        the last 2 boundaries ≥ target: halving
                        an LR that already steps below its
                        target only slows a run, the opposite
-                       of the under-stepping rule)
+                       of the under-stepping rule); not while
+                       success never left the *stuck* level
+                       (< 0.1) over the history shown
  14    otherwise       (incl. a dip within the noise)          no_action
 =====  ==============  ======================================  ==========================================
 
