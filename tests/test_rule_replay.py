@@ -20,6 +20,7 @@ JUDGED = {
     "paper_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 205-209, three starts
     "planar_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 210-214, three starts
     "safe_fetch_reach_v27_slack": ("runs/reckless-rule/s*", 16),  # seeds 391-406, the reckless start with the cost knob
+    "safe_fetch_reach_v28b_plateaufloor": ("runs/tuned-rule/s4??", 6),  # seeds 413-418, the tuned start (auto entropy)
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
