@@ -161,6 +161,8 @@ PLATEAU_OUTCOME = "finer updates, a new best"
 LADDER_OUTCOME = "approx KL toward its target"
 #: expected outcome of the over-priced rule's step down of a cost penalty (the Lagrange multiplier's descent)
 SLACK_OUTCOME = "episode cost up toward its limit, fewer goals given up for safety"
+#: success below which a run has not left the floor: *stuck* when flat there, and never a *plateau*
+STUCK_SUCCESS = 0.1
 
 
 def _nonfinite(values: Iterable[float | None]) -> bool:
@@ -1103,7 +1105,7 @@ class RuleManager(Manager):
 
     def _stuck(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         success = self._success_series(s)
-        if not (_flat(success) and max(success) < 0.1):
+        if not (_flat(success) and max(success) < STUCK_SUCCESS):
             return None
         progress = s.position.progress
         if progress is not None and progress < self.stuck_progress:
@@ -1138,8 +1140,8 @@ class RuleManager(Manager):
         if target is not None and success and success[-1] >= target:
             return None
         shown = self._success_series(s, len(s.history))
-        if shown and max(shown) < 0.1:
-            return None  # never off the floor (the *stuck* level): a stuck or slow run, no plateau to fine-tune
+        if shown and max(shown) < STUCK_SUCCESS:
+            return None  # never off the floor: a stuck or slow run, no plateau to fine-tune
         if any(i.expected_outcome == PLATEAU_OUTCOME and i.verdict != "improved" for i in s.interventions):
             return None  # one decay that brought no new best is not compounded into a starved run
         returns = [r.mean_return for r in s.history]
