@@ -404,6 +404,7 @@ class Controller:
             step=self.observation.step,
             score=score,
             knobs=self.knob_values(),
+            success_rate=self.observation.evaluation.success_rate,
         )
         self.best_checkpoint = self.adapter.checkpoint(self.run_dir / self.best_file if self.best_file else None)
 

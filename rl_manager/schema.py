@@ -326,12 +326,17 @@ class HistoryRow(StrictModel):
 
 
 class BestCheckpoint(StrictModel):
-    """The best evaluation so far and the recipe it was reached with."""
+    """The best evaluation so far and the recipe it was reached with.
+
+    :param success_rate: the task's success at that evaluation (where measured): with a safe-success score, the best
+        checkpoint by score can be a policy that has not learned the task (one that does not move yet incurs no cost)
+    """
 
     evaluation_index: int
     step: int
     score: float
     knobs: dict[str, float] = Field(default_factory=dict)
+    success_rate: float | None = None
 
 
 class InterventionOutcome(StrictModel):

@@ -20,9 +20,11 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        interval, or 2 binomial s.e.); not      current recipe)
                        again to a best that predates the last
                        rollback (that one led to no new best)  (PPO: no consolidation while the mean
-                                                               approx KL of the last 2 boundaries is
-                                                               below its target: it only slows the
-                                                               recovery)
+                       nor to a best of significantly lower    approx KL of the last 2 boundaries is
+                       task success; while the cost is         below its target: it only slows the
+                       unpriced or the learn-first hold (7)    recovery)
+                       is on, the drop must be in the task's
+                       success, not the safe score alone
  — warm-up (< ``min_evaluations`` evaluations) or the latest intervention still on probation
    (< ``min_measured`` evaluations measured after it): no_action —
  4b    harmed          the latest adjust was measured worse    move its knobs back toward their old values
@@ -524,11 +526,40 @@ class RuleManager(Manager):
             latest = s.history[-1].score if s.history else None
             if latest is not None and math.isfinite(latest) and s.best.score - latest < noise:
                 return None
+        if not self._rollback_keeps_the_task(s):
+            return None
         kl = self._kl(s)
         # PPO updates already below their target: a consolidation (LR down first) only slows the recovery,
         # as for plateau; the rollback alone keeps the recipe in force
         small_steps = bool(kl) and statistics.fmean(kl) < self.target_kl
         return self._rollback(menu, "the score stayed well below the best checkpoint", consolidate=not small_steps)
+
+    def _rollback_keeps_the_task(self, s: TelemetrySnapshot) -> bool:
+        """Whether a rollback to the best checkpoint (by score) keeps the task's success: not when that checkpoint
+        succeeds significantly less often than the latest evaluation (2 binomial s.e. of the difference); and while
+        the cost is unpriced (a cost penalty at 0, no success bonus) or the learn-first hold is on, only when the
+        latest success fell significantly below the checkpoint's (a best whose success is not known gets none).
+
+        With a safe-success score and the cost unpriced, the policy does not see the cost, and the best checkpoint
+        can be one that has not started to move (no cost, success by chance): on FetchPickAndPlace seed 249
+        (``fetch_pick_costknob``) it was the 20k model (safe success 0.12, cost 0), and the rule would have rolled
+        the run back to it at 140k (success 0.06, at chance) and at 400k and 420k while success climbed (0.54,
+        0.70). A drop of the safe score that the task's success does not share is the cost appearing: a matter for
+        the price (the *unsafe* rule, in its time), not for going back."""
+        latest = s.history[-1].success_rate if s.history else None
+        best = s.best.success_rate if s.best is not None else None
+        if best is None and s.best is not None:
+            best = next((r.success_rate for r in s.history if r.evaluation_index == s.best.evaluation_index), None)
+        n = s.evaluation.n_episodes
+        penalty, bonus = self._weights(s)
+        unpriced = penalty is not None and penalty.value <= 0 and (bonus is None or bonus.value <= 0)
+        by_success = bool(self._held) or unpriced
+        if latest is None or best is None or not (finite(latest) and finite(best) and n > 0):
+            return not by_success
+        noise = 2.0 * math.sqrt((best * (1.0 - best) + latest * (1.0 - latest)) / n)
+        if latest - best > noise:
+            return False
+        return not by_success or best - latest > noise
 
     def _undo_harm(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         last = next((i for i in reversed(s.interventions) if i.action == "adjust"), None)
