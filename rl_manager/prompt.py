@@ -167,7 +167,8 @@ def _section_best(s: TelemetrySnapshot) -> list[str]:
     b = s.best
     if b is None:
         return []
-    lines = [f"evaluation {b.evaluation_index}, step {b.step}, score {fmt(b.score)}"]
+    success = f", success {fmt(b.success_rate)}" if b.success_rate is not None else ""
+    lines = [f"evaluation {b.evaluation_index}, step {b.step}, score {fmt(b.score)}{success}"]
     current = s.knob_values()
     for name in sorted(b.knobs):
         value = b.knobs[name]
@@ -302,7 +303,8 @@ PROBLEMS: dict[str, str] = {
     "non-finite": "NaN values -> rollback_and_consolidate (lower learning_rate) or rollback_to_best; "
     "if not allowed, adjust: lower learning_rate",
     "regression": "score below the best for 2+ evaluations after a change -> rollback_to_best or "
-    "rollback_and_consolidate; if not allowed, undo the change",
+    "rollback_and_consolidate (not to a best checkpoint whose success was lower than now); if not allowed, undo "
+    "the change",
     "plateau": "score flat for 3+ evaluations, nothing else wrong -> adjust: lower learning_rate",
     "overfitting": "validation loss rising while training loss falls -> adjust: raise regularization, "
     "else lower learning_rate",
@@ -505,8 +507,9 @@ def _compact_history(s: TelemetrySnapshot, n_rows: int = COMPACT_HISTORY_ROWS) -
             if b.evaluation_index == s.position.evaluation_index
             else f"evaluation {b.evaluation_index}"
         )
+        success = f" (success {fmt(b.success_rate)} then)" if b.success_rate is not None else ""
         lines.append(
-            f"best score so far: {fmt(b.score)} at {where}"
+            f"best score so far: {fmt(b.score)} at {where}{success}"
             + (f"; knobs then: {', '.join(diff)}" if diff else "; knobs then: same as now")
         )
     return lines

@@ -259,3 +259,22 @@ def test_probation_can_be_switched_off(tmp_path: Path) -> None:
     ctl.boundary(observation(1000, 0.8, n=200))
     ctl.boundary(observation(2000, 0.1, n=200))
     assert adapter.values["learning_rate"] == pytest.approx(5e-3)
+
+
+def test_the_best_checkpoint_records_the_tasks_success(tmp_path):
+    """The best checkpoint by safe success keeps that evaluation's task success: the rule reads it to keep a
+    rollback from unlearning the task (a policy that does not move yet is safe, and fails)."""
+    from rl_manager.controller import Observation
+    from rl_manager.schema import EvalMetrics
+    from tests.fakes import make_controller
+
+    ctl, _ = make_controller(tmp_path)
+    for i, (success, safe) in enumerate([(0.12, 0.12), (0.5, 0.0), (0.9, 0.3)]):
+        evaluation = EvalMetrics(n_episodes=50, success_rate=success, safe_success_rate=safe, mean_cost=5.0 * i)
+        ctl.boundary(Observation(step=1000 * (i + 1), evaluation=evaluation, total_steps=10_000))
+        if i == 1:
+            assert (ctl.state.best.step, ctl.state.best.success_rate) == (1000, 0.12)
+    ctl.close()
+    assert ctl.state.score_name == "safe_success_rate"
+    assert (ctl.state.best.score, ctl.state.best.success_rate) == (0.3, 0.9)
+    assert ctl.snapshot().best.success_rate == 0.9

@@ -874,3 +874,37 @@ def test_a_negative_lower_bound_is_not_a_floor():
     zero = make_snapshot()
     zero.knobs[1].low, zero.knobs[1].value = 0.0, 0.0
     assert RuleManager._exploration_at_floor(zero)
+
+
+def _safe_score_drop(best_success: float | None, latest_success: float, penalty: float | None):
+    """A rollback gate open on a safe-success score (best 0.6, then 2 evaluations at 0.4, 50 episodes each) with
+    the task's success of the best checkpoint and of the latest evaluation given, and a Fetch cost penalty."""
+    snap = regressed(2)
+    snap.score_name = "safe_success_rate"
+    for row in snap.history:
+        row.safe_success_rate = row.score
+    snap.history[-1].success_rate = latest_success
+    snap.best.success_rate = best_success
+    snap.evaluation.n_episodes = 50
+    if penalty is not None:
+        snap.knobs = [*snap.knobs, _fetch_penalty(penalty)]
+    assert "rollback_to_best" in build_action_space(snap).actions
+    return snap
+
+
+def test_a_rollback_keeps_the_task():
+    """The best checkpoint by safe success can be a policy that has not learned the task: on PickAndPlace seed 249
+    the 20k model (safe success 0.12 at cost 0, not yet moving), to which the rule would have rolled back a run at
+    success 0.54 and 0.70. No rollback to a best of significantly lower success; while the cost is unpriced
+    (penalty 0, no bonus), only for a drop in the task's success, not the safe score alone."""
+
+    def rolls_back(*args) -> bool:
+        return decide(_safe_score_drop(*args), RuleManager()).decision.action.startswith("rollback")
+
+    assert rolls_back(0.6, 0.4, 0.5)  # priced, success fell with the safe score: as before
+    assert rolls_back(None, 0.4, None)  # no cost knob, success of the best unknown: as before
+    assert not rolls_back(0.3, 0.9, 0.5)  # the best solved the task far less often: it would unlearn it
+    assert rolls_back(0.6, 0.6, 0.5)  # priced: a safe-score drop alone is a regression the price has not fixed
+    assert not rolls_back(0.6, 0.6, 0.0)  # unpriced: the drop is the cost the policy cannot see
+    assert rolls_back(0.6, 0.3, 0.0)  # unpriced, and the task's success fell too
+    assert not rolls_back(None, 0.3, 0.0)  # unpriced, the best's success unknown: no evidence the task fell

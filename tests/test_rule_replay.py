@@ -19,12 +19,17 @@ RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 JUDGED = {
     "paper_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 205-209, three starts
     "planar_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 210-214, three starts
-    "safe_fetch_reach_v27_slack": ("runs/reckless-rule/s*", 16),  # seeds 391-406, the reckless start with the cost knob
+    # seeds 391-406, the reckless start with the cost knob; its seed 395 is left out below
+    "safe_fetch_reach_v27_slack": ("runs/reckless-rule/s*", 16),
     "safe_fetch_reach_v28b_plateaufloor": ("runs/tuned-rule/s4??", 6),  # seeds 413-418, the tuned start (auto entropy)
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
 # README, "The rule change written from it").
+# Changed on purpose, judged in safe_fetch_reach_v29_rollbacktask (seeds 419-424): v27's seed 395, whose rollback at
+# 25k (success 1.0, the safe score 0.85 against the best's 1.0, under the learn-first hold) the rule no longer takes
+# (a rollback keeps the task: RuleManager._rollback_keeps_the_task).
+CHANGED = {("safe_fetch_reach_v27_slack", "s395")}
 
 
 @pytest.mark.parametrize("grid", sorted(JUDGED))
@@ -34,6 +39,8 @@ def test_the_rule_repeats_its_judged_decisions(grid):
     assert len(runs) == expected, f"{grid}: {len(runs)} rule runs, expected {expected}"
     changed = []
     for run in runs:
+        if (grid, run.name) in CHANGED:
+            continue
         records = [r for r in read_audit(run / "audit.jsonl") if r.proposer == "rule"]
         assert records, f"{run}: no decision of the rule"
         changed += [f"{run.name} step {r.step}: {r.decision} -> {mine}" for r, mine in redecide(records, RuleManager())]
@@ -91,3 +98,24 @@ def test_no_plateau_decay_for_a_run_that_never_left_the_floor():
     off_the_floor.history[0].success_rate = off_the_floor.history[0].safe_success_rate = 0.3
     decision = RuleManager().rule_decision(off_the_floor, record.menu)
     assert [(c.knob, c.value) for c in decision.changes] == [("learning_rate", 0.0005)], decision
+
+
+def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_that_had_not_moved():
+    """Seed 249's unmanaged PickAndPlace run (at chance to 200k, success 0.48-0.70 at 360-420k, 0.98 at 480k),
+    replayed at the budgets 520k and 720k from its recorded snapshots, with the best checkpoint's success as the
+    controller now records it (the 20k model's 0.12; the best until 480k, by its safe success 0.12 at cost 0): the
+    rule before the change rolled it back to that model at 140k, 400k and 420k; now no boundary gets a rollback
+    until the run has learned."""
+    records = read_audit(RESULTS / "fetch_pick_costknob" / "long_s249_600" / "audit.jsonl")
+    records = [r for r in records if r.kind == "decision" and r.snapshot is not None]
+    success = {r.step: r.snapshot.evaluation.success_rate for r in records}
+    for budget in (520_000, 720_000):
+        rollbacks = []
+        for r in records:
+            snapshot = r.snapshot.model_copy(deep=True)
+            snapshot.position.total_steps = budget
+            snapshot.best.success_rate = success[snapshot.best.step]
+            decision = RuleManager().rule_decision(snapshot, build_action_space(snapshot))
+            if decision.action.startswith("rollback") and r.step < 480_000:
+                rollbacks.append(r.step)
+        assert rollbacks == [], (budget, rollbacks)
