@@ -22,6 +22,7 @@ JUDGED = {
     # seeds 391-406, the reckless start with the cost knob; its seed 395 is left out below
     "safe_fetch_reach_v27_slack": ("runs/reckless-rule/s*", 16),
     "safe_fetch_reach_v28b_plateaufloor": ("runs/tuned-rule/s4??", 6),  # seeds 413-418, the tuned start (auto entropy)
+    "safe_fetch_reach_v29_rollbacktask": ("runs/reckless-rule/s4??", 6),  # seeds 419-424, v27's configuration
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
