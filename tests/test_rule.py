@@ -462,9 +462,13 @@ def test_a_broken_cost_limit_is_priced_once_the_task_is_learned():
     held = decide(_fetch_cost_run(learning, [20.0] * 4, 0.0), RuleManager())
     assert not held.changes and "no safety move yet" in held.decision.reason
     late = _fetch_cost_run(learning, [20.0] * 4, 0.0)
-    late.position.step = 75  # three quarters of the budget spent: priced even below the target
-    assert [(c.knob, c.after) for c in decide(late, RuleManager()).changes] == [("cost_penalty", 0.2)]
-    assert not decide(late, RuleManager(price_hold=0.9)).changes
+    late.position.step = 75  # three quarters of the budget spent, but success still rises: held
+    out = decide(late, RuleManager())
+    assert not out.changes and "still rises" in out.decision.reason
+    stalled = _fetch_cost_run([0.3, 0.36, 0.26, 0.36], [20.0] * 4, 0.0)
+    stalled.position.step = 75  # ... and once it has stopped rising: priced even below the target
+    assert [(c.knob, c.after) for c in decide(stalled, RuleManager()).changes] == [("cost_penalty", 0.2)]
+    assert not decide(stalled, RuleManager(price_hold=0.9)).changes
     learned = [0.5, 0.7, 0.86, 0.9]  # still rising, at its target on the 2 evaluations over the limit
     out = decide(_fetch_cost_run(learned, [20.0] * 4, 0.0), RuleManager())
     assert [(c.knob, c.after) for c in out.changes] == [("cost_penalty", 0.2)]

@@ -53,11 +53,12 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        With no success bonus (and usual        safety move left the cost within 10% of
                        exploration): only once success         its level and the cost is not rising
                        reaches its target on both, or past     beyond its noise: the run's own level);
-                       ``price_hold`` of the budget (learn     with no bonus, a penalty at zero rises
-                       the task first: a price set while it    to the middle of its offered values;
-                       is being learned can block the skill    over a ``cost_limit``, the penalty rises
-                       that avoids the cost)                   after a move that did not lower the cost
-                                                               too (Lagrangian)
+                       ``price_hold`` of the budget once its   with no bonus, a penalty at zero rises
+                       success stops rising (trend t <         to the middle of its offered values;
+                       ``trend_t``) (learn the task first: a   over a ``cost_limit``, the penalty rises
+                       price set while it is being learned     after a move that did not lower the cost
+                       can block the skill that avoids the     too (Lagrangian)
+                       cost)
  7b    over-priced     a cost penalty at its top (no success   the penalty one offered step down, toward
                        bonus) under a ``cost_limit``: mean     ×0.75 and not below ×0.5 (the other half
                        evaluation cost of the last 3           of the Lagrange multiplier's update: it
@@ -699,10 +700,13 @@ class RuleManager(Manager):
         success 0.05 *higher* (``experiments/results/fetch_pick_costknob``). So, with no success bonus in the
         reward, the *unsafe* rule waits until success reaches the run's target on the 2 evaluations that broke
         the limit, or until ``price_hold`` of the budget is spent (a run that never learns is still priced, with
-        time left for the price's ladder to act). Meanwhile the rules that judge progress read the task's
-        success, not the safe success that the unpriced cost holds down. Success unmeasured, no target, a success
-        bonus (the balance rules price the cost against it) or exploration far above usual (an entropy bonus over
-        0.01 or an action std over 1: the cost is the thrashing's) hold nothing."""
+        time left for the price's ladder to act) and its success has stopped rising (the least-squares slope of the
+        last ``trend_window`` evaluations' success under ``trend_t`` standard errors: a run still learning at the
+        deadline is the case the hold exists for; replayed on seed 249's run, a 520k budget's deadline priced it
+        at 400k, at success 0.54 and climbing, and now at 500k, at 0.94). Meanwhile the rules that judge progress
+        read the task's success, not the safe success that the unpriced cost holds down. Success unmeasured, no
+        target, a success bonus (the balance rules price the cost against it) or exploration far above usual (an
+        entropy bonus over 0.01 or an action std over 1: the cost is the thrashing's) hold nothing."""
         target, rows = s.targets.success_rate, s.history[-2:]
         _, bonus = self._weights(s)
         std = s.health.action_std
@@ -714,12 +718,20 @@ class RuleManager(Manager):
         if all(r.success_rate >= target for r in rows):
             return ""
         total = s.position.total_steps
-        if total and s.position.step >= self.price_hold * total:
+        late = bool(total) and s.position.step >= self.price_hold * total
+        success = [r.success_rate for r in s.history[-self.trend_window :] if finite(r.success_rate)]
+        rising = _trend_t(success) >= self.trend_t
+        if late and not rising:
             return ""
+        when = (
+            f"past {self.price_hold:.0%} of the budget, but its success still rises"
+            if late
+            else f"safety moves from {self.price_hold:.0%} of the budget on"
+        )
         return (
             f"unsafe for the run, but no safety move yet: success {rows[-2].success_rate:.3g}, "
             f"{rows[-1].success_rate:.3g} on the last 2 evaluations, not both at its target {target:g}; the task is "
-            f"learned first (safety moves from {self.price_hold:.0%} of the budget on)"
+            f"learned first ({when})"
         )
 
     def _over_priced(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
