@@ -106,12 +106,14 @@ def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_th
     replayed at the budgets 520k and 720k from its recorded snapshots, with the best checkpoint's success as the
     controller now records it (the 20k model's 0.12; the best until 480k, by its safe success 0.12 at cost 0): the
     rule before the change rolled it back to that model at 140k, 400k and 420k; now no boundary gets a rollback
-    until the run has learned."""
+    until the run has learned. Nor is it priced while it learns: at 520k the hold's deadline (75 %, 390k) priced
+    it at 400k, success 0.54 and climbing; past the deadline the hold now stays while success still rises, and the
+    first price comes at 500k (success 0.98, 0.94) at either budget."""
     records = read_audit(RESULTS / "fetch_pick_costknob" / "long_s249_600" / "audit.jsonl")
     records = [r for r in records if r.kind == "decision" and r.snapshot is not None]
     success = {r.step: r.snapshot.evaluation.success_rate for r in records}
     for budget in (520_000, 720_000):
-        rollbacks = []
+        rollbacks, prices = [], []
         for r in records:
             snapshot = r.snapshot.model_copy(deep=True)
             snapshot.position.total_steps = budget
@@ -119,4 +121,6 @@ def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_th
             decision = RuleManager().rule_decision(snapshot, build_action_space(snapshot))
             if decision.action.startswith("rollback") and r.step < 480_000:
                 rollbacks.append(r.step)
+            prices += [r.step for c in getattr(decision, "changes", []) if c.knob == "cost_penalty"]
         assert rollbacks == [], (budget, rollbacks)
+        assert prices[0] == 500_000, (budget, prices)
