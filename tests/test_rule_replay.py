@@ -21,8 +21,10 @@ JUDGED = {
     "planar_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 210-214, three starts
     # seeds 391-406, the reckless start with the cost knob; its seed 395 is left out below
     "safe_fetch_reach_v27_slack": ("runs/reckless-rule/s*", 16),
-    "safe_fetch_reach_v28b_plateaufloor": ("runs/tuned-rule/s4??", 6),  # seeds 413-418, the tuned start (auto entropy)
+    # seeds 413-418, the tuned start (auto entropy); its seed 418 is left out below
+    "safe_fetch_reach_v28b_plateaufloor": ("runs/tuned-rule/s4??", 6),
     "safe_fetch_reach_v29_rollbacktask": ("runs/reckless-rule/s4??", 6),  # seeds 419-424, v27's configuration
+    "safe_fetch_reach_v30_risinghold": ("runs/tuned-rule/s4??", 6),  # seeds 425-430, v28b's configuration
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
@@ -30,7 +32,9 @@ JUDGED = {
 # Changed on purpose, judged in safe_fetch_reach_v29_rollbacktask (seeds 419-424): v27's seed 395, whose rollback at
 # 25k (success 1.0, the safe score 0.85 against the best's 1.0, under the learn-first hold) the rule no longer takes
 # (a rollback keeps the task: RuleManager._rollback_keeps_the_task).
-CHANGED = {("safe_fetch_reach_v27_slack", "s395")}
+# Changed on purpose, judged in safe_fetch_reach_v30_risinghold (seeds 425-430): v28b's seed 418, whose price at 15k
+# (the hold's deadline, success 0.5 and 0.95, still rising) the rule no longer sets.
+CHANGED = {("safe_fetch_reach_v27_slack", "s395"), ("safe_fetch_reach_v28b_plateaufloor", "s418")}
 
 
 @pytest.mark.parametrize("grid", sorted(JUDGED))
