@@ -17,6 +17,7 @@ from rl_manager.menu import build_action_space
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 # grid folder -> the rule runs in it (glob), and how many there are
 JUDGED = {
+    "fetch_pick_costknob": ("rule_s249_720", 1),  # seed 249 from 600k: item 2's target met (held-out, 400 scenes)
     "paper_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 205-209, three starts
     "planar_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 210-214, three starts
     # seeds 391-406, the reckless start with the cost knob; its seed 395 is left out below
