@@ -172,6 +172,11 @@ def _nonfinite(values: Iterable[float | None]) -> bool:
     return any(v is not None and not math.isfinite(v) for v in values)
 
 
+def _diff_noise(p0: float, p1: float, n: int) -> float:
+    """Two binomial standard errors of the difference between two rates, each measured on ``n`` episodes."""
+    return 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n)
+
+
 def _at_floor(knob: KnobSpec) -> bool:
     """Whether a knob sits within 2× of a positive lower bound, or at a lower bound of 0 or below (a target entropy
     of -4 over [-16, -1] is not at its floor)."""
@@ -454,7 +459,7 @@ class RuleManager(Manager):
             if len(series) == n and all(finite(v) for v in series):
                 p0, p1 = series[0], series[-1]
                 if key == "violation_rate" and episodes:
-                    margin = 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / episodes)
+                    margin = _diff_noise(p0, p1, episodes)
                 else:
                     margin = 0.1 * abs(p0)
                 if p1 >= max(series[:-1]) and p1 - p0 > margin:
@@ -557,7 +562,7 @@ class RuleManager(Manager):
         by_success = bool(self._held) or unpriced
         if latest is None or best is None or not (finite(latest) and finite(best) and n > 0):
             return not by_success
-        noise = 2.0 * math.sqrt((best * (1.0 - best) + latest * (1.0 - latest)) / n)
+        noise = _diff_noise(best, latest, n)
         if latest - best > noise:
             return False
         return not by_success or best - latest > noise
@@ -862,7 +867,7 @@ class RuleManager(Manager):
         episodes = s.evaluation.n_episodes
         if rate and episodes:
             p0, p1 = series[0], series[-1]
-            noise = 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / episodes)
+            noise = _diff_noise(p0, p1, episodes)
             return p1 - p0 > max(noise, 0.02)
         return series[-1] - series[0] >= 0.05 * max(1.0, abs(series[0])) and series[-1] >= max(series[:-1])
 
