@@ -6,6 +6,7 @@
 #   bash experiments/device_fetch.sh start NAME SEED [PARAM...]        # train detached; PARAM = recipe key:value
 #   bash experiments/device_fetch.sh branch SRC NAME BUDGET [PARAM...]  # continue a copy of run SRC to BUDGET
 #   bash experiments/device_fetch.sh costknob SEED                     # the declared cost-knob grid, detached
+#   bash experiments/device_fetch.sh forked SEED                       # rule over a whole run, fixed from its first move
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0) or until
 #                                                                      # every run is done; pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
@@ -27,7 +28,7 @@ all_done() {  # every run under $res has printed its final line (false while the
     [ -f "$log" ] && grep -q "$finished" "$log" || return 1
   done
 }
-case "${1:?bench|start|poll}" in
+case "${1:?bench|start|branch|costknob|forked|poll}" in
   bench)
     out=${2:?out dir}; seconds=${3:?seconds}; shift 3
     mkdir -p "$out"
@@ -105,6 +106,57 @@ PY
       wait; echo evaluated" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"
     ;;
+  forked)
+    # the rule over a whole run against the fixed recipe, detached (the chain is `_forked`, logged to chain.log): the
+    # rule-managed run to BUDGET (default 600000) with --fork-at-first-move; up to the rule's first move it is the
+    # fixed run, so the fixed arm is the copy made just before that move, resumed with no manager (branch). Both final
+    # models then on HELDOUT (default 400) scenes. A rule that never moves leaves no fork: its run is the fixed run.
+    # The gate: if every run is still at chance at GATE steps (default 300000; the rule run's evaluation success
+    # there, and the fixed arm's latest, under MIN_SUCCESS, default 0.2), both are stopped. XARGS and PARAMS as in
+    # costknob.
+    mkdir -p "$res"
+    setsid nohup bash "$(realpath "$0")" _forked "${2:?seed}" >"$res/chain.log" 2>&1 &
+    echo "chain started (pid $!)"
+    ;;
+  _forked)
+    seed=$2; budget=${BUDGET:-600000}; gate=${GATE:-300000}
+    evals() {  # "step success" of each evaluation of run $1 so far
+      python3 -c 'import json, sys
+for r in map(json.loads, open(sys.argv[1])):
+    if r.get("snapshot"): print(r["step"], r["snapshot"]["evaluation"]["success_rate"])' "$res/$1/run/audit.jsonl" 2>/dev/null
+    }
+    ended() { grep -q "$finished\|^error" "$res/rule/stdout.log"; }
+    past_gate() { evals rule | awk -v g="$gate" '$1 >= g {f = 1} END {exit !f}'; }
+    branch_fixed() {  # once the fork is there: the fixed arm from it
+      [ -d "$res/rule/run_fork" ] || return 1
+      mkdir -p "$res/forkpt" && mv "$res/rule/run_fork" "$res/forkpt/run"
+      echo "forked at step $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$res/forkpt/run/fork.json")"
+      bash "$0" branch forkpt fixed "$budget"
+    }
+    MANAGER=rule FULL="-n $budget" XARGS="${XARGS:---gpu --save-interval 100000} --fork-at-first-move" EF=${EF:-20000} \
+      bash "$0" start rule "$seed" ${PARAMS:-}
+    until [ -d "$res/rule/run_fork" ] || ended || past_gate; do sleep 5; done
+    branch_fixed
+    until past_gate || ended; do sleep 5; done
+    if past_gate; then
+      at_gate=$(evals rule | awk -v g="$gate" '$1 >= g {print $2; exit}')
+      latest=$( { echo "$at_gate"; evals fixed | tail -n 1 | cut -d' ' -f2; } | sort -g | tail -n 1)
+      if awk -v x="$latest" -v m="${MIN_SUCCESS:-0.2}" 'BEGIN {exit !(x < m)}'; then
+        pkill -f "$res/rule/run"; pkill -f "$res/fixed/run"
+        echo "trunk at chance at the gate ($gate steps: success $latest): runs stopped"; exit 0
+      fi
+    fi
+    until [ -d "$res/rule/run_fork" ] || ended; do sleep 5; done
+    [ -d "$res/fixed" ] || branch_fixed || echo "no move by the rule: its run is the fixed run"
+    for arm in rule fixed; do
+      [ -d "$res/$arm" ] || continue
+      until grep -q "$finished\|^error" "$res/$arm/stdout.log"; do sleep 5; done
+      [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs  # (a later call's copy of the tree drops the link)
+      python3 -m rl_manager.train --evaluate "$res/$arm/run/final_model.zip" --heldout-episodes "${HELDOUT:-400}" \
+        >"$res/$arm/heldout.log" 2>&1 &
+    done
+    wait; echo evaluated
+    ;;
   poll)
     out=${2:?out dir}; wait_s=${3:-0}
     # wait up to WAIT_S, but no longer than until every run has printed its final line (held-out included):
@@ -117,6 +169,7 @@ PY
     done
     mkdir -p "$out"
     for d in "$res"/*/; do
+      [ -f "$d/stdout.log" ] || continue  # (a fork point, copied to its arm)
       echo "== $(basename "$d"): $(tail -c 400 "$d/stdout.log" | tr '\r' '\n' | tail -2)"
       [ ! -f "$d/heldout.log" ] || echo "   final model, $(tail -n 1 "$d/heldout.log")"
       python3 - "$d/run/audit.jsonl" <<'PY' || true

@@ -20,6 +20,7 @@ import copy
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,8 @@ class ManagerCallback(BaseCallback, Controlled):
     :param confirm_episodes: before a stop is applied, play this many more episodes on ``eval_env`` (fresh
         scenes: its stream continues) and refuse the stop if they miss the targets; 0: no confirmation. The gate
         stops at the first evaluations that meet the targets, a favourable draw when evaluations are small.
+    :param on_first_move: called with the step just before the run's first change is applied (see
+        :class:`~rl_manager.controller.Controller`).
     :param verbose: 1 prints each decision.
     """
 
@@ -155,6 +158,7 @@ class ManagerCallback(BaseCallback, Controlled):
         end_on_best: bool = False,
         evaluator: PairedEvaluator | None = None,
         confirm_episodes: int = 0,
+        on_first_move: Callable[[int], None] | None = None,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -162,7 +166,7 @@ class ManagerCallback(BaseCallback, Controlled):
         self.controller = Controller(
             self, manager, run_dir=run_dir, fallback=fallback, gates=gates, targets=targets, run_id=run_id,
             async_decisions=async_decisions, max_age=max_age, interim=interim, best_file="best_model.zip",
-            end_on_best=end_on_best, verbose=verbose,
+            end_on_best=end_on_best, on_first_move=on_first_move, verbose=verbose,
         )
         # fmt: on
         if eval_env is not None and not isinstance(eval_env, VecEnv):

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +175,10 @@ class Controller:
         (pre-change checkpoint and knobs) when it made the run significantly worse; the move is then
         recorded as ``worse`` so that no manager repeats it. Default :class:`Probation()`; set
         ``controller.probation = None`` to switch verification off.
+    :param on_first_move: called once, with the step, just before the first decision that changes the run
+        (adjust, rollback or stop) is applied, and only in a run with no applied intervention yet: up to there
+        the managed run is the fixed recipe's run, so a fixed arm continued from a copy made then shares its whole
+        past (``--fork-at-first-move``). An exception it raises is logged and noted in the audit, never raised.
     :param verbose: 1 prints each decision.
     """
 
@@ -201,9 +205,11 @@ class Controller:
         resume: bool = True,
         end_on_best: bool = False,
         probation: Probation | None = None,
+        on_first_move: Callable[[int], None] | None = None,
         verbose: int = 0,
     ) -> None:
         self.adapter = adapter
+        self.on_first_move = on_first_move
         self.manager = make_manager(manager) if isinstance(manager, str) else manager
         self.fallback = make_manager(fallback) if isinstance(fallback, str) else fallback
         self.run_dir = Path(run_dir)
@@ -669,6 +675,13 @@ class Controller:
         decision = outcome.decision
         applied, message = False, ""
         changes: list[ResolvedChange] = []
+        if self.on_first_move is not None and decision.action != "no_action" and not self.interventions:
+            hook, self.on_first_move = self.on_first_move, None
+            try:
+                hook(self.observation.step)
+            except Exception as exc:  # the managed run goes on; only its fork point is lost
+                logger.exception("on_first_move failed")
+                self.note(f"on_first_move failed: {type(exc).__name__}: {exc}")
         try:
             if decision.action == "adjust":
                 checkpoint = self.adapter.checkpoint() if self.probation is not None else None

@@ -13,6 +13,12 @@ Recipes are zoo-style YAML, ``experiments/hyperparams/<algo>.yml``, shipped in t
 from scratch when it was killed before its first checkpoint. Knobs, manager state and the audit
 sequence continue from ``manager_state.json``; the audit records the resume and the lost segment
 (the steps after the checkpoint that are trained again). Every file is written atomically.
+
+``--fork-at-first-move`` pairs a managed run with the fixed recipe at the cost of one run plus the fixed run's
+tail: up to the manager's first move the managed run *is* the fixed run, so just before that move a resumable
+copy is written to ``<run>_fork/`` (``fork.json`` names its step); ``--resume`` a copy of it with ``manager:
+none`` in its ``config.yml`` and it continues as the fixed arm. A run whose manager never moves has no fork: it
+is its own fixed arm.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -171,6 +178,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between resumable checkpoints (default: 60 on-policy, 300 off-policy)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument(
+        "--fork-at-first-move",
+        action="store_true",
+        help="just before the manager's first move, write a resumable copy of the run to <run>_fork/ "
+        "(resumed with manager: none it is the fixed recipe's run, sharing the managed run's past)",
+    )
     p.add_argument(
         "--evaluate",
         default=None,
@@ -640,6 +653,7 @@ def _main(args: argparse.Namespace) -> int:
             "max_age": args.max_age,
             "interim": None if args.interim == "none" else args.interim,
             "llm_gguf": llm_gguf,
+            "fork_at_first_move": args.fork_at_first_move,
         }
         write_text_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
     with (run_dir / "command.txt").open("a") as f:
@@ -694,6 +708,29 @@ def make_train_env(env_id: str, recipe: dict[str, Any], seed: int, **kwargs: Any
 
         env = LocalComputeReward(env, lambda: gym.make(env_id, **(env_kwargs or {})))
     return env
+
+
+def fork_dir(run_dir: Path) -> Path:
+    """Where ``--fork-at-first-move`` writes its copy of ``run_dir``."""
+    return run_dir.with_name(run_dir.name + "_fork")
+
+
+def fork_run(model: Any, manager_cb: Any, run_dir: Path, step: int) -> Path:
+    """Checkpoint the run as it stands (model, replay buffer, manager state: before the move about to be applied)
+    and copy its folder to :func:`fork_dir`, which appears whole (written beside it, then renamed)."""
+    from rl_manager.callback import save_last
+
+    manager_cb.controller.save_state()
+    save_last(model, run_dir)
+    dest = fork_dir(run_dir)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("tb", "*.tmp*"))
+    write_text_atomic(partial / "fork.json", json.dumps({"step": int(step), "source": str(run_dir)}))
+    shutil.rmtree(dest, ignore_errors=True)  # one from before a kill: the resumed run's first move is the one
+    partial.rename(dest)
+    logger.info("step %d: forked to %s before the first move", step, dest)
+    return dest
 
 
 def train(
@@ -752,6 +789,8 @@ def train(
         confirm_episodes=_confirm_episodes(config, evaluator),
         verbose=verbose,
     )
+    if config.get("fork_at_first_move"):
+        manager_cb.controller.on_first_move = lambda step: fork_run(model, manager_cb, run_dir, step)
     remaining = config["n_timesteps"] - model.num_timesteps
     saver = LastCheckpoint(run_dir, config["save_freq"], config.get("save_interval_s"))
     start = time.time()

@@ -278,3 +278,30 @@ def test_the_best_checkpoint_records_the_tasks_success(tmp_path):
     assert ctl.state.score_name == "safe_success_rate"
     assert (ctl.state.best.score, ctl.state.best.success_rate) == (0.3, 0.9)
     assert ctl.snapshot().best.success_rate == 0.9
+
+
+def test_on_first_move_runs_once_just_before_the_first_change(tmp_path: Path) -> None:
+    """The fork point of a fixed arm: called with the step before the first applied change, with the state on disk
+    still the fixed run's (knobs before the move, no intervention); never on a no-op, never twice."""
+    seen: list[tuple[int, dict]] = []
+    hook = lambda step: seen.append((step, json.loads((tmp_path / STATE_FILENAME).read_text())))  # noqa: E731
+    ctl, adapter = make_controller(tmp_path, Scripted([{"action": "no_action"}, adjust(learning_rate=5e-4)]))
+    ctl.on_first_move = lambda step: (ctl.save_state(), hook(step))
+    ctl.boundary(observation(1000, 0.1))
+    assert seen == []
+    ctl.boundary(observation(2000, 0.2))
+    ((step, state),) = seen
+    assert step == 2000 and state["knobs"]["learning_rate"] == pytest.approx(1e-3) and state["interventions"] == []
+    assert len(state["telemetry"]["history"]) == 2  # this boundary's evaluation is in the fixed run's past
+    assert adapter.values["learning_rate"] == pytest.approx(5e-4)  # then the move is applied
+    ctl.boundary(observation(3000, 0.3))
+    assert len(seen) == 1 and ctl.on_first_move is None
+
+
+def test_a_failing_on_first_move_is_noted_and_the_move_still_applied(tmp_path: Path) -> None:
+    ctl, adapter = make_controller(tmp_path, Scripted([adjust(learning_rate=5e-4)]))
+    ctl.on_first_move = lambda step: 1 / 0
+    assert ctl.boundary(observation(1000, 0.1))
+    assert adapter.values["learning_rate"] == pytest.approx(5e-4)
+    note, decision = read_audit(tmp_path)
+    assert "on_first_move failed: ZeroDivisionError" in note.message and decision.applied

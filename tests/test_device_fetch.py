@@ -2,6 +2,7 @@
 machine goes back 30 s after a call, so a poll that returns early loses the next call's runs); ``start`` trains the
 task ``ENV`` names."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -81,3 +82,53 @@ def test_costknob_refuses_an_unknown_arm_before_the_trunk(tmp_path):
         )
         assert done.returncode == 2 and "unknown arm" in done.stderr
         assert not (res / "chain.log").exists()
+
+
+def _forked(tmp_path: Path, name: str, **env: str) -> Path:
+    """The ``forked`` chain on a tiny conservative PaperReacher PPO run on the CPU, waited for; its results folder."""
+    res = tmp_path / name
+    env = {
+        "PATH": os.environ["PATH"],
+        "RES": str(res),
+        "ENV": "PaperReacher",
+        "RECIPE": "conservative",
+        "DEV": "cpu",
+        "EF": "256",
+        "HELDOUT": "4",
+        "XARGS": "--save-interval 100000 --heldout-episodes 2",
+        "PARAMS": "n_envs:2 n_steps:64 batch_size:64 n_epochs:2 policy_kwargs:{net_arch:[16]}",
+        **env,
+    }
+    subprocess.run(["bash", str(_script(tmp_path)), "forked", "3"], env=env, timeout=30, check=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        log = (res / "chain.log").read_text() if (res / "chain.log").exists() else ""
+        if "evaluated" in log or "runs stopped" in log:
+            return res
+        time.sleep(1)
+    raise AssertionError(f"the chain did not end: {log}")
+
+
+def test_forked_chain_branches_the_fixed_arm_at_the_rules_first_move(tmp_path):
+    """``forked``: the rule-managed run writes its fork just before its first move; the chain continues that copy
+    with no manager (the fixed arm) and evaluates both final models held-out."""
+    from rl_manager.audit import read_audit
+
+    res = _forked(tmp_path, "res", BUDGET="2048")
+    rule = [r for r in read_audit(res / "rule" / "run") if r.kind == "decision"]
+    step = json.loads((res / "forkpt" / "run" / "fork.json").read_text())["step"]
+    assert step == next(r.step for r in rule if r.applied)
+    assert f"forked at step {step}" in (res / "chain.log").read_text()
+    fixed = read_audit(res / "fixed" / "run")
+    assert "resume" in [r.kind for r in fixed] and not any(r.applied for r in fixed)
+    assert json.loads((res / "fixed" / "run" / "summary.json").read_text())["timesteps"] == 2048
+    for arm in ("rule", "fixed"):
+        assert "4 episodes of" in (res / arm / "heldout.log").read_text()
+
+
+def test_forked_chain_stops_both_runs_at_chance_at_the_gate(tmp_path):
+    res = _forked(tmp_path, "res", BUDGET="204800", GATE="1024", MIN_SUCCESS="2")
+    assert "runs stopped" in (res / "chain.log").read_text()
+    time.sleep(2)
+    assert not (res / "rule" / "run" / "summary.json").exists()  # killed long before its budget
+    assert subprocess.run(["pgrep", "-f", str(res)], capture_output=True).returncode == 1  # nothing left running

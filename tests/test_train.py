@@ -96,6 +96,35 @@ def test_train_cli_safe_fetch_reach_sac(tmp_path, monkeypatch):
     assert main(["--evaluate", str(lone / "final_model.zip")]) == 2
 
 
+def test_fork_at_first_move_gives_the_fixed_arm_the_managed_runs_past(tmp_path):
+    """``--fork-at-first-move``: the copy written before the manager's first move, resumed with no manager, is the
+    fixed recipe's run: its evaluations up to the fork are those of a fixed run from scratch on the same seed."""
+    args = ["--env", "PaperReacher", "--recipe", "conservative", "-n", "2048", "--eval-freq", "256", "--seed", "3"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "--fork-at-first-move", *TINY_PPO]
+    assert main([*args, "--run-dir", str(tmp_path / "rule"), "--manager", "rule"]) == 0
+    assert main([*args, "--run-dir", str(tmp_path / "fresh"), "--manager", "none"]) == 0
+    assert not (tmp_path / "fresh_fork").exists()  # no move, no fork: the run is its own fixed arm
+    fork = tmp_path / "rule_fork"
+    step = json.loads((fork / "fork.json").read_text())["step"]
+    rule = [r for r in read_audit(tmp_path / "rule") if r.kind == "decision"]
+    first = next(r for r in rule if r.applied)
+    assert step == first.step and not (fork / "tb").exists()
+    saved = json.loads((fork / "manager_state.json").read_text())
+    assert saved["knobs"] == pytest.approx(first.knobs_before) and saved["interventions"] == []
+    fresh = [r for r in read_audit(tmp_path / "fresh") if r.kind == "decision"]
+
+    def curve(records):
+        return [(r.step, r.snapshot.evaluation.mean_return) for r in records if r.step <= step]
+
+    assert curve(rule) == curve(fresh) and len(curve(rule)) == first.evaluation_index + 1
+    config = yaml.safe_load((fork / "config.yml").read_text())
+    (fork / "config.yml").write_text(yaml.safe_dump({**config, "manager": "none"}, sort_keys=False))
+    assert main(["--resume", str(fork)]) == 0
+    records = read_audit(fork)
+    assert [r.kind for r in records].count("resume") == 1 and not any(r.applied for r in records)
+    assert json.loads((fork / "summary.json").read_text())["timesteps"] == 2048
+
+
 def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["--env", "FetchPikAndPlace", "-f", str(tmp_path)]) == 2
     assert "did you mean" in capsys.readouterr().err.lower()
