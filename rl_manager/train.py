@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rl_manager.io import InputError, atomic_path, load_data, remove_partial_files, write_text_atomic
+from rl_manager.io import PARTIAL, InputError, atomic_path, load_data, remove_partial_files, write_text_atomic
 from rl_manager.knobs import ManagerError
 from rl_manager.managers import MANAGERS
 from rl_manager.schema import HistoryRow
@@ -725,7 +725,7 @@ def fork_run(model: Any, manager_cb: Any, run_dir: Path, step: int) -> Path:
     dest = fork_dir(run_dir)
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("tb", "*.tmp*"))
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("tb", f".*{PARTIAL}*"))
     write_text_atomic(partial / "fork.json", json.dumps({"step": int(step), "source": str(run_dir)}))
     shutil.rmtree(dest, ignore_errors=True)  # one from before a kill: the resumed run's first move is the one
     partial.rename(dest)
