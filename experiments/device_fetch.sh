@@ -147,6 +147,7 @@ for r in map(json.loads, open(sys.argv[1])):
       fi
     fi
     until [ -d "$res/rule/run_fork" ] || ended; do sleep 5; done
+    grep -q '^error' "$res/rule/stdout.log" && { echo "error: the rule run failed (rule/stdout.log)"; exit 1; }
     [ -d "$res/fixed" ] || branch_fixed || echo "no move by the rule: its run is the fixed run"
     for arm in rule fixed; do
       [ -d "$res/$arm" ] || continue
@@ -165,6 +166,7 @@ for r in map(json.loads, open(sys.argv[1])):
       # (a costknob chain is done once its arms are done and their final models evaluated on HELDOUT episodes)
       # (no `grep -L ... | grep -q .` here: under pipefail, grep -L's exit status 1 made that check pass at once)
       { [ ! -f "$res/chain.log" ] || grep -q '^evaluated\|^trunk at chance' "$res/chain.log"; } && all_done && break
+      [ -f "$res/chain.log" ] && grep -q 'runs stopped$\|^error' "$res/chain.log" && break  # (stopped runs never end)
       sleep 5
     done
     mkdir -p "$out"

@@ -45,6 +45,9 @@ def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path
     assert _poll(tmp_path, 30) < 3
     (runs / "chain.log").write_text("started trunk\n")  # a chain not yet through its held-out
     assert _poll(tmp_path, 3) >= 3
+    (runs / "b" / "stdout.log").write_text("  20000 steps\n")  # a run the forked chain's gate killed: it never ends
+    (runs / "chain.log").write_text("trunk at chance at the gate (300000 steps: success 0.04): runs stopped\n")
+    assert _poll(tmp_path, 30) < 3
 
 
 def test_start_trains_the_env_named_by_env(tmp_path):
