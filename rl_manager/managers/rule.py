@@ -724,9 +724,8 @@ class RuleManager(Manager):
             return ""
         total = s.position.total_steps
         late = bool(total) and s.position.step >= self.price_hold * total
-        success = [r.success_rate for r in s.history[-self.trend_window :] if finite(r.success_rate)]
-        rising = _trend_t(success) >= self.trend_t
-        if late and not rising:
+        recent = [r.success_rate for r in s.history[-self.trend_window :] if finite(r.success_rate)]
+        if late and _trend_t(recent) < self.trend_t:  # (the slope only matters past the deadline)
             return ""
         when = (
             f"past {self.price_hold:.0%} of the budget, but its success still rises"
