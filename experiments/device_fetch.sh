@@ -7,6 +7,7 @@
 #   bash experiments/device_fetch.sh branch SRC NAME BUDGET [PARAM...]  # continue a copy of run SRC to BUDGET
 #   bash experiments/device_fetch.sh costknob SEED                     # the declared cost-knob grid, detached
 #   bash experiments/device_fetch.sh forked SEED                       # rule over a whole run, fixed from its first move
+#   bash experiments/device_fetch.sh heldout NAME                      # once run NAME ends: its final model held-out
 #   bash experiments/device_fetch.sh poll OUT_DIR [WAIT_S]             # wait up to WAIT_S (default 0) or until
 #                                                                      # every run is done; pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
@@ -28,7 +29,7 @@ all_done() {  # every run under $res has printed its final line (false while the
     [ -f "$log" ] && grep -q "$finished" "$log" || return 1
   done
 }
-case "${1:?bench|start|branch|costknob|forked|poll}" in
+case "${1:?bench|start|branch|costknob|forked|heldout|poll}" in
   bench)
     out=${2:?out dir}; seconds=${3:?seconds}; shift 3
     mkdir -p "$out"
@@ -96,13 +97,7 @@ PY
       done
       echo launched
       # then a larger held-out of each arm's final model (the same scenes in every arm; the first 100 are the run's)
-      for arm in $arms; do
-        # (a later call's copy of the tree drops the untracked link made above: make it again for the import)
-        until grep -q '$finished' \"$res/\$arm/stdout.log\" || grep -q '^error' \"$res/\$arm/stdout.log\"; do sleep 5; done
-        [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs
-        python3 -m rl_manager.train --evaluate \"$res/\$arm/run/final_model.zip\" --heldout-episodes ${HELDOUT:-400} \
-          >\"$res/\$arm/heldout.log\" 2>&1 &
-      done
+      for arm in $arms; do bash '$me' heldout \$arm & done
       wait; echo evaluated" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"
     ;;
@@ -149,14 +144,17 @@ for r in map(json.loads, open(sys.argv[1])):
     until [ -d "$res/rule/run_fork" ] || ended; do sleep 5; done
     grep -q '^error' "$res/rule/stdout.log" && { echo "error: the rule run failed (rule/stdout.log)"; exit 1; }
     [ -d "$res/fixed" ] || branch_fixed || echo "no move by the rule: its run is the fixed run"
-    for arm in rule fixed; do
-      [ -d "$res/$arm" ] || continue
-      until grep -q "$finished\|^error" "$res/$arm/stdout.log"; do sleep 5; done
-      [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs  # (a later call's copy of the tree drops the link)
-      python3 -m rl_manager.train --evaluate "$res/$arm/run/final_model.zip" --heldout-episodes "${HELDOUT:-400}" \
-        >"$res/$arm/heldout.log" 2>&1 &
-    done
+    for arm in rule fixed; do [ -d "$res/$arm" ] && bash "$0" heldout "$arm" & done
     wait; echo evaluated
+    ;;
+  heldout)
+    # once run NAME has ended: its final model on HELDOUT (default 400) held-out scenes (the same scenes in every
+    # arm; the first 100 are the run's own), logged to NAME/heldout.log
+    name=${2:?name}
+    until grep -q "$finished\|^error" "$res/$name/stdout.log"; do sleep 5; done
+    [ -e rl_manager/envs ] || ln -s ../envs rl_manager/envs  # (a later call's copy of the tree drops the link)
+    python3 -m rl_manager.train --evaluate "$res/$name/run/final_model.zip" --heldout-episodes "${HELDOUT:-400}" \
+      >"$res/$name/heldout.log" 2>&1
     ;;
   poll)
     out=${2:?out dir}; wait_s=${3:-0}
