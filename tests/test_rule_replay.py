@@ -129,3 +129,18 @@ def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_th
             prices += [r.step for c in getattr(decision, "changes", []) if c.knob == "cost_penalty"]
         assert rollbacks == [], (budget, rollbacks)
         assert prices[0] == 500_000, (budget, prices)
+
+
+def test_no_rollback_to_a_best_drawn_by_chance_at_the_floor():
+    """SafeFetchPush seed 253 on the 2-core machine (``fetch_push_costknob``, ``rule_s253_cpu``): success 0.00-0.12
+    on 50 episodes to 220k, at chance (~7 % of goals start solved). At 220k the rule rolled the run back to its 60k
+    model, the best by a chance draw (0.12), and halved the LR. A best whose success is not above the floor (0.1) by
+    2 standard errors is no state to go back to; the same boundary with a best at 0.5 still gets the rollback."""
+    records = read_audit(RESULTS / "fetch_push_costknob" / "rule_s253_cpu" / "audit.jsonl")
+    record = next(r for r in records if r.kind == "decision" and r.step == 220_000)
+    assert record.decision.action == "rollback_and_consolidate" and record.snapshot.best.step == 60_000
+    assert (record.snapshot.best.success_rate, record.snapshot.evaluation.n_episodes) == (0.12, 50)
+    assert not RuleManager().rule_decision(record.snapshot, record.menu).action.startswith("rollback")
+    learned = record.snapshot.model_copy(deep=True)
+    learned.best.success_rate = learned.best.score = 0.5
+    assert RuleManager().rule_decision(learned, record.menu).action == "rollback_and_consolidate"

@@ -177,6 +177,14 @@ def _diff_noise(p0: float, p1: float, n: int) -> float:
     return 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n)
 
 
+def _off_the_floor(rate: float, n: int) -> bool:
+    """Whether a success rate measured on ``n`` episodes (0: unknown) is at least :data:`STUCK_SUCCESS` by over 2
+    binomial standard errors: a run whose best reads less has not shown that it left the floor (0.12 on 50
+    episodes is a chance draw on FetchPush, where ~7 % of goals start solved)."""
+    noise = 2.0 * math.sqrt(rate * (1.0 - rate) / n) if n > 0 else 0.0
+    return rate - noise >= STUCK_SUCCESS
+
+
 def _at_floor(knob: KnobSpec) -> bool:
     """Whether a knob sits within 2× of a positive lower bound, or at a lower bound of 0 or below (a target entropy
     of -4 over [-16, -1] is not at its floor)."""
@@ -532,6 +540,12 @@ class RuleManager(Manager):
             latest = s.history[-1].score if s.history else None
             if latest is not None and math.isfinite(latest) and s.best.score - latest < noise:
                 return None
+        best = self._best_success(s)
+        if best is not None and finite(best) and not _off_the_floor(best, n):
+            # a best drawn by chance from a run at its floor is no state to go back to: on SafeFetchPush seed 253
+            # (success 0.00-0.12 to 220k, chance ~0.07) the rule rolled the run back to its 60k model (0.12 on 50
+            # episodes) and halved the LR, discarding 160k steps of training for a noise draw
+            return None
         if not self._rollback_keeps_the_task(s):
             return None
         kl = self._kl(s)
@@ -539,6 +553,15 @@ class RuleManager(Manager):
         # as for plateau; the rollback alone keeps the recipe in force
         small_steps = bool(kl) and statistics.fmean(kl) < self.target_kl
         return self._rollback(menu, "the score stayed well below the best checkpoint", consolidate=not small_steps)
+
+    @staticmethod
+    def _best_success(s: TelemetrySnapshot) -> float | None:
+        """The best checkpoint's task success (from its history row where the controller did not record it)."""
+        if s.best is None:
+            return None
+        if s.best.success_rate is not None:
+            return s.best.success_rate
+        return next((r.success_rate for r in s.history if r.evaluation_index == s.best.evaluation_index), None)
 
     def _rollback_keeps_the_task(self, s: TelemetrySnapshot) -> bool:
         """Whether a rollback to the best checkpoint (by score) keeps the task's success: not when that checkpoint
@@ -553,9 +576,7 @@ class RuleManager(Manager):
         0.70). A drop of the safe score that the task's success does not share is the cost appearing: a matter for
         the price (the *unsafe* rule, in its time), not for going back."""
         latest = s.history[-1].success_rate if s.history else None
-        best = s.best.success_rate if s.best is not None else None
-        if best is None and s.best is not None:
-            best = next((r.success_rate for r in s.history if r.evaluation_index == s.best.evaluation_index), None)
+        best = self._best_success(s)
         n = s.evaluation.n_episodes
         penalty, bonus = self._weights(s)
         unpriced = penalty is not None and penalty.value <= 0 and (bonus is None or bonus.value <= 0)
