@@ -178,9 +178,9 @@ def _diff_noise(p0: float, p1: float, n: int) -> float:
 
 
 def _off_the_floor(rate: float, n: int) -> bool:
-    """Whether a success rate measured on ``n`` episodes (0: unknown) is at least :data:`STUCK_SUCCESS` by over 2
-    binomial standard errors: a run whose best reads less has not shown that it left the floor (0.12 on 50
-    episodes is a chance draw on FetchPush, where ~7 % of goals start solved)."""
+    """Whether a success rate measured on ``n`` episodes (0: unknown) is still at least :data:`STUCK_SUCCESS` with 2
+    binomial standard errors taken off: a run whose best reads less has not shown that it left the floor (0.12 on
+    50 episodes is a chance draw on FetchPush, where ~7 % of goals start solved)."""
     noise = 2.0 * math.sqrt(rate * (1.0 - rate) / n) if n > 0 else 0.0
     return rate - noise >= STUCK_SUCCESS
 
