@@ -27,19 +27,16 @@ RESULTS = ROOT / "experiments" / "results"
 
 def signatures(results: Path) -> None:
     """Print one JSON line per RL decision snapshot under ``results``: run, step, the rule's action and changes."""
-    from rl_manager.audit import _redecidable, _signature, read_audit
-    from rl_manager.guard import Guard
+    # (only what the base revision has too: this runs on its package)
+    from rl_manager.audit import _redecidable, _signature, read_audit, redecide
     from rl_manager.managers import make_manager
 
-    guard = Guard()
     for run in sorted({p.parent for p in results.rglob("audit.jsonl*")}):
-        manager = make_manager("rule")
-        for r in _redecidable(read_audit(run)):
-            if r.snapshot.kind != "rl":
-                continue
-            review = guard.review(manager.propose(r.snapshot, r.menu).reply, r.menu)
+        records = [r for r in _redecidable(read_audit(run)) if r.snapshot.kind == "rl"]
+        again = {r.seq: mine for r, mine in redecide(records, make_manager("rule"))}  # where it differs from the log
+        for r in records:
             line = dict(run=str(run.relative_to(results)), seq=r.seq, step=r.step)
-            print(json.dumps({**line, "rule": repr(_signature(review.decision if review.ok else None))}))
+            print(json.dumps({**line, "rule": repr(_signature(again[r.seq] if r.seq in again else r.decision))}))
 
 
 def _run(tree: Path, results: Path) -> list[dict]:
