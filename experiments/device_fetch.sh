@@ -12,7 +12,8 @@
 #                                                                      # every run is done; pack
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
-#                                                                      # elsewhere: train --evaluate MODEL)
+#                                                                      # elsewhere: train --evaluate MODEL; NOBEST=1:
+#                                                                      # none; FINAL=1: final models too)
 # start reads ENV (default FetchPickAndPlace), DEV (default cuda), FULL (default --full: the recipe's budget), EF
 # (evaluation every EF steps, default 20000), RECIPE (default tuned), MANAGER (default none) and XARGS (further train
 # flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU machine, XARGS="--gpu --save-interval
@@ -184,6 +185,8 @@ PY
       # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip):
       # a run lost with its machine can still be evaluated held-out elsewhere
       [ -z "${NOBEST:-}" ] && [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
+      # FINAL=1: the final model as well, once written, for a held-out elsewhere when the device time runs out
+      [ -n "${FINAL:-}" ] && [ -f "$d/run/final_model.zip" ] && split -b 15M "$d/run/final_model.zip" "$out/final_$(basename "$d").zip."
     done
     (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \
       -print0 | tar czf "$out/runs.tgz" --null -T -)

@@ -19,13 +19,13 @@ def _script(tmp_path: Path) -> Path:
     return Path(shutil.copy(SCRIPT, tmp_path / "experiments" / SCRIPT.name))
 
 
-def _poll(tmp_path: Path, wait_s: int) -> float:
-    """Seconds one ``poll OUT WAIT_S`` call took."""
+def _poll(tmp_path: Path, wait_s: int, **env: str) -> float:
+    """Seconds one ``poll OUT WAIT_S`` call took (``env``: further variables, ``NOBEST=1`` unless given)."""
     script = _script(tmp_path)
     start = time.monotonic()
     subprocess.run(
         ["bash", str(script), "poll", str(tmp_path / "out"), str(wait_s)],
-        env={"PATH": os.environ["PATH"], "RES": str(tmp_path / "res"), "NOBEST": "1"},
+        env={"PATH": os.environ["PATH"], "RES": str(tmp_path / "res"), "NOBEST": "1", **env},
         capture_output=True,
         timeout=60,
     )
@@ -48,6 +48,20 @@ def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path
     (runs / "b" / "stdout.log").write_text("  20000 steps\n")  # a run the forked chain's gate killed: it never ends
     (runs / "chain.log").write_text("trunk at chance at the gate (300000 steps: success 0.04): runs stopped\n")
     assert _poll(tmp_path, 30) < 3
+
+
+def test_poll_brings_the_final_models_back_with_final(tmp_path):
+    """``FINAL=1``: each run's final model comes back in parts under the size limit, joined again by ``cat``."""
+    run = tmp_path / "res" / "rule"
+    (run / "run").mkdir(parents=True)
+    (run / "stdout.log").write_text("done: 10 steps in 1s\n")
+    model = os.urandom(16 * 2**20 + 1)  # over one 15-MiB part
+    (run / "run" / "final_model.zip").write_bytes(model)
+    _poll(tmp_path, 0)
+    assert not list((tmp_path / "out").glob("final_*"))  # not without FINAL
+    _poll(tmp_path, 0, FINAL="1")
+    parts = sorted((tmp_path / "out").glob("final_rule.zip.*"))
+    assert len(parts) == 2 and b"".join(p.read_bytes() for p in parts) == model
 
 
 def test_start_trains_the_env_named_by_env(tmp_path):
