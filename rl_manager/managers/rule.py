@@ -540,12 +540,6 @@ class RuleManager(Manager):
             latest = s.history[-1].score if s.history else None
             if latest is not None and math.isfinite(latest) and s.best.score - latest < noise:
                 return None
-        best = self._best_success(s)
-        if best is not None and finite(best) and not _off_the_floor(best, n):
-            # a best drawn by chance from a run at its floor is no state to go back to: on SafeFetchPush seed 253
-            # (success 0.00-0.12 to 220k, chance ~0.07) the rule rolled the run back to its 60k model (0.12 on 50
-            # episodes) and halved the LR, discarding 160k steps of training for a noise draw
-            return None
         if not self._rollback_keeps_the_task(s):
             return None
         kl = self._kl(s)
@@ -567,7 +561,8 @@ class RuleManager(Manager):
         """Whether a rollback to the best checkpoint (by score) keeps the task's success: not when that checkpoint
         succeeds significantly less often than the latest evaluation (2 binomial s.e. of the difference); and while
         the cost is unpriced (a cost penalty at 0, no success bonus) or the learn-first hold is on, only when the
-        latest success fell significantly below the checkpoint's (a best whose success is not known gets none).
+        latest success fell significantly below the checkpoint's (a best whose success is not known gets none); and
+        never when the checkpoint's success is not off the floor (:func:`_off_the_floor`).
 
         With a safe-success score and the cost unpriced, the policy does not see the cost, and the best checkpoint
         can be one that has not started to move (no cost, success by chance): on FetchPickAndPlace seed 249
@@ -578,6 +573,11 @@ class RuleManager(Manager):
         latest = s.history[-1].success_rate if s.history else None
         best = self._best_success(s)
         n = s.evaluation.n_episodes
+        if best is not None and finite(best) and not _off_the_floor(best, n):
+            # a best drawn by chance from a run at its floor is no state to go back to: on SafeFetchPush seed 253
+            # (success 0.00-0.12 to 220k, chance ~0.07) the rule rolled the run back to its 60k model (0.12 on 50
+            # episodes) and halved the LR, discarding 160k steps of training for a noise draw
+            return False
         penalty, bonus = self._weights(s)
         unpriced = penalty is not None and penalty.value <= 0 and (bonus is None or bonus.value <= 0)
         by_success = bool(self._held) or unpriced
