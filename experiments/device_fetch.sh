@@ -108,8 +108,10 @@ PY
     # fixed run, so the fixed arm is the copy made just before that move, resumed with no manager (branch). Both final
     # models then on HELDOUT (default 400) scenes. A rule that never moves leaves no fork: its run is the fixed run.
     # The gate: if every run is still at chance at GATE steps (default 300000; the rule run's evaluation success
-    # there, and the fixed arm's latest, under MIN_SUCCESS, default 0.2), both are stopped. XARGS and PARAMS as in
-    # costknob.
+    # there, and the fixed arm's latest, under MIN_SUCCESS, default 0.2), both are stopped. SCREEN (steps, default
+    # none): an earlier gate that stops them only if, at chance there, the rule run's median policy entropy over its
+    # evaluations from SCREEN/2 on is above MAX_ENTROPY (default -2.5; ../results/fetch_throughput/README.md, "Which
+    # seeds learn"). XARGS and PARAMS as in costknob.
     mkdir -p "$res"
     setsid nohup bash "$(realpath "$0")" _forked "${2:?seed}" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"
@@ -121,27 +123,39 @@ PY
 for r in map(json.loads, open(sys.argv[1])):
     if r.get("snapshot"): print(r["step"], r["snapshot"]["evaluation"]["success_rate"])' "$res/$1/run/audit.jsonl" 2>/dev/null
     }
+    entropy() {  # the median policy entropy of the rule run's evaluations at steps $1 to $2 (nan: none read)
+      python3 -c 'import json, statistics, sys
+lo, hi = map(int, sys.argv[2:])
+h = [r["snapshot"]["health"]["entropy"] for r in map(json.loads, open(sys.argv[1])) if r.get("snapshot") and lo <= r["step"] <= hi]
+h = [x for x in h if x is not None]
+print(statistics.median(h) if h else "nan")' "$res/rule/run/audit.jsonl" "$1" "$2"
+    }
     ended() { grep -q "$finished\|^error" "$res/rule/stdout.log"; }
-    past_gate() { evals rule | awk -v g="$gate" '$1 >= g {f = 1} END {exit !f}'; }
+    past() { evals rule | awk -v g="$1" '$1 >= g {f = 1} END {exit !f}'; }
     branch_fixed() {  # once the fork is there: the fixed arm from it
       [ -d "$res/rule/run_fork" ] || return 1
       mkdir -p "$res/forkpt" && mv "$res/rule/run_fork" "$res/forkpt/run"
       echo "forked at step $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$res/forkpt/run/fork.json")"
       bash "$0" branch forkpt fixed "$budget"
     }
+    stop_at_chance() {  # $1 steps, $2 where (gate or screen), $3 an entropy bound (none: any entropy): once past $1
+      # (the fixed arm branched meanwhile if the rule moved), both runs stopped if every one is at chance there and,
+      # with a bound, the rule run's median entropy from $1/2 on is above it (no entropy read: no stop)
+      until past "$1" || ended; do [ -d "$res/fixed" ] || [ ! -d "$res/rule/run_fork" ] || branch_fixed; sleep 5; done
+      past "$1" || return 0
+      local at latest entropy
+      at=$(evals rule | awk -v g="$1" '$1 >= g {print $2; exit}')
+      latest=$( { echo "$at"; evals fixed | tail -n 1 | cut -d' ' -f2; } | sort -g | tail -n 1)
+      entropy=$(entropy $(($1 / 2)) "$(evals rule | awk -v g="$1" '$1 >= g {print $1; exit}')")
+      awk -v x="$latest" -v m="${MIN_SUCCESS:-0.2}" -v e="$entropy" -v b="${3:-}" \
+        'BEGIN {exit !(x < m && (b == "" || (e != "nan" && e + 0 > b + 0)))}' || return 0
+      pkill -f "$res/rule/run"; pkill -f "$res/fixed/run"
+      echo "trunk at chance at the $2 ($1 steps: success $latest, median entropy $entropy): runs stopped"; exit 0
+    }
     MANAGER=rule FULL="-n $budget" XARGS="${XARGS:---gpu --save-interval 100000} --fork-at-first-move" EF=${EF:-20000} \
       bash "$0" start rule "$seed" ${PARAMS:-}
-    until [ -d "$res/rule/run_fork" ] || ended || past_gate; do sleep 5; done
-    branch_fixed
-    until past_gate || ended; do sleep 5; done
-    if past_gate; then
-      at_gate=$(evals rule | awk -v g="$gate" '$1 >= g {print $2; exit}')
-      latest=$( { echo "$at_gate"; evals fixed | tail -n 1 | cut -d' ' -f2; } | sort -g | tail -n 1)
-      if awk -v x="$latest" -v m="${MIN_SUCCESS:-0.2}" 'BEGIN {exit !(x < m)}'; then
-        pkill -f "$res/rule/run"; pkill -f "$res/fixed/run"
-        echo "trunk at chance at the gate ($gate steps: success $latest): runs stopped"; exit 0
-      fi
-    fi
+    [ -z "${SCREEN:-}" ] || stop_at_chance "$SCREEN" screen "${MAX_ENTROPY:--2.5}"
+    stop_at_chance "$gate" gate
     until [ -d "$res/rule/run_fork" ] || ended; do sleep 5; done
     grep -q '^error' "$res/rule/stdout.log" && { echo "error: the rule run failed (rule/stdout.log)"; exit 1; }
     [ -d "$res/fixed" ] || branch_fixed || echo "no move by the rule: its run is the fixed run"

@@ -131,7 +131,8 @@ def test_forked_chain_branches_the_fixed_arm_at_the_rules_first_move(tmp_path):
     with no manager (the fixed arm) and evaluates both final models held-out."""
     from rl_manager.audit import read_audit
 
-    res = _forked(tmp_path, "res", BUDGET="2048")
+    # (a screen at chance lets the runs go on when the policy's entropy is under its bound)
+    res = _forked(tmp_path, "res", BUDGET="2048", SCREEN="1024", MAX_ENTROPY="1000", MIN_SUCCESS="2")
     rule = [r for r in read_audit(res / "rule" / "run") if r.kind == "decision"]
     step = json.loads((res / "forkpt" / "run" / "fork.json").read_text())["step"]
     assert step == next(r.step for r in rule if r.applied)
@@ -149,3 +150,11 @@ def test_forked_chain_stops_both_runs_at_chance_at_the_gate(tmp_path):
     time.sleep(2)
     assert not (res / "rule" / "run" / "summary.json").exists()  # killed long before its budget
     assert subprocess.run(["pgrep", "-f", str(res)], capture_output=True).returncode == 1  # nothing left running
+
+
+def test_forked_chain_stops_both_runs_at_the_screen_when_the_entropy_is_over_its_bound(tmp_path):
+    res = _forked(tmp_path, "res", BUDGET="204800", SCREEN="1024", MAX_ENTROPY="-1000", MIN_SUCCESS="2")
+    assert "at chance at the screen (1024 steps: success" in (res / "chain.log").read_text()
+    time.sleep(2)
+    assert not (res / "rule" / "run" / "summary.json").exists()
+    assert subprocess.run(["pgrep", "-f", str(res)], capture_output=True).returncode == 1
