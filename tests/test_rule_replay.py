@@ -26,6 +26,8 @@ JUDGED = {
     "safe_fetch_reach_v28b_plateaufloor": ("runs/tuned-rule/s4??", 6),
     "safe_fetch_reach_v29_rollbacktask": ("runs/reckless-rule/s4??", 6),  # seeds 419-424, v27's configuration
     "safe_fetch_reach_v30_risinghold": ("runs/tuned-rule/s4??", 6),  # seeds 425-430, v28b's configuration
+    # seeds 432-441, the conservative start; the old rule's run of 436 (the rule on main again), main's left out below
+    "safe_fetch_reach_v31_rollbackfloor": ("runs/conservative-rule*/s4??", 11),
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
@@ -35,7 +37,13 @@ JUDGED = {
 # (a rollback keeps the task: RuleManager._rollback_keeps_the_task).
 # Changed on purpose, judged in safe_fetch_reach_v30_risinghold (seeds 425-430): v28b's seed 418, whose price at 15k
 # (the hold's deadline, success 0.5 and 0.95, still rising) the rule no longer sets.
-CHANGED = {("safe_fetch_reach_v27_slack", "s395"), ("safe_fetch_reach_v28b_plateaufloor", "s418")}
+# Changed on purpose, judged in safe_fetch_reach_v31_rollbackfloor (seeds 432-441) and reverted there: its seed
+# 436 under the floor on a rollback's best, which at 16k refused the rollback that the rule (again) takes.
+CHANGED = {
+    ("safe_fetch_reach_v27_slack", "runs/reckless-rule/s395"),
+    ("safe_fetch_reach_v28b_plateaufloor", "runs/tuned-rule/s418"),
+    ("safe_fetch_reach_v31_rollbackfloor", "runs/conservative-rule/s436"),
+}
 
 
 @pytest.mark.parametrize("grid", sorted(JUDGED))
@@ -45,7 +53,7 @@ def test_the_rule_repeats_its_judged_decisions(grid):
     assert len(runs) == expected, f"{grid}: {len(runs)} rule runs, expected {expected}"
     changed = []
     for run in runs:
-        if (grid, run.name) in CHANGED:
+        if (grid, str(run.relative_to(RESULTS / grid))) in CHANGED:
             continue
         records = [r for r in read_audit(run / "audit.jsonl") if r.proposer == "rule"]
         assert records, f"{run}: no decision of the rule"
@@ -130,17 +138,3 @@ def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_th
         assert rollbacks == [], (budget, rollbacks)
         assert prices[0] == 500_000, (budget, prices)
 
-
-def test_no_rollback_to_a_best_drawn_by_chance_at_the_floor():
-    """SafeFetchPush seed 253 on the 2-core machine (``fetch_push_costknob``, ``rule_s253_cpu``): success 0.00-0.12
-    on 50 episodes to 220k, at chance (~7 % of goals start solved). At 220k the rule rolled the run back to its 60k
-    model, the best by a chance draw (0.12), and halved the LR. A best whose success is not above the floor (0.1) by
-    2 standard errors is no state to go back to; the same boundary with a best at 0.5 still gets the rollback."""
-    records = read_audit(RESULTS / "fetch_push_costknob" / "rule_s253_cpu" / "audit.jsonl")
-    record = next(r for r in records if r.kind == "decision" and r.step == 220_000)
-    assert record.decision.action == "rollback_and_consolidate" and record.snapshot.best.step == 60_000
-    assert (record.snapshot.best.success_rate, record.snapshot.evaluation.n_episodes) == (0.12, 50)
-    assert not RuleManager().rule_decision(record.snapshot, record.menu).action.startswith("rollback")
-    learned = record.snapshot.model_copy(deep=True)
-    learned.best.success_rate = learned.best.score = 0.5
-    assert RuleManager().rule_decision(learned, record.menu).action == "rollback_and_consolidate"

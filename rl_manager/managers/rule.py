@@ -177,14 +177,6 @@ def _diff_noise(p0: float, p1: float, n: int) -> float:
     return 2.0 * math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n)
 
 
-def _off_the_floor(rate: float, n: int) -> bool:
-    """Whether a success rate measured on ``n`` episodes (0: unknown) is still at least :data:`STUCK_SUCCESS` with 2
-    binomial standard errors taken off: a run whose best reads less has not shown that it left the floor (0.12 on
-    50 episodes is a chance draw on FetchPush, where ~7 % of goals start solved)."""
-    noise = 2.0 * math.sqrt(rate * (1.0 - rate) / n) if n > 0 else 0.0
-    return rate - noise >= STUCK_SUCCESS
-
-
 def _at_floor(knob: KnobSpec) -> bool:
     """Whether a knob sits within 2× of a positive lower bound, or at a lower bound of 0 or below (a target entropy
     of -4 over [-16, -1] is not at its floor)."""
@@ -561,8 +553,7 @@ class RuleManager(Manager):
         """Whether a rollback to the best checkpoint (by score) keeps the task's success: not when that checkpoint
         succeeds significantly less often than the latest evaluation (2 binomial s.e. of the difference); and while
         the cost is unpriced (a cost penalty at 0, no success bonus) or the learn-first hold is on, only when the
-        latest success fell significantly below the checkpoint's (a best whose success is not known gets none); and
-        never when the checkpoint's success is not off the floor (:func:`_off_the_floor`).
+        latest success fell significantly below the checkpoint's (a best whose success is not known gets none).
 
         With a safe-success score and the cost unpriced, the policy does not see the cost, and the best checkpoint
         can be one that has not started to move (no cost, success by chance): on FetchPickAndPlace seed 249
@@ -573,11 +564,6 @@ class RuleManager(Manager):
         latest = s.history[-1].success_rate if s.history else None
         best = self._best_success(s)
         n = s.evaluation.n_episodes
-        if best is not None and finite(best) and not _off_the_floor(best, n):
-            # a best drawn by chance from a run at its floor is no state to go back to: on SafeFetchPush seed 253
-            # (success 0.00-0.12 to 220k, chance ~0.07) the rule rolled the run back to its 60k model (0.12 on 50
-            # episodes) and halved the LR, discarding 160k steps of training for a noise draw
-            return False
         penalty, bonus = self._weights(s)
         unpriced = penalty is not None and penalty.value <= 0 and (bonus is None or bonus.value <= 0)
         by_success = bool(self._held) or unpriced
