@@ -137,4 +137,3 @@ def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_th
             prices += [r.step for c in getattr(decision, "changes", []) if c.knob == "cost_penalty"]
         assert rollbacks == [], (budget, rollbacks)
         assert prices[0] == 500_000, (budget, prices)
-
