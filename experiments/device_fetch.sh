@@ -141,12 +141,12 @@ print(statistics.median(h) if h else "nan")' "$res/rule/run/audit.jsonl" "$1" "$
     stop_at_chance() {  # $1 steps, $2 where (gate or screen), $3 an entropy bound (none: any entropy): once past $1
       # (the fixed arm branched meanwhile if the rule moved), both runs stopped if every one is at chance there and,
       # with a bound, the rule run's median entropy from $1/2 on is above it (no entropy read: no stop)
-      until past "$1" || ended; do [ -d "$res/fixed" ] || [ ! -d "$res/rule/run_fork" ] || branch_fixed; sleep 5; done
+      until past "$1" || ended; do branch_fixed; sleep 5; done
       past "$1" || return 0
-      local at latest entropy
-      at=$(evals rule | awk -v g="$1" '$1 >= g {print $2; exit}')
+      local step at latest entropy
+      read -r step at < <(evals rule | awk -v g="$1" '$1 >= g {print $1, $2; exit}')
       latest=$( { echo "$at"; evals fixed | tail -n 1 | cut -d' ' -f2; } | sort -g | tail -n 1)
-      entropy=$(entropy $(($1 / 2)) "$(evals rule | awk -v g="$1" '$1 >= g {print $1; exit}')")
+      entropy=$(entropy $(($1 / 2)) "$step")
       awk -v x="$latest" -v m="${MIN_SUCCESS:-0.2}" -v e="$entropy" -v b="${3:-}" \
         'BEGIN {exit !(x < m && (b == "" || (e != "nan" && e + 0 > b + 0)))}' || return 0
       pkill -f "$res/rule/run"; pkill -f "$res/fixed/run"

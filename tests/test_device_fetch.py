@@ -126,6 +126,13 @@ def _forked(tmp_path: Path, name: str, **env: str) -> Path:
     raise AssertionError(f"the chain did not end: {log}")
 
 
+def _assert_stopped(res: Path) -> None:
+    """The chain in ``res`` stopped its runs: the rule run was killed long before its budget, nothing left running."""
+    time.sleep(2)
+    assert not (res / "rule" / "run" / "summary.json").exists()
+    assert subprocess.run(["pgrep", "-f", str(res)], capture_output=True).returncode == 1
+
+
 def test_forked_chain_branches_the_fixed_arm_at_the_rules_first_move(tmp_path):
     """``forked``: the rule-managed run writes its fork just before its first move; the chain continues that copy
     with no manager (the fixed arm) and evaluates both final models held-out."""
@@ -147,14 +154,10 @@ def test_forked_chain_branches_the_fixed_arm_at_the_rules_first_move(tmp_path):
 def test_forked_chain_stops_both_runs_at_chance_at_the_gate(tmp_path):
     res = _forked(tmp_path, "res", BUDGET="204800", GATE="1024", MIN_SUCCESS="2")
     assert "runs stopped" in (res / "chain.log").read_text()
-    time.sleep(2)
-    assert not (res / "rule" / "run" / "summary.json").exists()  # killed long before its budget
-    assert subprocess.run(["pgrep", "-f", str(res)], capture_output=True).returncode == 1  # nothing left running
+    _assert_stopped(res)
 
 
 def test_forked_chain_stops_both_runs_at_the_screen_when_the_entropy_is_over_its_bound(tmp_path):
     res = _forked(tmp_path, "res", BUDGET="204800", SCREEN="1024", MAX_ENTROPY="-1000", MIN_SUCCESS="2")
     assert "at chance at the screen (1024 steps: success" in (res / "chain.log").read_text()
-    time.sleep(2)
-    assert not (res / "rule" / "run" / "summary.json").exists()
-    assert subprocess.run(["pgrep", "-f", str(res)], capture_output=True).returncode == 1
+    _assert_stopped(res)
