@@ -2,13 +2,48 @@
 
 ``python experiments/fetch_entropy_split.py``: one line per recorded run (its audit log under
 ``experiments/results/fetch_*``): the median policy entropy and entropy coefficient over its evaluations at
-100-200k, and the first evaluation with success >= 0.3. The ``--gpu`` recipe's target entropy is -4 (``-dim(A)``).
+100-200k, the mean episode cost (table contact) of its training episodes at 25-100k where a ``monitor.csv.gz``
+lies beside the audit, and the first evaluation with success >= 0.3. The ``--gpu`` recipe's target entropy is -4
+(``-dim(A)``).
 """
 
+import gzip
+import io
 import statistics
 from pathlib import Path
 
+import pandas as pd
+
 from rl_manager.audit import read_audit
+
+EPISODE_STEPS = 50
+
+
+def training_cost(monitor: Path, low: int = 25_000, high: int = 100_000) -> float | None:
+    """Mean training-episode cost between two env steps, from any of the three recorded monitor layouts.
+
+    An ``env`` column (each env's rows in order), no ``env`` column (rows in time order), or the workers' own
+    files concatenated, each after its ``# N.monitor.csv`` line.
+    """
+    if not monitor.is_file():
+        return None
+    lines = gzip.open(monitor, "rt").read().splitlines()
+    if lines[0].startswith("# "):
+        blocks = "\n".join(lines).split("\n# ")
+        frames = [
+            pd.read_csv(io.StringIO("\n".join(b.splitlines()[2:]))).assign(env=i) for i, b in enumerate(blocks)
+        ]
+        m = pd.concat(frames)
+    else:
+        m = pd.read_csv(io.StringIO("\n".join(lines)))
+    if "env" in m:
+        m["step"] = (m.groupby("env").cumcount() + 1) * EPISODE_STEPS * m.env.nunique()
+    else:
+        m = m.sort_values("t")
+        m["step"] = m.l.cumsum()
+    window = m[(m.step > low) & (m.step <= high)]
+    return float(window.episode_cost.mean()) if len(window) else None
+
 
 for path in sorted(Path("experiments/results").glob("fetch_*/**/audit.jsonl.gz")):
     snaps = {r.step: r.snapshot for r in read_audit(path.with_suffix("")) if r.snapshot is not None}
@@ -19,5 +54,10 @@ for path in sorted(Path("experiments/results").glob("fetch_*/**/audit.jsonl.gz")
     learned = next((k for k in sorted(snaps) if snaps[k].evaluation.success_rate >= 0.3), None)
     entropy = statistics.median(h.entropy for h in window)
     ent_coef = statistics.median(h.ent_coef for h in window)
+    cost = training_cost(path.parent / "monitor.csv.gz")
+    cost_text = "  -  " if cost is None else f"{cost:5.1f}"
     run = str(path.parent.relative_to("experiments/results"))
-    print(f"{run:<55} entropy {entropy:6.2f}  ent_coef {ent_coef:.4f}  success >= 0.3 from {learned} (to {max(snaps)})")
+    print(
+        f"{run:<55} entropy {entropy:6.2f}  ent_coef {ent_coef:.4f}  cost 25-100k {cost_text}"
+        f"  success >= 0.3 from {learned} (to {max(snaps)})"
+    )
