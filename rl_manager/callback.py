@@ -27,7 +27,7 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, unwrap_vec_normalize
 
 from rl_manager.actuators import KnobBounds, discover_actuators
 from rl_manager.controller import ACTION_CODES, Controlled, Controller, Observation
@@ -40,6 +40,9 @@ from rl_manager.schema import EvalMetrics, Targets
 from rl_manager.telemetry import EvalResult, LoggerCapture, algo_health, evaluate, train_window
 
 logger = logging.getLogger(__name__)
+
+#: the key of an in-memory checkpoint that holds a ``VecNormalize`` training env's ``(obs_rms, ret_rms)``
+NORMALIZER_KEY = "vec_normalize"
 
 
 class LastCheckpoint(BaseCallback):
@@ -80,8 +83,20 @@ class LastCheckpoint(BaseCallback):
         return True
 
 
+def normalizer_path(path: str | os.PathLike) -> Path:
+    """Where the statistics of a ``VecNormalize`` training env are saved beside the model ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_vecnormalize.pkl")
+
+
 def save_model(model, path: str | os.PathLike) -> None:
-    """``model.save(path)``, atomically (temp file, fsync, rename)."""
+    """``model.save(path)``, atomically (temp file, fsync, rename); where the training env normalises
+    observations (``VecNormalize``), its statistics too, to :func:`normalizer_path` (the model is only
+    meaningful with them)."""
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None:
+        with atomic_path(normalizer_path(path)) as tmp:
+            normalizer.save(tmp)
     with atomic_path(path) as tmp:
         model.save(tmp)
 
@@ -187,6 +202,18 @@ class ManagerCallback(BaseCallback, Controlled):
         if self.capture not in self.model.logger.output_formats:
             self.model.logger.output_formats.append(self.capture)
         self.controller.start(resumed_at=self.model.num_timesteps)
+        normalizer = self.model.get_vec_normalize_env()
+        if normalizer is not None and self.eval_env is not None and unwrap_vec_normalize(self.eval_env) is None:
+            # the policy reads normalised observations: evaluate it on them, with the training env's statistics
+            self.eval_env = VecNormalize(
+                self.eval_env,
+                training=False,
+                norm_obs=normalizer.norm_obs,
+                norm_reward=False,
+                clip_obs=normalizer.clip_obs,
+                epsilon=normalizer.epsilon,
+                norm_obs_keys=normalizer.norm_obs_keys,
+            )
         if self.eval_freq <= 0 and not isinstance(self.parent, EvalCallback):
             logger.warning("ManagerCallback has no eval_freq and no EvalCallback parent: it will never decide")
 
@@ -203,17 +230,31 @@ class ManagerCallback(BaseCallback, Controlled):
 
     # ----------------------------------------------------------------------------- adapter
     def checkpoint(self, path: Path | None = None) -> dict[str, Any]:
-        """Weights and optimiser state in memory (the replay buffer is kept); also saved to ``path``."""
+        """Weights and optimiser state in memory (the replay buffer is kept), with the training env's observation
+        statistics under :data:`NORMALIZER_KEY` where it normalises them (``VecNormalize``); also saved to ``path``."""
         if path is not None:
             save_model(self.model, path)
-        return copy.deepcopy(self.model.get_parameters())
+        checkpoint = self.model.get_parameters()
+        normalizer = self.model.get_vec_normalize_env()
+        if normalizer is not None:
+            checkpoint[NORMALIZER_KEY] = (normalizer.obs_rms, normalizer.ret_rms)
+        return copy.deepcopy(checkpoint)
 
     def restore(self, checkpoint: dict[str, Any] | Path) -> None:
-        """Load weights and optimiser state from :meth:`checkpoint` or a saved zip."""
+        """Load weights, optimiser state and observation statistics from :meth:`checkpoint` or a saved zip (the
+        statistics from beside it, :func:`normalizer_path`)."""
+        normalizer = self.model.get_vec_normalize_env()
         if isinstance(checkpoint, Path):
             self.model.set_parameters(str(checkpoint), exact_match=False, device=self.model.device)
-        else:
-            self.model.set_parameters(copy.deepcopy(checkpoint), exact_match=True, device=self.model.device)
+            if normalizer is not None and normalizer_path(checkpoint).is_file():
+                saved = VecNormalize.load(str(normalizer_path(checkpoint)), normalizer.venv)
+                normalizer.obs_rms, normalizer.ret_rms = saved.obs_rms, saved.ret_rms
+            return
+        parameters = copy.deepcopy(checkpoint)
+        stats = parameters.pop(NORMALIZER_KEY, None)
+        self.model.set_parameters(parameters, exact_match=True, device=self.model.device)
+        if normalizer is not None and stats is not None:
+            normalizer.obs_rms, normalizer.ret_rms = stats
 
     # ----------------------------------------------------------------------------- observation
     def _own_eval_metrics(self) -> EvalMetrics:
@@ -231,7 +272,12 @@ class ManagerCallback(BaseCallback, Controlled):
         return self._play(self.confirm_episodes).metrics()
 
     def _play(self, n_episodes: int) -> EvalResult:
-        """``n_episodes`` more episodes on ``eval_env``, whose scene stream continues from the last call."""
+        """``n_episodes`` more episodes on ``eval_env``, whose scene stream continues from the last call; where the
+        training env normalises observations, with its statistics of now (as ``EvalCallback`` syncs them)."""
+        normalizer, eval_normalizer = self.model.get_vec_normalize_env(), unwrap_vec_normalize(self.eval_env)
+        if normalizer is not None and eval_normalizer is not None:
+            eval_normalizer.training = False
+            eval_normalizer.obs_rms, eval_normalizer.ret_rms = copy.deepcopy((normalizer.obs_rms, normalizer.ret_rms))
         return evaluate(
             self.model,
             self.eval_env,

@@ -1,18 +1,22 @@
 """ManagerCallback in real SB3 runs on the planar reacher (tiny nets, tiny budgets)."""
 
+import copy
+
 import numpy as np
 import pytest
-import rl_manager.envs  # noqa: F401
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
+import rl_manager.envs  # noqa: F401
 from rl_manager.audit import read_audit
-from rl_manager.callback import ManagerCallback
+from rl_manager.callback import NORMALIZER_KEY, ManagerCallback, normalizer_path
 from rl_manager.managers.base import Manager, Proposal
 from rl_manager.menu import GateConfig
 from rl_manager.schema import Targets
+from rl_manager.telemetry import evaluate
 
 ENV = "rl_manager/PlanarReacher-v0"
 
@@ -112,6 +116,41 @@ def test_rollback_restores_best_weights_and_knobs(tmp_path):
     opt_best = cb.controller.best_checkpoint["policy.optimizer"]["state"]
     opt_now = model.policy.optimizer.state_dict()["state"]
     assert all(th.equal(opt_now[i]["exp_avg"], opt_best[i]["exp_avg"]) for i in opt_best)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_normalised_training_env_is_evaluated_with_its_statistics(tmp_path, wrapped):
+    """A policy trained on ``VecNormalize`` observations is evaluated on them, with the training statistics of the
+    moment (as ``EvalCallback`` syncs them): a plain eval env is wrapped, a user's ``VecNormalize`` one is synced."""
+    train, eval_env = envs()
+    train = VecNormalize(train, norm_reward=False)
+    if wrapped:
+        eval_env = VecNormalize(eval_env)  # training=True, as a user may leave it
+    model = ppo(train)
+    cb = ManagerCallback("none", run_dir=tmp_path, eval_env=eval_env, eval_freq=10**6)
+    model.learn(256, callback=cb)  # no evaluation yet: the eval env's scenes start from its seed below
+    played = cb._play(2)
+    assert isinstance(cb.eval_env, VecNormalize) and not cb.eval_env.training
+    np.testing.assert_array_equal(cb.eval_env.obs_rms.mean, train.obs_rms.mean)
+    reference = VecNormalize(make_vec_env(ENV, n_envs=1, seed=100), training=False, norm_reward=False)
+    reference.obs_rms = copy.deepcopy(train.obs_rms)
+    assert played.returns == evaluate(model, reference, 2).returns
+
+
+def test_rollback_restores_the_observation_statistics(tmp_path):
+    train, eval_env = envs()
+    train = VecNormalize(train, norm_reward=False)
+    model = ppo(train)
+    cb = ManagerCallback("none", run_dir=tmp_path, eval_env=eval_env, eval_freq=64, n_eval_episodes=1)
+    model.learn(256, callback=cb)
+    best_mean = cb.controller.best_checkpoint[NORMALIZER_KEY][0].mean.copy()
+    assert normalizer_path(tmp_path / "best_model.zip").is_file()
+    train.obs_rms.mean += 1.0
+    cb.controller.rollback(keep_recipe=False)
+    np.testing.assert_array_equal(train.obs_rms.mean, best_mean)
+    train.obs_rms.mean += 1.0
+    cb.restore(tmp_path / "best_model.zip")  # the saved best: its statistics from beside it
+    np.testing.assert_array_equal(train.obs_rms.mean, best_mean)
 
 
 def test_rollback_decision_applied_in_a_run(tmp_path):
