@@ -89,6 +89,24 @@ def normalizer_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}_vecnormalize.pkl")
 
 
+def eval_normalizer(env: VecEnv, normalizer: VecNormalize | None) -> VecEnv:
+    """``env`` normalising observations as the training env's ``normalizer`` does, with a copy of its statistics,
+    never updating them (evaluation); ``env`` itself where there is no normalizer."""
+    if normalizer is None:
+        return env
+    frozen = VecNormalize(
+        env,
+        training=False,
+        norm_obs=normalizer.norm_obs,
+        norm_reward=False,
+        clip_obs=normalizer.clip_obs,
+        epsilon=normalizer.epsilon,
+        norm_obs_keys=normalizer.norm_obs_keys,
+    )
+    frozen.obs_rms = copy.deepcopy(normalizer.obs_rms)
+    return frozen
+
+
 def save_model(model, path: str | os.PathLike) -> None:
     """``model.save(path)``, atomically (temp file, fsync, rename); where the training env normalises
     observations (``VecNormalize``), its statistics too, to :func:`normalizer_path` (the model is only
@@ -205,15 +223,7 @@ class ManagerCallback(BaseCallback, Controlled):
         normalizer = self.model.get_vec_normalize_env()
         if normalizer is not None and self.eval_env is not None and unwrap_vec_normalize(self.eval_env) is None:
             # the policy reads normalised observations: evaluate it on them, with the training env's statistics
-            self.eval_env = VecNormalize(
-                self.eval_env,
-                training=False,
-                norm_obs=normalizer.norm_obs,
-                norm_reward=False,
-                clip_obs=normalizer.clip_obs,
-                epsilon=normalizer.epsilon,
-                norm_obs_keys=normalizer.norm_obs_keys,
-            )
+            self.eval_env = eval_normalizer(self.eval_env, normalizer)
         if self.eval_freq <= 0 and not isinstance(self.parent, EvalCallback):
             logger.warning("ManagerCallback has no eval_freq and no EvalCallback parent: it will never decide")
 

@@ -86,6 +86,7 @@ RUN_KEYS = (
     "targets",
     "gates",
     "env_kwargs",
+    "normalize",
 )
 #: the recipe key ``vec_env``: how its ``n_envs`` copies run (``subproc``: one process each)
 VEC_ENVS = ("dummy", "subproc")
@@ -453,6 +454,7 @@ def _sb3_heldout(model, config: dict[str, Any], n_episodes: int, per_episode: bo
     """Held-out evaluation through SB3 vec envs (tasks without difficulty cells)."""
     from stable_baselines3.common.env_util import make_vec_env
 
+    from rl_manager.callback import eval_normalizer
     from rl_manager.telemetry import evaluate
 
     out: dict[str, Any] = {}
@@ -462,6 +464,7 @@ def _sb3_heldout(model, config: dict[str, Any], n_episodes: int, per_episode: bo
             env = make_vec_env(
                 env_id, n_envs=1, seed=config["seed"] + 20_000, env_kwargs=config["recipe"].get("env_kwargs")
             )
+            env = eval_normalizer(env, model.get_vec_normalize_env())
             result = evaluate(model, env, n_episodes, deterministic=deterministic)
             env.close()
             out[f"{mode}/{cell}"] = result.metrics().model_dump(mode="json")
@@ -483,7 +486,15 @@ def evaluate_saved(path: Path, n_episodes: int, device: str | None = None) -> in
         raise InputError(f"{path}: needs the saved model and its run's config.yml beside it")
     config = load_data(config_file)
     # one env in this process is enough to rebuild the model (HER's buffer needs an env)
+    from rl_manager.callback import normalizer_path
+
     env = make_train_env(config["env_id"], {**config["recipe"], "n_envs": 1, "vec_env": "dummy"}, seed=config["seed"])
+    if config["recipe"].get("normalize"):
+        if not normalizer_path(path).is_file():
+            raise InputError(
+                f"{path}: its recipe normalises observations; needs {normalizer_path(path).name} beside it"
+            )
+        env = normalize_env(env, config["recipe"], normalizer_path(path))
     try:
         model = algo_classes()[config["algo"]].load(path, env=env, device=device or "auto")
         heldout = heldout_evaluation(model, config, n_episodes, per_episode=True)
@@ -614,6 +625,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.gpu:
             recipe.update(gpu_preset(algo, recipe, args.device))
         recipe.update(parse_overrides(args.hyperparams))
+        _check_normalize(recipe.get("normalize", False))
         if recipe.get("vec_env", "dummy") not in VEC_ENVS:
             raise InputError(f"recipe key vec_env must be one of {VEC_ENVS}, not {recipe['vec_env']!r}")
         _check_manager_keys(recipe)
@@ -710,6 +722,34 @@ def make_train_env(env_id: str, recipe: dict[str, Any], seed: int, **kwargs: Any
     return env
 
 
+def _check_normalize(spec: Any) -> None:
+    """The recipe key ``normalize``: a bool, or a mapping of ``VecNormalize`` keyword arguments."""
+    import inspect
+
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    known = set(inspect.signature(VecNormalize).parameters) - {"venv"}
+    if not isinstance(spec, (bool, dict)) or (isinstance(spec, dict) and not set(spec) <= known):
+        raise InputError(f"recipe key normalize must be true/false or a mapping of {sorted(known)}, not {spec!r}")
+
+
+def normalize_env(env, recipe: dict[str, Any], stats: Path | None = None):
+    """The recipe key ``normalize`` (rl-zoo3's): ``true`` (``VecNormalize``'s defaults) or a mapping of its keyword
+    arguments (e.g. ``{norm_obs: true, norm_reward: false}``); ``gamma`` is the recipe's unless given. ``stats``: a
+    file saved beside a checkpoint (:func:`~rl_manager.callback.normalizer_path`) to continue from, if it exists.
+    """
+    spec = recipe.get("normalize")
+    if not spec:
+        return env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if stats is not None and stats.is_file():
+        return VecNormalize.load(str(stats), env)
+    kwargs = {} if spec is True else dict(spec)
+    kwargs.setdefault("gamma", recipe.get("gamma", 0.99))
+    return VecNormalize(env, **kwargs)
+
+
 def fork_dir(run_dir: Path) -> Path:
     """Where ``--fork-at-first-move`` writes its copy of ``run_dir``."""
     return run_dir.with_name(run_dir.name + "_fork")
@@ -742,7 +782,7 @@ def train(
     from stable_baselines3.common.vec_env import VecCheckNan
 
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
-    from rl_manager.callback import LastCheckpoint, ManagerCallback, save_last, save_model
+    from rl_manager.callback import LastCheckpoint, ManagerCallback, normalizer_path, save_last, save_model
     from rl_manager.knobs import KnobBounds
     from rl_manager.menu import GateConfig
     from rl_manager.schema import Targets
@@ -758,6 +798,7 @@ def train(
         # a resumed run appends to its episode logs
         monitor_kwargs={"info_keywords": tuple(config["info_keywords"]), "override_existing": not resume},
     )
+    env = normalize_env(env, recipe, normalizer_path(run_dir / "last_model.zip") if resume else None)
     # a NaN/inf observation, reward or action stops training at once with a clear error, before
     # it reaches the weights (and the last checkpoint)
     env = VecCheckNan(env, raise_exception=True)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch as th
 import yaml
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.save_util import load_from_zip_file
+from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_manager import train
 from rl_manager.audit import read_audit
@@ -285,3 +287,51 @@ def test_a_recipe_sets_the_managers_gates(tmp_path, allow_stop):
     for param in ("gates:{allow_stopp: false}", "targets:{succes_rate: 0.5}"):
         assert main([*args[: args.index("-f")], "-f", str(bad), "--manager", "rule", "-params", param]) == 2
     assert not bad.exists()
+
+
+def test_recipe_key_normalize_trains_resumes_and_judges_with_the_statistics(tmp_path, capsys):
+    """rl-zoo3's ``normalize``: the training env normalises observations; every saved model has the statistics
+    beside it, a resumed run continues them, and a saved model is judged held-out with them (the same figures as
+    at the end of its run)."""
+    args = ["--env", "PlanarReacher", "--recipe", "conservative", "-n", "512", "--eval-freq", "256"]
+    args += ["--eval-episodes", "2", "--heldout-episodes", "2", "--manager", "rule", *TINY_PPO]
+    assert main([*args, "normalize:{norm_reward: false}", "--run-dir", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    for name in ("last_model", "best_model", "final_model"):
+        assert (run / f"{name}_vecnormalize.pkl").is_file(), name
+    saved = VecNormalize.load(str(run / "last_model_vecnormalize.pkl"), make_vec_env("rl_manager/PlanarReacher-v0"))
+    assert not saved.norm_reward and saved.obs_rms.count > 512  # fitted on every training observation
+    config = yaml.safe_load((run / "config.yml").read_text())
+    config["n_timesteps"] = 1024
+    (run / "config.yml").write_text(yaml.safe_dump(config))
+    assert main(["--resume", str(run)]) == 0
+    resumed = VecNormalize.load(str(run / "last_model_vecnormalize.pkl"), make_vec_env("rl_manager/PlanarReacher-v0"))
+    assert resumed.obs_rms.count > saved.obs_rms.count + 512  # continued, not restarted
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["--evaluate", str(run / "final_model.zip"), "--heldout-episodes", "2"]) == 0
+    heldout = json.loads((run / "heldout_final_model.json").read_text())["heldout"]
+    assert heldout["deterministic/all"] == summary["heldout"]["deterministic/all"]
+    (run / "final_model_vecnormalize.pkl").unlink()
+    assert main(["--evaluate", str(run / "final_model.zip")]) == 2
+    assert "final_model_vecnormalize.pkl" in capsys.readouterr().err
+    assert main([*args, "normalize:yes please", "--run-dir", str(tmp_path / "bad")]) == 2
+
+
+def test_normalize_with_her_goal_observations(tmp_path, monkeypatch):
+    """``normalize`` on a goal env (dict observations, HER relabelling raw goals): held-out episodes are played on
+    observations normalised with the training statistics, and the saved model's judgement repeats the run's own."""
+    from rl_manager import telemetry
+
+    played_on = []
+    real = telemetry.evaluate
+    monkeypatch.setattr(telemetry, "evaluate", lambda m, env, *a, **k: played_on.append(env) or real(m, env, *a, **k))
+    run = tmp_path / "run"
+    args = ["--env", "FetchReach", "--algo", "sac", "-n", "400", "--eval-freq", "200", "--eval-episodes", "2"]
+    args += ["--heldout-episodes", "2", "--manager", "rule", "--run-dir", str(run), "-params", "learning_starts:100"]
+    args += ["batch_size:32", "policy_kwargs:{net_arch: [16]}", "buffer_size:2000", "normalize:{norm_reward: false}"]
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["--evaluate", str(run / "final_model.zip"), "--heldout-episodes", "2", "--device", "cpu"]) == 0
+    heldout = json.loads((run / "heldout_final_model.json").read_text())["heldout"]
+    assert heldout["deterministic/all"] == summary["heldout"]["deterministic/all"]
+    assert len(played_on) >= 4 and all(isinstance(env, VecNormalize) and not env.training for env in played_on)
