@@ -284,10 +284,10 @@ class ManagerCallback(BaseCallback, Controlled):
     def _play(self, n_episodes: int) -> EvalResult:
         """``n_episodes`` more episodes on ``eval_env``, whose scene stream continues from the last call; where the
         training env normalises observations, with its statistics of now (as ``EvalCallback`` syncs them)."""
-        normalizer, eval_normalizer = self.model.get_vec_normalize_env(), unwrap_vec_normalize(self.eval_env)
-        if normalizer is not None and eval_normalizer is not None:
-            eval_normalizer.training = False
-            eval_normalizer.obs_rms, eval_normalizer.ret_rms = copy.deepcopy((normalizer.obs_rms, normalizer.ret_rms))
+        normalizer, frozen = self.model.get_vec_normalize_env(), unwrap_vec_normalize(self.eval_env)
+        if normalizer is not None and frozen is not None:
+            frozen.training = False
+            frozen.obs_rms, frozen.ret_rms = copy.deepcopy((normalizer.obs_rms, normalizer.ret_rms))
         return evaluate(
             self.model,
             self.eval_env,
