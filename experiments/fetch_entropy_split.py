@@ -30,9 +30,7 @@ def training_cost(monitor: Path, low: int = 25_000, high: int = 100_000) -> floa
     lines = gzip.open(monitor, "rt").read().splitlines()
     if lines[0].startswith("# "):
         blocks = "\n".join(lines).split("\n# ")
-        frames = [
-            pd.read_csv(io.StringIO("\n".join(b.splitlines()[2:]))).assign(env=i) for i, b in enumerate(blocks)
-        ]
+        frames = [pd.read_csv(io.StringIO("\n".join(b.splitlines()[2:]))).assign(env=i) for i, b in enumerate(blocks)]
         m = pd.concat(frames)
     else:
         m = pd.read_csv(io.StringIO("\n".join(lines)))
