@@ -490,11 +490,10 @@ def evaluate_saved(path: Path, n_episodes: int, device: str | None = None) -> in
 
     env = make_train_env(config["env_id"], {**config["recipe"], "n_envs": 1, "vec_env": "dummy"}, seed=config["seed"])
     if config["recipe"].get("normalize"):
-        if not normalizer_path(path).is_file():
-            raise InputError(
-                f"{path}: its recipe normalises observations; needs {normalizer_path(path).name} beside it"
-            )
-        env = normalize_env(env, config["recipe"], normalizer_path(path))
+        stats = normalizer_path(path)
+        if not stats.is_file():
+            raise InputError(f"{path}: its recipe normalises observations; needs {stats.name} beside it")
+        env = normalize_env(env, config["recipe"], stats)
     try:
         model = algo_classes()[config["algo"]].load(path, env=env, device=device or "auto")
         heldout = heldout_evaluation(model, config, n_episodes, per_episode=True)
