@@ -38,6 +38,9 @@ case "${1:?bench|start|branch|costknob|forked|heldout|poll}" in
     ;;
   start)
     name=${2:?name}; seed=${3:?seed}; shift 3
+    # (train refuses a run folder that exists, but only after the detached launch has reported "started": a chain's
+    # arm of that name left on the machine made a later start fail unseen, 2026-12-05)
+    [ ! -e "$res/$name/run" ] || { echo "error: $res/$name/run exists (an earlier run or chain arm): move it away" >&2; exit 1; }
     mkdir -p "$res/$name"
     params=(); [ $# -gt 0 ] && params=(-params "$@")
     setsid nohup python3 -m rl_manager.train --env ${ENV:-FetchPickAndPlace} --recipe ${RECIPE:-tuned} --seed "$seed" ${FULL:---full} \

@@ -84,6 +84,29 @@ def test_start_trains_the_env_named_by_env(tmp_path):
         assert argv[argv.index("--seed") + 1] == "7"
 
 
+def test_start_refuses_a_name_that_already_holds_a_run(tmp_path):
+    """A run folder left by an earlier chain (its ``fixed`` arm) stops ``start`` before the detached launch, whose
+    own refusal no call would see."""
+    script = _script(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python3"  # records that it ran
+    fake.write_text('#!/usr/bin/env bash\ntouch "$RES/launched"\n')
+    fake.chmod(0o755)
+    res = tmp_path / "res"
+    (res / "fixed" / "run").mkdir(parents=True)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RES": str(res)}
+    done = subprocess.run(["bash", str(script), "start", "fixed", "250"], env=env, capture_output=True, text=True)
+    time.sleep(1)
+    assert done.returncode == 1 and "exists" in done.stderr
+    assert not (res / "launched").exists()
+    subprocess.run(["bash", str(script), "start", "other", "250"], env=env, timeout=30)  # a new name launches
+    deadline = time.monotonic() + 20
+    while not (res / "launched").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (res / "launched").exists()
+
+
 def test_costknob_refuses_an_unknown_arm_before_the_trunk(tmp_path):
     """An arm the chain cannot branch (``pen`` without its penalty, a typo) stops it before any device time goes
     into the trunk; ``penX`` arms (no manager, penalty X) are branched (a CPU smoke test in fetch_pick_costknob)."""
