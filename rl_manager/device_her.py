@@ -26,8 +26,10 @@ A batch is then drawn and relabelled there, with the same distribution as SB3's:
 
 Random numbers come from the buffer's own torch generator on the device (seeded from numpy's global generator
 when the mirror is built), not numpy's: the same algorithm, another stream, and the policy's torch stream untouched.
-It falls back to SB3's own ``sample`` where the mirror cannot stand in: a ``VecNormalize`` env (normalised
-samples) or ``copy_info_dict=True`` (rewards that read infos).
+A ``VecNormalize`` env's running statistics are applied to the batch on the device, after relabelling, as SB3
+applies them in numpy (observations standardised and clipped, rewards scaled and clipped; the buffer keeps the
+original ones). It falls back to SB3's own ``sample`` where the mirror cannot stand in: ``copy_info_dict=True``
+(rewards that read infos).
 """
 
 from __future__ import annotations
@@ -239,8 +241,40 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
 
     # -- sampling ------------------------------------------------------------------------------------------
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
-        if env is not None or self.copy_info_dict:
+        if self.copy_info_dict:
             return super().sample(batch_size, env)
+        batch = self._sample(batch_size)
+        return batch if env is None else self._normalize(batch, env)
+
+    def _normalize(self, batch: DictReplayBufferSamples, env: VecNormalize) -> DictReplayBufferSamples:
+        """``batch`` under ``env``'s running statistics, as ``env.normalize_obs`` and ``normalize_reward`` do."""
+
+        def scale(x: th.Tensor, mean: np.ndarray, var: np.ndarray, clip: float) -> th.Tensor:
+            mean_t, std_t = (
+                th.as_tensor(a, dtype=x.dtype, device=x.device) for a in (mean, np.sqrt(var + env.epsilon))
+            )
+            return th.clamp((x - mean_t) / std_t, -clip, clip).float()  # float32, as SB3's
+
+        def obs(o: dict[str, th.Tensor]) -> dict[str, th.Tensor]:
+            if not env.norm_obs:
+                return o
+            rms = env.obs_rms
+            return {
+                k: scale(v, rms[k].mean, rms[k].var, env.clip_obs) if k in env.norm_obs_keys else v
+                for k, v in o.items()
+            }
+
+        rewards = batch.rewards
+        if env.norm_reward:
+            rewards = th.clamp(
+                rewards / float(np.sqrt(env.ret_rms.var + env.epsilon)), -env.clip_reward, env.clip_reward
+            )
+        return batch._replace(
+            observations=obs(batch.observations), next_observations=obs(batch.next_observations), rewards=rewards
+        )
+
+    def _sample(self, batch_size: int) -> DictReplayBufferSamples:
+        """A batch of stored, relabelled transitions as they were added (no normalisation)."""
         if self._mirror is None:
             self._build_mirror()
         m = self._mirror

@@ -12,6 +12,7 @@ import pytest
 import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 from stable_baselines3.her import HerReplayBuffer
 
 from rl_manager.device_her import DeviceHerReplayBuffer
@@ -129,6 +130,36 @@ def test_sampling_distribution_matches_sb3(env):
     assert 0.5 * np.abs(counts[0] - counts[1]).sum() < 0.03  # total variation over (row, env): both uniform
     assert abs(offsets[0].mean() - offsets[1].mean()) < 1.5  # relabelling reaches as far ahead in both
     assert abs(np.mean(offsets[0] == 0) - np.mean(offsets[1] == 0)) < 0.03
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_vecnormalize_env_is_applied_on_the_device_as_sb3_applies_it(env, device):
+    """The same draws as without the normaliser (no fall-back to SB3's host sampling), then observations and
+    rewards standardised and clipped as ``VecNormalize.normalize_obs`` and ``normalize_reward`` do."""
+    norm = VecNormalize(env, norm_obs=True, norm_reward=True, clip_obs=2.0, clip_reward=3.0)
+    rng = np.random.default_rng(0)
+    for rms in norm.obs_rms.values():
+        rms.mean = rng.normal(size=rms.mean.shape)
+        rms.var = rng.uniform(0.01, 1.0, size=rms.var.shape)
+    norm.ret_rms.var = np.array(0.04)
+    buffer = make(env, device=device)
+    fill([buffer], env, 130)
+    buffer.sample(8)  # builds the mirror and its generator
+    state = buffer._generator.get_state()
+    raw = buffer.sample(512)
+    buffer._generator.set_state(state)
+    batch = buffer.sample(512, env=norm)
+    assert batch.actions.device.type == device
+    th.testing.assert_close(batch.actions, raw.actions, rtol=0, atol=0)  # the same transitions and goals
+    for got, before in ((batch.observations, raw.observations), (batch.next_observations, raw.next_observations)):
+        expected = norm.normalize_obs({k: v.cpu().numpy() for k, v in before.items()})
+        for key, value in expected.items():
+            np.testing.assert_allclose(got[key].cpu().numpy(), value, rtol=1e-5, atol=1e-5, err_msg=key)
+            assert got[key].dtype == th.float32
+    assert (batch.observations["observation"].abs() == 2.0).any()  # some clipped
+    rewards = batch.rewards.cpu().numpy()
+    np.testing.assert_allclose(rewards, norm.normalize_reward(raw.rewards.cpu().numpy()), rtol=1e-6)
+    assert (rewards == -3.0).any() and (rewards == 0).any()  # -1 / 0.2 clipped at -3; a reached goal stays 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
