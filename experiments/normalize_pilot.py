@@ -13,6 +13,10 @@ saves the model, replay buffer and normaliser to ``RUN/ckpt/`` so that a later s
 (``--resume``).
 
 ``OMP_NUM_THREADS=1 python experiments/normalize_pilot.py --seed 256 --normalize -n 600000 --run RUN``
+
+``--heldout N`` trains nothing: it plays ``N`` deterministic episodes of the model in ``RUN/ckpt`` (with its
+normaliser, frozen) on an env seeded ``seed + 20000``, the same scenes for both arms of a seed, and writes each
+episode's figures to ``RUN/heldout_episodes.json`` for ``experiments/heldout_pairs.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 import torch as th
 from sb3_contrib import TQC
 from stable_baselines3 import HerReplayBuffer
@@ -30,7 +35,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
-import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
+from rl_manager.telemetry import evaluate as rl_evaluate
 
 ENV_ID = "rl_manager/SafeFetchPush-v0"
 
@@ -87,6 +92,20 @@ def save(model: TQC, run: Path) -> None:
     (ckpt / "step.txt").write_text(str(model.num_timesteps))
 
 
+def heldout(ckpt: Path, seed: int, n_episodes: int, dest: Path) -> None:
+    """``n_episodes`` deterministic episodes of the checkpoint's model on scenes seeded ``seed + 20000``."""
+    env = make_vec_env(ENV_ID, n_envs=1, seed=seed + 20_000)
+    stats = ckpt / "vecnormalize.pkl"
+    if stats.is_file():
+        env = VecNormalize.load(str(stats), env)
+        env.training = False
+    model = TQC.load(ckpt / "model.zip", env=env, device="cpu")
+    result = rl_evaluate(model, env, n_episodes, deterministic=True)
+    dest.write_text(json.dumps({"deterministic/all": result.episodes()}))
+    metrics = result.metrics()
+    print(f"step {(ckpt / 'step.txt').read_text()}: success {metrics.success_rate}, cost {metrics.mean_cost} -> {dest}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, required=True)
@@ -97,10 +116,14 @@ def main() -> None:
     parser.add_argument("--eval-freq", type=int, default=20_000)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--save-freq", type=int, default=100_000)
+    parser.add_argument("--heldout", type=int, default=0, help="only play this many held-out episodes of RUN/ckpt")
     args = parser.parse_args()
     args.run.mkdir(parents=True, exist_ok=True)
     th.set_num_threads(1)
 
+    if args.heldout:
+        heldout(args.run / "ckpt", args.seed, args.heldout, args.run / "heldout_episodes.json")
+        return
     env = make_vec_env(ENV_ID, n_envs=1, seed=args.seed)
     eval_env = make_vec_env(ENV_ID, n_envs=1, seed=args.seed + 10_000)
     ckpt = args.run / "ckpt"
