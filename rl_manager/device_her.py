@@ -248,30 +248,30 @@ class DeviceHerReplayBuffer(HerReplayBuffer):
 
     def _normalize(self, batch: DictReplayBufferSamples, env: VecNormalize) -> DictReplayBufferSamples:
         """``batch`` under ``env``'s running statistics, as ``env.normalize_obs`` and ``normalize_reward`` do."""
+        observations, next_observations, rewards = batch.observations, batch.next_observations, batch.rewards
+        if env.norm_obs:
+            stats: dict[str, tuple[th.Tensor, th.Tensor]] = {}  # (mean, std) on the device, for both dicts
+            for key in env.norm_obs_keys:
+                x, rms = observations[key], env.obs_rms[key]
+                mean, std = (rms.mean, np.sqrt(rms.var + env.epsilon))
+                stats[key] = (
+                    th.as_tensor(mean, dtype=x.dtype, device=x.device),
+                    th.as_tensor(std, dtype=x.dtype, device=x.device),
+                )
 
-        def scale(x: th.Tensor, mean: np.ndarray, var: np.ndarray, clip: float) -> th.Tensor:
-            mean_t, std_t = (
-                th.as_tensor(a, dtype=x.dtype, device=x.device) for a in (mean, np.sqrt(var + env.epsilon))
-            )
-            return th.clamp((x - mean_t) / std_t, -clip, clip).float()  # float32, as SB3's
+            def scale(o: dict[str, th.Tensor]) -> dict[str, th.Tensor]:  # float32, as SB3's
+                return {
+                    k: th.clamp((v - stats[k][0]) / stats[k][1], -env.clip_obs, env.clip_obs).float()
+                    if k in stats
+                    else v
+                    for k, v in o.items()
+                }
 
-        def obs(o: dict[str, th.Tensor]) -> dict[str, th.Tensor]:
-            if not env.norm_obs:
-                return o
-            rms = env.obs_rms
-            return {
-                k: scale(v, rms[k].mean, rms[k].var, env.clip_obs) if k in env.norm_obs_keys else v
-                for k, v in o.items()
-            }
-
-        rewards = batch.rewards
+            observations, next_observations = scale(observations), scale(next_observations)
         if env.norm_reward:
-            rewards = th.clamp(
-                rewards / float(np.sqrt(env.ret_rms.var + env.epsilon)), -env.clip_reward, env.clip_reward
-            )
-        return batch._replace(
-            observations=obs(batch.observations), next_observations=obs(batch.next_observations), rewards=rewards
-        )
+            scale_r = float(np.sqrt(env.ret_rms.var + env.epsilon))
+            rewards = th.clamp(rewards / scale_r, -env.clip_reward, env.clip_reward)
+        return batch._replace(observations=observations, next_observations=next_observations, rewards=rewards)
 
     def _sample(self, batch_size: int) -> DictReplayBufferSamples:
         """A batch of stored, relabelled transitions as they were added (no normalisation)."""
