@@ -101,6 +101,7 @@ def heldout(ckpt: Path, seed: int, n_episodes: int, dest: Path) -> None:
         env.training = False
     model = TQC.load(ckpt / "model.zip", env=env, device="cpu")
     result = rl_evaluate(model, env, n_episodes, deterministic=True)
+    env.close()
     dest.write_text(json.dumps({"deterministic/all": result.episodes()}))
     metrics = result.metrics()
     print(f"step {(ckpt / 'step.txt').read_text()}: success {metrics.success_rate}, cost {metrics.mean_cost} -> {dest}")
