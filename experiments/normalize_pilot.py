@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 import torch as th
 from sb3_contrib import TQC
 from stable_baselines3 import HerReplayBuffer
@@ -35,6 +34,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
+import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 from rl_manager.telemetry import evaluate as rl_evaluate
 
 ENV_ID = "rl_manager/SafeFetchPush-v0"

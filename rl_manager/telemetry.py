@@ -20,7 +20,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import KVWriter
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from rl_manager.schema import AlgoHealth, EvalMetrics, TrainWindow
 
@@ -106,6 +106,7 @@ def evaluate(
     seen = {"success": False, "cost": False}
     space = getattr(env.observation_space, "spaces", {})
     with_goals = "desired_goal" in space and "achieved_goal" in space
+    normalizer = unwrap_vec_normalize(env)  # scenes are recorded in the env's own units, not normalised ones
     start: list[list[list[float]]] = [[] for _ in range(n_envs)]
     goals: list[list[list[float]]] = []
     prefix = f"{cost_key}_"
@@ -115,7 +116,7 @@ def evaluate(
     def on_step(local: dict[str, Any], _globals: dict[str, Any]) -> None:
         i, info = local["i"], local["info"]
         if with_goals and local["current_lengths"][i] == 1:  # the observation this episode started from
-            obs = local["observations"]
+            obs = local["observations"] if normalizer is None else normalizer.unnormalize_obs(local["observations"])
             start[i] = [np.round(obs[k][i], 4).tolist() for k in ("desired_goal", "achieved_goal")]
         if cost_key in info:
             seen["cost"] = True

@@ -260,3 +260,21 @@ def test_sb3_evaluation_keeps_each_episodes_scene_whatever_the_policy():
     plain = make_vec_env(ENV, n_envs=1, seed=7)
     assert "goal" not in evaluate(PPO("MlpPolicy", plain, seed=0), plain, 2).episodes()
     plain.close()
+
+
+def test_sb3_evaluation_records_the_scenes_in_the_envs_units_under_a_normaliser():
+    """A normalised arm plays the same scenes as a plain one and its episodes say so (not normalised goals)."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rl_manager.telemetry import evaluate
+
+    results = []
+    for normalize in (False, True):
+        env = make_vec_env("rl_manager/SafeFetchPickAndPlace-v0", n_envs=2, seed=7)
+        if normalize:
+            env = VecNormalize(env, training=False, norm_reward=False)
+            for rms in env.obs_rms.values():
+                rms.mean, rms.var = rms.mean + 1.0, rms.var * 0.25
+        results.append(evaluate(_Policy(env.action_space, False), env, 4))
+        env.close()
+    np.testing.assert_allclose(np.array(results[1].goals), np.array(results[0].goals), atol=1e-3)
