@@ -1,18 +1,21 @@
 """The arms of a branched Fetch cost-knob grid side by side, from their stored logs (no held-out needed).
 
 Each arm folder holds ``audit.jsonl.gz`` (every evaluation boundary: its snapshot, decision and knobs) and
-``monitor.csv.gz`` (every training episode, its env index in column ``env``, each env's rows in order). Prints the
-evaluation curve of each arm, its training episodes in windows of env steps, and the decisions that moved a knob.
-A Fetch episode is 50 steps long, so an env's ``i``-th episode ends at env step ``(i + 1) * 50 * n_envs``.
+``monitor.csv.gz`` (every training episode; see :func:`read_monitor`). Prints the evaluation curve of each arm, its
+training episodes in windows of env steps, and the decisions that moved a knob; ``--plot PNG`` draws the evaluation
+success and cost of the arms, each applied move marked.
 
     python experiments/fetch_costknob_report.py experiments/results/fetch_pick_costknob --arms fixed rule pen1 \\
         --seed 240 --from-step 200000
+    python experiments/fetch_costknob_report.py experiments/results/fetch_pick_costknob/forked_s259 \\
+        --arms fixed rule --from-step 340000 --plot experiments/results/fetch_pick_costknob/forked_s259.png
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 from pathlib import Path
 
@@ -42,10 +45,31 @@ def evaluations(arm: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_windows(arm: Path, n_envs: int, window: int, from_step: int) -> pd.DataFrame:
+def read_monitor(path: Path) -> pd.DataFrame:
+    """Training episodes from any of the three recorded monitor layouts, each with the env step it ended at.
+
+    An ``env`` column (each env's rows in order), no ``env`` column (rows in time order), or the workers' own files
+    concatenated, each after its ``# N.monitor.csv`` line. A Fetch episode is 50 steps long, so an env's ``i``-th
+    episode ends at env step ``(i + 1) * 50 * n_envs``.
+    """
+    lines = gzip.open(path, "rt").read().splitlines()
+    if lines[0].startswith("# "):
+        blocks = "\n".join(lines).split("\n# ")
+        frames = [pd.read_csv(io.StringIO("\n".join(b.splitlines()[2:]))).assign(env=i) for i, b in enumerate(blocks)]
+        m = pd.concat(frames, ignore_index=True)
+    else:
+        m = pd.read_csv(io.StringIO("\n".join(lines)))
+    if "env" in m:
+        m["step"] = (m.groupby("env").cumcount() + 1) * EPISODE_STEPS * m.env.nunique()
+    else:
+        m = m.sort_values("t")
+        m["step"] = m.l.cumsum()
+    return m
+
+
+def training_windows(arm: Path, window: int, from_step: int) -> pd.DataFrame:
     """Training-episode success, episode cost and safe success (success at zero cost) per window of env steps."""
-    m = pd.read_csv(arm / "monitor.csv.gz")
-    m["step"] = (m.groupby("env").cumcount() + 1) * EPISODE_STEPS * n_envs
+    m = read_monitor(arm / "monitor.csv.gz")
     m = m[m.step > from_step].copy()
     m["window"] = from_step + ((m.step - from_step - 1) // window + 1) * window
     m["safe"] = (m.is_success > 0) & (m.episode_cost == 0)
@@ -54,19 +78,60 @@ def training_windows(arm: Path, n_envs: int, window: int, from_step: int) -> pd.
     )
 
 
+def moves(arm: Path) -> list[tuple[int, str]]:
+    """(step, "knob before→after, ...") of every applied decision of an arm."""
+    out = []
+    with gzip.open(arm / "audit.jsonl.gz", "rt") as f:
+        for record in map(json.loads, f):
+            if record.get("applied") and record.get("changes"):
+                out.append(
+                    (
+                        record["step"],
+                        ", ".join(f"{c['knob']} {c['before']:.3g}→{c['after']:.3g}" for c in record["changes"]),
+                    )
+                )
+    return out
+
+
+def plot(arms: dict[str, Path], path: Path) -> None:
+    """Evaluation success and episode cost of every arm over env steps, each arm's applied moves marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for name, arm in arms.items():
+        ev = evaluations(arm)
+        line = top.plot(ev.step, ev.success, marker=".", label=name)[0]
+        bottom.plot(ev.step, ev.cost, marker=".", color=line.get_color())
+        for step, label in moves(arm):
+            for ax in (top, bottom):
+                ax.axvline(step, color=line.get_color(), ls=":", lw=1)
+            top.annotate(label, (step, 0.02), rotation=90, fontsize=7, va="bottom", ha="right")
+    top.set_ylabel("evaluation success")
+    top.set_ylim(-0.02, 1.02)
+    top.legend(loc="center left", fontsize=8)
+    bottom.set_ylabel("evaluation episode cost")
+    bottom.set_xlabel("env steps (dotted: an applied move)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path)
     p.add_argument("--arms", nargs="+", required=True)
-    p.add_argument("--seed", required=True, help="the folders' suffix after _s: a seed, or e.g. 240_480")
+    p.add_argument("--seed", help="the folders' suffix after _s: a seed, or e.g. 240_480 (none: the arms' own names)")
     p.add_argument("--from-step", type=int, default=0, help="the branch point: earlier steps are the shared trunk")
     p.add_argument("--window", type=int, default=20000)
-    p.add_argument("--n-envs", type=int, default=16)
+    p.add_argument("--plot", type=Path, help="write the arms' evaluation curves to this PNG")
     args = p.parse_args(argv)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_colwidth", 120)
-    for name in args.arms:
-        arm = args.results / f"{name}_s{args.seed}"
+    arms = {name: args.results / (f"{name}_s{args.seed}" if args.seed else name) for name in args.arms}
+    for name, arm in arms.items():
         ev = evaluations(arm)
         print(f"== {name}: evaluations (deterministic; the same scenes in every arm at a boundary)")
         print(
@@ -75,11 +140,14 @@ def main(argv: list[str] | None = None) -> None:
             .to_string(index=False, float_format="%.3g")
         )
         print(f"-- {name}: training episodes per {args.window} env steps")
-        print(training_windows(arm, args.n_envs, args.window, args.from_step).to_string(float_format="%.3f"))
-        moves = ev[ev.applied]
-        if len(moves):
+        print(training_windows(arm, args.window, args.from_step).to_string(float_format="%.3f"))
+        applied = ev[ev.applied]
+        if len(applied):
             print(f"-- {name}: decisions applied")
-            print(moves[["step", "reason"]].to_string(index=False))
+            print(applied[["step", "reason"]].to_string(index=False))
+    if args.plot:
+        plot(arms, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

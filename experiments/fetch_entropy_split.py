@@ -7,38 +7,19 @@ lies beside the audit, and the first evaluation with success >= 0.3. The ``--gpu
 (``-dim(A)``).
 """
 
-import gzip
-import io
 import statistics
 from pathlib import Path
 
-import pandas as pd
+from fetch_costknob_report import read_monitor
 
 from rl_manager.audit import read_audit
 
-EPISODE_STEPS = 50
-
 
 def training_cost(monitor: Path, low: int = 25_000, high: int = 100_000) -> float | None:
-    """Mean training-episode cost between two env steps, from any of the three recorded monitor layouts.
-
-    An ``env`` column (each env's rows in order), no ``env`` column (rows in time order), or the workers' own
-    files concatenated, each after its ``# N.monitor.csv`` line.
-    """
+    """Mean training-episode cost between two env steps (any recorded monitor layout); None without a monitor."""
     if not monitor.is_file():
         return None
-    lines = gzip.open(monitor, "rt").read().splitlines()
-    if lines[0].startswith("# "):
-        blocks = "\n".join(lines).split("\n# ")
-        frames = [pd.read_csv(io.StringIO("\n".join(b.splitlines()[2:]))).assign(env=i) for i, b in enumerate(blocks)]
-        m = pd.concat(frames)
-    else:
-        m = pd.read_csv(io.StringIO("\n".join(lines)))
-    if "env" in m:
-        m["step"] = (m.groupby("env").cumcount() + 1) * EPISODE_STEPS * m.env.nunique()
-    else:
-        m = m.sort_values("t")
-        m["step"] = m.l.cumsum()
+    m = read_monitor(monitor)
     window = m[(m.step > low) & (m.step <= high)]
     return float(window.episode_cost.mean()) if len(window) else None
 
