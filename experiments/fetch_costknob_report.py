@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from rl_manager.demo import interventions
+
 EPISODE_STEPS = 50
 
 
@@ -78,34 +80,19 @@ def training_windows(arm: Path, window: int, from_step: int) -> pd.DataFrame:
     )
 
 
-def moves(arm: Path) -> list[tuple[int, str]]:
-    """(step, "knob before→after, ...") of every applied decision of an arm."""
-    out = []
-    with gzip.open(arm / "audit.jsonl.gz", "rt") as f:
-        for record in map(json.loads, f):
-            if record.get("applied") and record.get("changes"):
-                out.append(
-                    (
-                        record["step"],
-                        ", ".join(f"{c['knob']} {c['before']:.3g}→{c['after']:.3g}" for c in record["changes"]),
-                    )
-                )
-    return out
-
-
-def plot(arms: dict[str, Path], path: Path) -> None:
-    """Evaluation success and episode cost of every arm over env steps, each arm's applied moves marked."""
+def plot(arms: dict[str, Path], curves: dict[str, pd.DataFrame], path: Path) -> None:
+    """Evaluation success and episode cost of every arm (``curves``: its :func:`evaluations`) over env steps, each
+    arm's applied decisions marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for name, arm in arms.items():
-        ev = evaluations(arm)
+    for name, ev in curves.items():
         line = top.plot(ev.step, ev.success, marker=".", label=name)[0]
         bottom.plot(ev.step, ev.cost, marker=".", color=line.get_color())
-        for step, label in moves(arm):
+        for step, label in interventions(arms[name]):
             for ax in (top, bottom):
                 ax.axvline(step, color=line.get_color(), ls=":", lw=1)
             top.annotate(label, (step, 0.02), rotation=90, fontsize=7, va="bottom", ha="right")
@@ -131,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     pd.set_option("display.width", 200)
     pd.set_option("display.max_colwidth", 120)
     arms = {name: args.results / (f"{name}_s{args.seed}" if args.seed else name) for name in args.arms}
+    curves = {name: evaluations(arm) for name, arm in arms.items()}
     for name, arm in arms.items():
-        ev = evaluations(arm)
+        ev = curves[name]
         print(f"== {name}: evaluations (deterministic; the same scenes in every arm at a boundary)")
         print(
             ev[ev.step >= args.from_step]
@@ -146,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"-- {name}: decisions applied")
             print(applied[["step", "reason"]].to_string(index=False))
     if args.plot:
-        plot(arms, args.plot)
+        plot(arms, curves, args.plot)
         print(f"plot: {args.plot}")
 
 
