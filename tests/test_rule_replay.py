@@ -39,10 +39,15 @@ JUDGED = {
 # (the hold's deadline, success 0.5 and 0.95, still rising) the rule no longer sets.
 # Changed on purpose, judged in safe_fetch_reach_v31_rollbackfloor (seeds 432-441) and reverted there: its seed
 # 436 under the floor on a rollback's best, which at 16k refused the rollback that the rule (again) takes.
+# Changed on purpose, to be judged on fresh seeds (declared in fetch_pick_costknob's README, "Next, declared 17:45
+# UTC"): v31's seeds 432 (16k) and 433 (16k, 18k), whose *stuck* raises of the entropy bonus at task success 0.10-0.25
+# (safe success 0, the cost unpriced) the rule no longer makes (see the seed-260 test below).
 CHANGED = {
     ("safe_fetch_reach_v27_slack", "runs/reckless-rule/s395"),
     ("safe_fetch_reach_v28b_plateaufloor", "runs/tuned-rule/s418"),
     ("safe_fetch_reach_v31_rollbackfloor", "runs/conservative-rule/s436"),
+    ("safe_fetch_reach_v31_rollbackfloor", "runs/conservative-rule/s432"),
+    ("safe_fetch_reach_v31_rollbackfloor", "runs/conservative-rule/s433"),
 }
 
 
@@ -77,6 +82,28 @@ def test_the_rule_prices_a_pick_and_place_run_once_it_has_learned():
         if r.step < 400_000:
             assert "no safety move yet" in decision.reason or "learning" in decision.reason, (r.step, decision)
     assert moves[0] == (400_000, "cost_penalty", 0.2)
+
+
+def test_an_unpriced_run_whose_task_success_is_off_the_floor_is_not_stuck():
+    """Seed 260's rule run (FetchPickAndPlace, the cost unpriced): the *stuck* rule raised ``target_entropy`` at 300k,
+    340k and 380k, reading the safe success (0-0.04) while the task's success was 0.14-0.26; the fixed copy of the
+    run reached 0.98 by 560k, the managed one 0.42. The task's success off the floor (mean of the last 3 ≥ 0.1) now
+    vetoes *stuck* while the cost is unpriced; at 160k (0.02-0.08) the raise stays, and with the cost priced the
+    same snapshots are stuck again."""
+    records = read_audit(RESULTS / "fetch_pick_costknob" / "forked_s260" / "rule" / "audit.jsonl")
+    records = {r.step: r for r in records if r.kind == "decision" and r.snapshot is not None}
+    for step, recorded in ((160_000, -3.0), (300_000, -2.25), (340_000, -1.6875), (380_000, -1.26562)):
+        r = records[step]
+        assert "explore more" in r.decision.reason and r.decision.changes[0].value == recorded
+        decision = RuleManager().rule_decision(r.snapshot, r.menu)
+        assert ("explore more" in decision.reason) == (step == 160_000), (step, decision)
+        priced = r.snapshot.model_copy(deep=True)
+        priced.knobs = [k.model_copy(update={"value": 0.5}) if k.name == "cost_penalty" else k for k in priced.knobs]
+        for row in priced.history:
+            row.mean_cost = row.violation_rate = row.train_episode_cost = 0.0  # priced and met: no safety move due
+        priced.evaluation.mean_cost = priced.evaluation.violation_rate = 0.0
+        priced.training.mean_episode_cost = 0.0
+        assert "explore more" in RuleManager().rule_decision(priced, build_action_space(priced)).reason, step
 
 
 def test_the_rule_leaves_seed_234s_pick_and_place_run_alone_until_it_has_learned():

@@ -96,9 +96,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
  12    stuck           success flat below 0.1 for 3            LR sits in the lower half of its (log)
                        evaluations, ≥ ``stuck_progress`` of    range: one bold move, LR ×``bold_lr`` and
                        the budget used, return not             exploration ×2 when at its floor (the
-                       improving (†)                           off-policy starved state); else
-                                                               exploration ×1.5 (not a target entropy
-                                                               that the entropy exceeds by over 1 nat:
+                       improving (†); with the cost unpriced,  off-policy starved state); else
+                       the task's success too (its mean over   exploration ×1.5 (not a target entropy
+                       the 3 under 0.1)                        that the entropy exceeds by over 1 nat:
                                                                the tuner cannot hold it down already)
  13    plateau         no new best score for                   LR ×0.5, once: not again unless the last
                        ``plateau_evals`` evaluations and no    decay was measured ``improved``
@@ -564,9 +564,7 @@ class RuleManager(Manager):
         latest = s.history[-1].success_rate if s.history else None
         best = self._best_success(s)
         n = s.evaluation.n_episodes
-        penalty, bonus = self._weights(s)
-        unpriced = penalty is not None and penalty.value <= 0 and (bonus is None or bonus.value <= 0)
-        by_success = bool(self._held) or unpriced
+        by_success = bool(self._held) or self._unpriced(s)
         if latest is None or best is None or not (finite(latest) and finite(best) and n > 0):
             return not by_success
         noise = _diff_noise(best, latest, n)
@@ -825,6 +823,13 @@ class RuleManager(Manager):
         penalty = next((k for k in s.knobs if k.role == "cost_penalty"), None)
         bonus = next((k for k in s.knobs if k.name == "success_bonus"), None)
         return penalty, bonus
+
+    @classmethod
+    def _unpriced(cls, s: TelemetrySnapshot) -> bool:
+        """Whether the recipe exposes a cost penalty and leaves the cost unpriced: the penalty at 0, no success
+        bonus (the policy does not see the cost)."""
+        penalty, bonus = cls._weights(s)
+        return penalty is not None and penalty.value <= 0 and (bonus is None or bonus.value <= 0)
 
     @staticmethod
     def _high_exploration(s: TelemetrySnapshot) -> bool:
@@ -1160,6 +1165,14 @@ class RuleManager(Manager):
     def _stuck(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
         success = self._success_series(s)
         if not (_flat(success) and max(success) < STUCK_SUCCESS):
+            return None
+        task = [r.success_rate for r in s.history[-3:] if finite(r.success_rate)]
+        if self._unpriced(s) and task and statistics.fmean(task) >= STUCK_SUCCESS:
+            # the safe success sits at the floor because the cost is left unpriced, not because the task is not
+            # being learned: the learn-first hold (7) is not on below ``solving_success``. On FetchPickAndPlace seed
+            # 260 (``fetch_pick_costknob``, "seed 260's forked test") this rule raised the target entropy at 300k,
+            # 340k and 380k at task success 0.16-0.24 and rising; the fixed run reached 0.98 by 560k, the managed
+            # one 0.42
             return None
         progress = s.position.progress
         if progress is not None and progress < self.stuck_progress:
