@@ -28,6 +28,8 @@ JUDGED = {
     "safe_fetch_reach_v30_risinghold": ("runs/tuned-rule/s4??", 6),  # seeds 425-430, v28b's configuration
     # seeds 432-441, the conservative start; the old rule's run of 436 (the rule on main again), main's left out below
     "safe_fetch_reach_v31_rollbackfloor": ("runs/conservative-rule*/s4??", 11),
+    # seeds 442-451, v31's configuration; the rule before the stuck rule's task-success veto in conservative-rule-old
+    "safe_fetch_reach_v32_stucktask": ("runs/conservative-rule/s4??", 10),
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
@@ -39,9 +41,9 @@ JUDGED = {
 # (the hold's deadline, success 0.5 and 0.95, still rising) the rule no longer sets.
 # Changed on purpose, judged in safe_fetch_reach_v31_rollbackfloor (seeds 432-441) and reverted there: its seed
 # 436 under the floor on a rollback's best, which at 16k refused the rollback that the rule (again) takes.
-# Changed on purpose, to be judged on fresh seeds (declared in fetch_pick_costknob's README, "Next, declared 17:45
-# UTC"): v31's seeds 432 (16k) and 433 (16k, 18k), whose *stuck* raises of the entropy bonus at task success 0.10-0.25
-# (safe success 0, the cost unpriced) the rule no longer makes (see the seed-260 test below).
+# Changed on purpose, judged in safe_fetch_reach_v32_stucktask (seeds 442-451, kept by its criterion): v31's seeds 432
+# (16k) and 433 (16k, 18k), whose *stuck* raises of the entropy bonus at task success 0.10-0.25 (safe success 0, the
+# cost unpriced) the rule no longer makes (see the seed-260 test below).
 CHANGED = {
     ("safe_fetch_reach_v27_slack", "runs/reckless-rule/s395"),
     ("safe_fetch_reach_v28b_plateaufloor", "runs/tuned-rule/s418"),
