@@ -1171,7 +1171,7 @@ class RuleManager(Manager):
             # the safe success sits at the floor because the cost is left unpriced, not because the task is not
             # being learned: the learn-first hold (7) is not on below ``solving_success``. On FetchPickAndPlace seed
             # 260 (``fetch_pick_costknob``, "seed 260's forked test") this rule raised the target entropy at 300k,
-            # 340k and 380k at task success 0.16-0.24 and rising; the fixed run reached 0.98 by 560k, the managed
+            # 340k and 380k at task success 0.14-0.26; the fixed copy of the run reached 0.98 by 560k, the managed
             # one 0.42
             return None
         progress = s.position.progress
