@@ -54,13 +54,16 @@ def read_monitor(path: Path) -> pd.DataFrame:
     concatenated, each after its ``# N.monitor.csv`` line. A Fetch episode is 50 steps long, so an env's ``i``-th
     episode ends at env step ``(i + 1) * 50 * n_envs``.
     """
-    lines = gzip.open(path, "rt").read().splitlines()
-    if lines[0].startswith("# "):
-        blocks = "\n".join(lines).split("\n# ")
-        frames = [pd.read_csv(io.StringIO("\n".join(b.splitlines()[2:]))).assign(env=i) for i, b in enumerate(blocks)]
+    with gzip.open(path, "rt") as f:
+        text = f.read()
+    if text.startswith("# "):
+        frames = [
+            pd.read_csv(io.StringIO(block.split("\n", 2)[2])).assign(env=i)
+            for i, block in enumerate(text.split("\n# "))
+        ]
         m = pd.concat(frames, ignore_index=True)
     else:
-        m = pd.read_csv(io.StringIO("\n".join(lines)))
+        m = pd.read_csv(io.StringIO(text))
     if "env" in m:
         m["step"] = (m.groupby("env").cumcount() + 1) * EPISODE_STEPS * m.env.nunique()
     else:

@@ -475,7 +475,8 @@ class RuleManager(Manager):
         return latest < s.best.score
 
     def _success_series(self, snapshot: TelemetrySnapshot, n: int = 3) -> list[float]:
-        """The last ``n`` evaluations' safe success (the task's success while a cost is left unpriced)."""
+        """The last ``n`` evaluations' safe success (the task's success while the learn-first hold is on; below
+        ``solving_success`` the hold is off, and an unpriced cost holds this series at the floor: see *stuck*)."""
         values = []
         for row in snapshot.history[-n:]:
             safe = row.safe_success_rate if not self._held else None
