@@ -13,7 +13,8 @@
 #                                                                      # the runs' logs into OUT_DIR/runs.tgz,
 #                                                                      # their best models beside it (held-out
 #                                                                      # elsewhere: train --evaluate MODEL; NOBEST=1:
-#                                                                      # none; FINAL=1: final models too)
+#                                                                      # none; FINAL=1: final models too; LAST=1:
+#                                                                      # the latest checkpoints' models)
 # start reads ENV (default FetchPickAndPlace), DEV (default cuda), FULL (default --full: the recipe's budget), EF
 # (evaluation every EF steps, default 20000), RECIPE (default tuned), MANAGER (default none) and XARGS (further train
 # flags), e.g. DEV=cpu FULL="-n 2200" EF=1100 for a smoke test on a CPU machine, XARGS="--gpu --save-interval
@@ -204,6 +205,9 @@ PY
       [ -z "${NOBEST:-}" ] && [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
       # FINAL=1: the final model as well, once written, for a held-out elsewhere when the device time runs out
       [ -n "${FINAL:-}" ] && [ -f "$d/run/final_model.zip" ] && split -b 15M "$d/run/final_model.zip" "$out/final_$(basename "$d").zip."
+      # LAST=1: the latest resumable checkpoint's model (every save_freq steps) without its buffer, for a held-out of
+      # both arms at one step when a run outlives the device time (seed 260 left none)
+      [ -n "${LAST:-}" ] && [ -f "$d/run/last_model.zip" ] && split -b 15M "$d/run/last_model.zip" "$out/last_$(basename "$d").zip."
     done
     (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \
       -print0 | tar czf "$out/runs.tgz" --null -T -)
