@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "device_fetch.sh"
 
 
@@ -50,18 +52,20 @@ def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path
     assert _poll(tmp_path, 30) < 3
 
 
-def test_poll_brings_the_final_models_back_with_final(tmp_path):
-    """``FINAL=1``: each run's final model comes back in parts under the size limit, joined again by ``cat``."""
+@pytest.mark.parametrize(("flag", "model"), [("FINAL", "final"), ("LAST", "last")])
+def test_poll_brings_the_models_back_with_final_or_last(tmp_path, flag, model):
+    """``FINAL=1``: each run's final model comes back in parts under the size limit, joined again by ``cat``;
+    ``LAST=1`` its latest checkpoint's model (a run that outlives the device time has no final one)."""
     run = tmp_path / "res" / "rule"
     (run / "run").mkdir(parents=True)
     (run / "stdout.log").write_text("done: 10 steps in 1s\n")
-    model = os.urandom(16 * 2**20 + 1)  # over one 15-MiB part
-    (run / "run" / "final_model.zip").write_bytes(model)
+    data = os.urandom(16 * 2**20 + 1)  # over one 15-MiB part
+    (run / "run" / f"{model}_model.zip").write_bytes(data)
     _poll(tmp_path, 0)
-    assert not list((tmp_path / "out").glob("final_*"))  # not without FINAL
-    _poll(tmp_path, 0, FINAL="1")
-    parts = sorted((tmp_path / "out").glob("final_rule.zip.*"))
-    assert len(parts) == 2 and b"".join(p.read_bytes() for p in parts) == model
+    assert not list((tmp_path / "out").glob(f"{model}_*"))  # not without the flag
+    _poll(tmp_path, 0, **{flag: "1"})
+    parts = sorted((tmp_path / "out").glob(f"{model}_rule.zip.*"))
+    assert len(parts) == 2 and b"".join(p.read_bytes() for p in parts) == data
 
 
 def test_start_trains_the_env_named_by_env(tmp_path):
