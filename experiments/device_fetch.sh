@@ -177,6 +177,12 @@ print(statistics.median(h) if h else "nan")' "$res/rule/run/audit.jsonl" "$1" "$
     ;;
   poll)
     out=${2:?out dir}; wait_s=${3:-0}
+    bring() {  # model $1 (best, final or last) of run folder $2 into $out, in parts, with its normaliser if any
+      local run=$2/run name=$1_$(basename "$2")
+      [ -f "$run/$1_model.zip" ] || return 0
+      split -b 15M "$run/$1_model.zip" "$out/$name.zip."
+      [ ! -f "$run/$1_model_vecnormalize.pkl" ] || cp "$run/$1_model_vecnormalize.pkl" "$out/${name}_vecnormalize.pkl"
+    }
     # wait up to WAIT_S, but no longer than until every run has printed its final line (held-out included):
     # a lent machine can be taken back between two calls, so the results come back in the call that sees them
     for ((t = 0; t < wait_s; t += 5)); do
@@ -200,14 +206,15 @@ for line in open(sys.argv[1]):
     e = r["snapshot"]["evaluation"]
     print(f"  {r['step']:>8} {r['time'][11:19]} success {e['success_rate']:.2f} safe {e['safe_success_rate']:.2f} cost {e['mean_cost']:.2f}")
 PY
-      # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip):
-      # a run lost with its machine can still be evaluated held-out elsewhere
-      [ -z "${NOBEST:-}" ] && [ -f "$d/run/best_model.zip" ] && split -b 15M "$d/run/best_model.zip" "$out/best_$(basename "$d").zip."
-      # FINAL=1: the final model as well, once written, for a held-out elsewhere when the device time runs out
-      [ -n "${FINAL:-}" ] && [ -f "$d/run/final_model.zip" ] && split -b 15M "$d/run/final_model.zip" "$out/final_$(basename "$d").zip."
-      # LAST=1: the latest resumable checkpoint's model (every save_freq steps) without its buffer, for a held-out of
-      # both arms at one step when a run outlives the device time (seed 260 left none)
-      [ -n "${LAST:-}" ] && [ -f "$d/run/last_model.zip" ] && split -b 15M "$d/run/last_model.zip" "$out/last_$(basename "$d").zip."
+      # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip),
+      # with its observation statistics where the recipe normalises (NAME_vecnormalize.pkl beside it, renamed
+      # best_model_vecnormalize.pkl beside best_model.zip): a run lost with its machine can still be evaluated held-out
+      # elsewhere. FINAL=1: the final model as well, once written, for a held-out elsewhere when the device time runs
+      # out; LAST=1: the latest resumable checkpoint's model (every save_freq steps) without its buffer, for a held-out
+      # of both arms at one step when a run outlives the device time (seed 260 left none)
+      [ -z "${NOBEST:-}" ] && bring best "$d"
+      [ -n "${FINAL:-}" ] && bring final "$d"
+      [ -n "${LAST:-}" ] && bring last "$d"
     done
     (cd "$res" && find . \( -name '*.npz' -o -name '*.json' -o -name '*.log' -o -name '*.csv' -o -name '*.yml' -o -name 'audit.jsonl' \) \
       -print0 | tar czf "$out/runs.tgz" --null -T -)

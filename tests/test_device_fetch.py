@@ -54,18 +54,21 @@ def test_poll_waits_for_an_unfinished_run_and_returns_once_all_are_done(tmp_path
 
 @pytest.mark.parametrize(("flag", "model"), [("FINAL", "final"), ("LAST", "last")])
 def test_poll_brings_the_models_back_with_final_or_last(tmp_path, flag, model):
-    """``FINAL=1``: each run's final model comes back in parts under the size limit, joined again by ``cat``;
-    ``LAST=1`` its latest checkpoint's model (a run that outlives the device time has no final one)."""
+    """``FINAL=1``: each run's final model comes back in parts under the size limit, joined again by ``cat``, with
+    its observation statistics (``--evaluate`` needs them beside a normalising recipe's model); ``LAST=1`` its
+    latest checkpoint's model (a run that outlives the device time has no final one)."""
     run = tmp_path / "res" / "rule"
     (run / "run").mkdir(parents=True)
     (run / "stdout.log").write_text("done: 10 steps in 1s\n")
     data = os.urandom(16 * 2**20 + 1)  # over one 15-MiB part
     (run / "run" / f"{model}_model.zip").write_bytes(data)
+    (run / "run" / f"{model}_model_vecnormalize.pkl").write_bytes(b"stats")
     _poll(tmp_path, 0)
     assert not list((tmp_path / "out").glob(f"{model}_*"))  # not without the flag
     _poll(tmp_path, 0, **{flag: "1"})
     parts = sorted((tmp_path / "out").glob(f"{model}_rule.zip.*"))
     assert len(parts) == 2 and b"".join(p.read_bytes() for p in parts) == data
+    assert (tmp_path / "out" / f"{model}_rule_vecnormalize.pkl").read_bytes() == b"stats"
 
 
 def test_start_trains_the_env_named_by_env(tmp_path):
