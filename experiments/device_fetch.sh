@@ -206,9 +206,9 @@ for line in open(sys.argv[1]):
     e = r["snapshot"]["evaluation"]
     print(f"  {r['step']:>8} {r['time'][11:19]} success {e['success_rate']:.2f} safe {e['safe_success_rate']:.2f} cost {e['mean_cost']:.2f}")
 PY
-      # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* > best.zip),
-      # with its observation statistics where the recipe normalises (NAME_vecnormalize.pkl beside it, renamed
-      # best_model_vecnormalize.pkl beside best_model.zip): a run lost with its machine can still be evaluated held-out
+      # the best model too, split under the 16-MiB limit on a file that comes back (cat best_NAME.zip.* >
+      # best_model.zip), with its observation statistics where the recipe normalises (best_NAME_vecnormalize.pkl,
+      # renamed best_model_vecnormalize.pkl beside it): a run lost with its machine can still be evaluated held-out
       # elsewhere. FINAL=1: the final model as well, once written, for a held-out elsewhere when the device time runs
       # out; LAST=1: the latest resumable checkpoint's model (every save_freq steps) without its buffer, for a held-out
       # of both arms at one step when a run outlives the device time (seed 260 left none)
