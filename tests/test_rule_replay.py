@@ -44,7 +44,10 @@ JUDGED = {
 # Changed on purpose, judged in safe_fetch_reach_v32_stucktask (seeds 442-451, kept by its criterion): v31's seeds 432
 # (16k) and 433 (16k, 18k), whose *stuck* raises of the entropy bonus at task success 0.10-0.25 (safe success 0, the
 # cost unpriced) the rule no longer makes (see the seed-260 test below).
+# Changed on purpose, to be judged in safe_fetch_reach_v34_stuckonce (branch rule-stuck-once): v30's seed 430,
+# whose second raise of the target entropy (11k, after the 8k raise was measured neutral) the rule no longer makes.
 CHANGED = {
+    ("safe_fetch_reach_v30_risinghold", "runs/tuned-rule/s430"),
     ("safe_fetch_reach_v27_slack", "runs/reckless-rule/s395"),
     ("safe_fetch_reach_v28b_plateaufloor", "runs/tuned-rule/s418"),
     ("safe_fetch_reach_v31_rollbackfloor", "runs/conservative-rule/s436"),
@@ -105,7 +108,9 @@ def test_an_unpriced_run_whose_task_success_is_off_the_floor_is_not_stuck():
             row.mean_cost = row.violation_rate = row.train_episode_cost = 0.0  # priced and met: no safety move due
         priced.evaluation.mean_cost = priced.evaluation.violation_rate = 0.0
         priced.training.mean_episode_cost = 0.0
-        assert "explore more" in RuleManager().rule_decision(priced, build_action_space(priced)).reason, step
+        # stuck again: the first raise (160k), then no second one (the 160k raise was not measured improved)
+        again = RuleManager().rule_decision(priced, build_action_space(priced)).reason
+        assert ("explore more" if step == 160_000 else "not compounded") in again, (step, again)
 
 
 def test_the_rule_leaves_seed_234s_pick_and_place_run_alone_until_it_has_learned():

@@ -101,7 +101,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        improving (†); with the cost unpriced,  off-policy starved state); else
                        the task's success too (its mean over   exploration ×1.5 (not a target entropy
                        the 3 under 0.1)                        that the entropy exceeds by over 1 nat:
-                                                               the tuner cannot hold it down already)
+                                                               the tuner cannot hold it down already;
+                                                               a target entropy once: not again while
+                                                               an earlier raise shown was not measured
+                                                               ``improved``)
  13    plateau         no new best score for                   LR ×0.5, once: not again unless the last
                        ``plateau_evals`` evaluations and no    decay was measured ``improved``
                        new best mean return either, ≥ 30% of
@@ -162,6 +165,8 @@ from rl_manager.schema import (
 #: expected outcomes that tag the unsafe and plateau rules' moves in the intervention history
 SAFETY_OUTCOME = "fewer safety violations at a similar success rate"
 PLATEAU_OUTCOME = "finer updates, a new best"
+#: expected outcome that tags the stuck rule's moves
+STUCK_OUTCOME = "success starts rising"
 #: expected outcome of the KL ladder's LR moves (under-stepping, over-stepping)
 LADDER_OUTCOME = "approx KL toward its target"
 #: expected outcome of the over-priced rule's step down of a cost penalty (the Lagrange multiplier's descent)
@@ -1191,17 +1196,30 @@ class RuleManager(Manager):
             return None
         changes = self._bold_changes(menu, self._exploration_at_floor(s)) if self._small_lr(menu) else []
         if changes:  # one bold combined move, as in the starved states
-            return Adjust(
-                changes=changes, reason="no progress at a small learning rate", expected_outcome="success starts rising"
-            )
+            return Adjust(changes=changes, reason="no progress at a small learning rate", expected_outcome=STUCK_OUTCOME)
         target, entropy = self._entropy_target(s), self._recent_entropy(s)
         if target is not None and entropy is not None and entropy > target + 1.0:
             return NoAction(
                 reason=f"no progress, but the policy entropy ({entropy:.3g}) sits over 1 nat above its target "
                 f"({target:g}) already: a higher target adds no exploration"
             )
+        if target is not None and any(
+            i.expected_outcome == STUCK_OUTCOME and i.verdict != "improved" and c.knob == "target_entropy"
+            for i in s.interventions
+            for c in i.changes
+        ):
+            # a target entropy is a setpoint the tuner holds (-dim(A), the recipe's): one raise per stuck spell, as
+            # the plateau rule's one decay, not compounded without measured progress. On FetchPickAndPlace seed 260
+            # and SafeFetchPush seed 263 (``fetch_pick_costknob``, ``fetch_push_costknob``) four and five raises
+            # took it from -4 to its bound during the slow start; the fixed copies of both runs learned, the managed
+            # ones did not. (A fixed entropy bonus left low by a conservative recipe is still raised step by step:
+            # there the raises are the rescue.)
+            return NoAction(
+                reason=f"no progress, and the earlier raise of the target entropy (now {target:g}) brought none: "
+                "not compounded"
+            )
         decision = self._adjust(
-            menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising"
+            menu, [("exploration", "up", 1.5)], "no progress: explore more", STUCK_OUTCOME
         )
         return decision or NoAction(reason="no progress, and no lever left to try now")
 
