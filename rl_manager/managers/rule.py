@@ -1196,7 +1196,9 @@ class RuleManager(Manager):
             return None
         changes = self._bold_changes(menu, self._exploration_at_floor(s)) if self._small_lr(menu) else []
         if changes:  # one bold combined move, as in the starved states
-            return Adjust(changes=changes, reason="no progress at a small learning rate", expected_outcome=STUCK_OUTCOME)
+            return Adjust(
+                changes=changes, reason="no progress at a small learning rate", expected_outcome=STUCK_OUTCOME
+            )
         target, entropy = self._entropy_target(s), self._recent_entropy(s)
         if target is not None and entropy is not None and entropy > target + 1.0:
             return NoAction(
@@ -1218,9 +1220,7 @@ class RuleManager(Manager):
                 reason=f"no progress, and the earlier raise of the target entropy (now {target:g}) brought none: "
                 "not compounded"
             )
-        decision = self._adjust(
-            menu, [("exploration", "up", 1.5)], "no progress: explore more", STUCK_OUTCOME
-        )
+        decision = self._adjust(menu, [("exploration", "up", 1.5)], "no progress: explore more", STUCK_OUTCOME)
         return decision or NoAction(reason="no progress, and no lever left to try now")
 
     def _plateau(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
