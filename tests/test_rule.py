@@ -6,7 +6,7 @@ from rl_manager.actuators import _REWARD_WEIGHT_VALUES
 from rl_manager.core import decide
 from rl_manager.managers import RuleManager, make_manager
 from rl_manager.managers.base import Manager, Proposal
-from rl_manager.managers.rule import LADDER_OUTCOME
+from rl_manager.managers.rule import LADDER_OUTCOME, STUCK_OUTCOME
 from rl_manager.menu import build_action_space
 from rl_manager.schema import HistoryRow, InterventionOutcome, KnobSpec, ResolvedChange, RunPosition
 from tests.conftest import make_snapshot
@@ -874,6 +874,43 @@ def test_stuck_raises_no_target_that_the_entropy_already_exceeds():
     assert above.decision.action == "no_action" and "above its target" in above.decision.reason
     at = stuck([-3.9, -4.2, -3.8, -4.1, -4.0, -3.7])
     assert [(c.knob, c.after > c.before) for c in at.changes] == [("target_entropy", True)], at.decision
+
+
+def test_stuck_raises_a_target_entropy_once_unless_the_raise_helped():
+    """SafeFetchPush seed 263 and FetchPickAndPlace seed 260: a raise of the target entropy measured ``neutral`` at
+    chance was followed by three and four more, to the bound, while the fixed copies learned. One raise is made;
+    another only after one that was measured ``improved``. A fixed entropy bonus (a conservative recipe's) is still
+    raised again."""
+
+    def earlier(knob, before, after, verdict):
+        return InterventionOutcome(
+            evaluation_index=0,
+            step=10,
+            action="adjust",
+            changes=[ResolvedChange(knob=knob, before=before, after=after)],
+            expected_outcome=STUCK_OUTCOME,
+            score_before=0.0,
+            scores_after=[0.02, 0.02, 0.02],
+            verdict=verdict,
+        )
+
+    def stuck(verdict):
+        snap = _auto_entropy(_slow_learner([-50.0, -50.0, -49.9, -50.0, -50.0, -49.95], algo="tqc"))
+        for r in snap.history:
+            r.success_rate, r.score, r.action_std, r.entropy = 0.02, 0.02, None, -4.0
+        snap.health.action_std, snap.health.entropy = None, -4.0
+        if verdict:
+            snap.interventions = [earlier("target_entropy", -5.0, -4.0, verdict)]
+        return decide(snap, RuleManager())
+
+    assert [c.knob for c in stuck(None).changes] == ["target_entropy"]
+    again = stuck("neutral")
+    assert again.decision.action == "no_action" and "not compounded" in again.decision.reason
+    assert [c.knob for c in stuck("improved").changes] == ["target_entropy"]
+
+    bonus = _slow_learner([1.0, 1.2, 0.9, 1.1, 1.0, 1.05], algo="sac", ent_coef=0.003)
+    bonus.interventions = [earlier("ent_coef", 0.002, 0.003, "neutral")]
+    assert [(c.knob, c.after > c.before) for c in decide(bonus, RuleManager()).changes] == [("ent_coef", True)]
 
 
 def test_a_negative_lower_bound_is_not_a_floor():

@@ -44,7 +44,10 @@ JUDGED = {
 # Changed on purpose, judged in safe_fetch_reach_v32_stucktask (seeds 442-451, kept by its criterion): v31's seeds 432
 # (16k) and 433 (16k, 18k), whose *stuck* raises of the entropy bonus at task success 0.10-0.25 (safe success 0, the
 # cost unpriced) the rule no longer makes (see the seed-260 test below).
+# Changed on purpose, to be judged in safe_fetch_reach_v34_stuckonce (branch rule-stuck-once): v30's seed 430,
+# whose second raise of the target entropy (11k, after the 8k raise was measured neutral) the rule no longer makes.
 CHANGED = {
+    ("safe_fetch_reach_v30_risinghold", "runs/tuned-rule/s430"),
     ("safe_fetch_reach_v27_slack", "runs/reckless-rule/s395"),
     ("safe_fetch_reach_v28b_plateaufloor", "runs/tuned-rule/s418"),
     ("safe_fetch_reach_v31_rollbackfloor", "runs/conservative-rule/s436"),
@@ -105,7 +108,9 @@ def test_an_unpriced_run_whose_task_success_is_off_the_floor_is_not_stuck():
             row.mean_cost = row.violation_rate = row.train_episode_cost = 0.0  # priced and met: no safety move due
         priced.evaluation.mean_cost = priced.evaluation.violation_rate = 0.0
         priced.training.mean_episode_cost = 0.0
-        assert "explore more" in RuleManager().rule_decision(priced, build_action_space(priced)).reason, step
+        # stuck again: the first raise (160k), then no second one (the 160k raise was not measured improved)
+        again = RuleManager().rule_decision(priced, build_action_space(priced)).reason
+        assert ("explore more" if step == 160_000 else "not compounded") in again, (step, again)
 
 
 def test_the_rule_leaves_seed_234s_pick_and_place_run_alone_until_it_has_learned():
@@ -166,3 +171,29 @@ def test_the_rule_does_not_roll_seed_249s_pick_and_place_run_back_to_a_policy_th
             prices += [r.step for c in getattr(decision, "changes", []) if c.knob == "cost_penalty"]
         assert rollbacks == [], (budget, rollbacks)
         assert prices[0] == 500_000, (budget, prices)
+
+
+@pytest.mark.parametrize(
+    ("run", "step"),
+    [
+        ("fetch_pick_costknob/forked_s254", 100_000),
+        ("fetch_pick_costknob/forked_s260", 120_000),
+        ("fetch_pick_costknob/forked_s262_lost", 60_000),
+        ("fetch_push_costknob/forked_s263_cpu", 180_000),
+    ],
+)
+def test_a_critic_loss_spike_at_chance_is_not_divergence(run, step):
+    """FetchPickAndPlace seeds 254, 260 and 262: at chance (success 0.00-0.02, the best 0.04-0.06 on 50 episodes)
+    the critic's loss spiked for one evaluation (ratio 7.7-14.4) and the rule halved the learning rate, its first
+    move in each run; SafeFetchPush seed 263 (not written from), the same at 180k (ratio 5.19). The score within its
+    noise of the best is a score that holds: no divergence. With the same snapshot's score fallen beyond the noise
+    (0 after a best of 0.5), the same jump halves the learning rate."""
+    records = read_audit(RESULTS / run / "rule" / "audit.jsonl")
+    r = next(r for r in records if r.kind == "decision" and r.step == step)
+    assert "unstable" in r.decision.reason and r.decision.changes[0].knob == "learning_rate"
+    decision = RuleManager().rule_decision(r.snapshot, r.menu)
+    assert "unstable" not in decision.reason and decision.action != "adjust", decision
+    fallen = r.snapshot.model_copy(deep=True)
+    fallen.best = fallen.best.model_copy(update={"score": 0.5})
+    decision = RuleManager().rule_decision(fallen, r.menu)
+    assert "unstable" in decision.reason and [(c.knob, c.value) for c in decision.changes] == [("learning_rate", 5e-4)]

@@ -31,7 +31,9 @@ rule uses the knobs of that role that the menu offers, in menu order.
  5     diverging       approx KL > ``diverge_kl_factor`` ×     LR ×0.5 (×0.25 past 20× loss), clip down
                        target KL, or training loss > 5× the    on a KL blow-up
                        median of earlier ones, while the
-                       score is below its best
+                       score is below its best (off-policy:
+                       beyond 2 binomial s.e., as for 4: a
+                       critic's loss spikes at chance too)
  6     starved         PPO: approx KL < target/4 and clip      one bold combined move: LR ×``bold_lr``,
                        fraction < ``starved_clip`` (updates    reward weights back toward balance (cost
                        far smaller than the trust region),     penalty down when it is > ``max_ratio`` ×
@@ -99,7 +101,10 @@ rule uses the knobs of that role that the menu offers, in menu order.
                        improving (†); with the cost unpriced,  off-policy starved state); else
                        the task's success too (its mean over   exploration ×1.5 (not a target entropy
                        the 3 under 0.1)                        that the entropy exceeds by over 1 nat:
-                                                               the tuner cannot hold it down already)
+                                                               the tuner cannot hold it down already;
+                                                               a target entropy once: not again while
+                                                               an earlier raise shown was not measured
+                                                               ``improved``)
  13    plateau         no new best score for                   LR ×0.5, once: not again unless the last
                        ``plateau_evals`` evaluations and no    decay was measured ``improved``
                        new best mean return either, ≥ 30% of
@@ -160,6 +165,8 @@ from rl_manager.schema import (
 #: expected outcomes that tag the unsafe and plateau rules' moves in the intervention history
 SAFETY_OUTCOME = "fewer safety violations at a similar success rate"
 PLATEAU_OUTCOME = "finer updates, a new best"
+#: expected outcome that tags the stuck rule's moves
+STUCK_OUTCOME = "success starts rising"
 #: expected outcome of the KL ladder's LR moves (under-stepping, over-stepping)
 LADDER_OUTCOME = "approx KL toward its target"
 #: expected outcome of the over-priced rule's step down of a cost penalty (the Lagrange multiplier's descent)
@@ -467,11 +474,20 @@ class RuleManager(Manager):
         return False
 
     @staticmethod
-    def _deteriorating(s: TelemetrySnapshot) -> bool:
-        """Whether the latest score is missing, non-finite or below the best one."""
+    def _deteriorating(s: TelemetrySnapshot, noise: bool = True) -> bool:
+        """Whether the latest score is missing, non-finite or below the best one; with ``noise``, beyond its noise
+        for a rate measured on few episodes (2 binomial s.e. at the best's rate).
+
+        Without the noise, any evaluation short of the best read as a fall: at chance (a success of 0.00-0.02
+        after a best of 0.04-0.06 on 50 episodes) a one-evaluation spike of the critic's loss (ratio 7.7-14.4,
+        gone at the next evaluation) then counted as divergence and the learning rate was halved, on
+        FetchPickAndPlace seeds 254, 260 and 262 (``fetch_pick_costknob``)."""
         latest = s.history[-1].score if s.history else None
         if latest is None or not math.isfinite(latest) or s.best is None:
             return True
+        n = s.evaluation.n_episodes
+        if noise and s.score_name.endswith("rate") and n > 0 and 0.0 <= s.best.score <= 1.0:
+            return s.best.score - latest >= 2.0 * math.sqrt(s.best.score * (1.0 - s.best.score) / n)
         return latest < s.best.score
 
     def _success_series(self, snapshot: TelemetrySnapshot, n: int = 3) -> list[float]:
@@ -526,13 +542,8 @@ class RuleManager(Manager):
             # the last rollback returned to this best and no new best came of it: going back again only
             # replays that failure (a lucky early evaluation drew a run back 4 times so, never to progress)
             return None
-        # a rate measured on few episodes is noisy: the drop must also exceed 2 standard errors
-        n = s.evaluation.n_episodes
-        if s.score_name.endswith("rate") and n > 0 and 0.0 <= s.best.score <= 1.0:
-            noise = 2.0 * math.sqrt(s.best.score * (1.0 - s.best.score) / n)
-            latest = s.history[-1].score if s.history else None
-            if latest is not None and math.isfinite(latest) and s.best.score - latest < noise:
-                return None
+        if not self._deteriorating(s):
+            return None  # a rate measured on few episodes is noisy: the drop must also exceed 2 standard errors
         if not self._rollback_keeps_the_task(s):
             return None
         kl = self._kl(s)
@@ -605,12 +616,15 @@ class RuleManager(Manager):
             if earlier > 0:
                 ratio = abs(losses[-1]) / earlier
         kl = s.health.approx_kl
-        if not self._deteriorating(s):
-            return None  # a loss jump while the score holds (e.g. after a reward-weight change) is not divergence
-        if ratio > self.divergence_ratio or (finite(kl) and kl > self.kl_limit):
+        blown = finite(kl) and kl > self.kl_limit
+        # a loss jump while the score holds (e.g. after a reward-weight change) is not divergence; off-policy (no
+        # approx KL), "holds" means within the score's noise (a critic's loss spikes now and then at chance)
+        if not self._deteriorating(s, noise=not self._kl(s)):
+            return None
+        if ratio > self.divergence_ratio or blown:
             factor = 0.25 if ratio > 4 * self.divergence_ratio else 0.5
             moves = [("learning_rate", "down", factor)]
-            if finite(kl) and kl > self.kl_limit:
+            if blown:
                 moves.append(("clip_range", "down", 0.5))
             return self._adjust(
                 menu, moves, f"training is unstable (loss ratio {ratio:.3g}, approx KL {kl})", "losses stabilise"
@@ -1183,7 +1197,7 @@ class RuleManager(Manager):
         changes = self._bold_changes(menu, self._exploration_at_floor(s)) if self._small_lr(menu) else []
         if changes:  # one bold combined move, as in the starved states
             return Adjust(
-                changes=changes, reason="no progress at a small learning rate", expected_outcome="success starts rising"
+                changes=changes, reason="no progress at a small learning rate", expected_outcome=STUCK_OUTCOME
             )
         target, entropy = self._entropy_target(s), self._recent_entropy(s)
         if target is not None and entropy is not None and entropy > target + 1.0:
@@ -1191,9 +1205,22 @@ class RuleManager(Manager):
                 reason=f"no progress, but the policy entropy ({entropy:.3g}) sits over 1 nat above its target "
                 f"({target:g}) already: a higher target adds no exploration"
             )
-        decision = self._adjust(
-            menu, [("exploration", "up", 1.5)], "no progress: explore more", "success starts rising"
-        )
+        if target is not None and any(
+            i.expected_outcome == STUCK_OUTCOME and i.verdict != "improved" and c.knob == "target_entropy"
+            for i in s.interventions
+            for c in i.changes
+        ):
+            # a target entropy is a setpoint the tuner holds (-dim(A), the recipe's): one raise per stuck spell, as
+            # the plateau rule's one decay, not compounded without measured progress. On FetchPickAndPlace seed 260
+            # and SafeFetchPush seed 263 (``fetch_pick_costknob``, ``fetch_push_costknob``) four and five raises
+            # took it from -4 to its bound during the slow start; the fixed copies of both runs learned, the managed
+            # ones did not. (A fixed entropy bonus left low by a conservative recipe is still raised step by step:
+            # there the raises are the rescue.)
+            return NoAction(
+                reason=f"no progress, and the earlier raise of the target entropy (now {target:g}) brought none: "
+                "not compounded"
+            )
+        decision = self._adjust(menu, [("exploration", "up", 1.5)], "no progress: explore more", STUCK_OUTCOME)
         return decision or NoAction(reason="no progress, and no lever left to try now")
 
     def _plateau(self, s: TelemetrySnapshot, menu: ActionSpace) -> Decision | None:
