@@ -18,6 +18,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 # grid folder -> the rule runs in it (glob), and how many there are
 JUDGED = {
     "fetch_pick_costknob": ("rule_s249_720", 1),  # seed 249 from 600k: item 2's target met (held-out, 400 scenes)
+    # seed 265, the whole run on the 2-core machine (branch rule-stuck-once): item 2's target met
+    "fetch_push_costknob": ("forked_s265_cpu/rule", 1),
     "paper_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 205-209, three starts
     "planar_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 210-214, three starts
     # seeds 391-406, the reckless start with the cost knob; its seed 395 is left out below
