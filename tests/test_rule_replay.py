@@ -18,7 +18,7 @@ RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 # grid folder -> the rule runs in it (glob), and how many there are
 JUDGED = {
     "fetch_pick_costknob": ("rule_s249_720", 1),  # seed 249 from 600k: item 2's target met (held-out, 400 scenes)
-    # seed 265, the whole run on the 2-core machine (branch rule-stuck-once): item 2's target met
+    # seed 265, the whole run on the 2-core machine (the stuck rule's one raise per spell): item 2's target met
     "fetch_push_costknob": ("forked_s265_cpu/rule", 1),
     "paper_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 205-209, three starts
     "planar_reacher_v13": ("runs/*-rule/s*", 15),  # seeds 210-214, three starts
@@ -46,7 +46,7 @@ JUDGED = {
 # Changed on purpose, judged in safe_fetch_reach_v32_stucktask (seeds 442-451, kept by its criterion): v31's seeds 432
 # (16k) and 433 (16k, 18k), whose *stuck* raises of the entropy bonus at task success 0.10-0.25 (safe success 0, the
 # cost unpriced) the rule no longer makes (see the seed-260 test below).
-# Changed on purpose, to be judged in safe_fetch_reach_v34_stuckonce (branch rule-stuck-once): v30's seed 430,
+# Changed on purpose, judged in safe_fetch_reach_v34_stuckonce (inert there) and SafeFetchPush seed 265: v30's seed 430,
 # whose second raise of the target entropy (11k, after the 8k raise was measured neutral) the rule no longer makes.
 CHANGED = {
     ("safe_fetch_reach_v30_risinghold", "runs/tuned-rule/s430"),
