@@ -28,6 +28,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from rl_manager.envs.reward_weights import RewardWeights, check_weight
 
 LINK_LENGTHS = (0.65, 0.55)

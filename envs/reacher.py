@@ -26,6 +26,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+
 from rl_manager.envs.reward_weights import RewardWeights, check_weight
 
 LINK_LENGTHS = (0.65, 0.55)

@@ -11,6 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
+
 from rl_manager.envs.safety import (
     DEFAULT_ACCEL_LIMIT,
     DEFAULT_CONTACT_FORCE_LIMIT,

@@ -17,6 +17,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
+
 import rl_manager.envs
 from rl_manager.envs.reacher import PlanarReacherEnv
 

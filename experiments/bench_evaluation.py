@@ -19,12 +19,12 @@ import json
 import time
 
 import numpy as np
-import rl_manager.envs  # noqa: F401  (registers the env ids)
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
+import rl_manager.envs  # noqa: F401  (registers the env ids)
 from rl_manager.evaluation import CellSpec, PairedEvaluator
 
 

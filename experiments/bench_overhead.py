@@ -24,11 +24,11 @@ import statistics
 import tempfile
 import time
 
-import rl_manager.envs  # noqa: F401
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
+import rl_manager.envs  # noqa: F401
 from rl_manager.callback import ManagerCallback
 
 #: seconds spent in ManagerCallback.boundary (telemetry, decision, actuation, audit), evaluation excluded

@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+
 from rl_manager.envs.paper_reacher import PaperReacherEnv
 
 EPISODE_CAP = 120
@@ -40,6 +41,7 @@ def bench_raw(difficulty: str, steps: int, seed: int = 0) -> tuple[float, int]:
 def bench_made(env_id: str, steps: int, seed: int = 0) -> float:
     """Steps/s through ``gym.make`` (TimeLimit, OrderEnforcing, PassiveEnvChecker)."""
     import gymnasium as gym
+
     import rl_manager.envs  # noqa: F401
 
     env = gym.make(env_id)
@@ -67,13 +69,13 @@ def bench_ppo(recipe_name: str, steps: int, seed: int = 0) -> tuple[float, float
     """Train PPO with a ``PaperReacher`` recipe for ``steps``; return (steps/s, rollout-share of wall time)."""
     from pathlib import Path
 
-    import rl_manager.envs  # noqa: F401
     import torch as th
     import yaml
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
+    import rl_manager.envs  # noqa: F401
     import rl_manager.policies  # noqa: F401  (registers SplitLRMlpPolicy)
 
     th.set_num_threads(1)

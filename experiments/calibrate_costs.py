@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
+
 import rl_manager.envs  # noqa: F401  (registers the ids)
 from rl_manager.envs.safety import FetchSafetyCost
 

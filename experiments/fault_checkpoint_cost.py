@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
-    import rl_manager.envs  # noqa: F401
     import torch as th
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
 
+    import rl_manager.envs  # noqa: F401
     import rl_manager.policies  # noqa: F401
     from rl_manager.callback import save_last
 

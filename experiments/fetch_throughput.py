@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import rl_manager.envs  # noqa: F401  (registers the env ids)
 from sb3_contrib import TQC
 from stable_baselines3.common.callbacks import BaseCallback
 
+import rl_manager.envs  # noqa: F401  (registers the env ids)
 from rl_manager.train import _build_model, load_recipe, make_train_env
 from rl_manager.vec_env import LocalComputeReward
 

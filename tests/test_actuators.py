@@ -23,7 +23,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-import rl_manager.envs  # noqa: F401  (registers the rl_manager/ ids)
 import torch as th
 from sb3_contrib import TQC
 from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3, HerReplayBuffer
@@ -40,6 +39,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
+import rl_manager.envs  # noqa: F401  (registers the rl_manager/ ids)
 from rl_manager.actuators import DEFAULT_BOUNDS, Actuator, KnobBounds, ManagerError, discover_actuators
 from rl_manager.schema import KnobSpec
 

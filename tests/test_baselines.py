@@ -3,10 +3,10 @@
 import math
 
 import pytest
-import rl_manager.envs  # noqa: F401
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
+import rl_manager.envs  # noqa: F401
 from rl_manager.audit import read_audit
 from rl_manager.callback import ManagerCallback
 from rl_manager.core import decide

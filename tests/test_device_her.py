@@ -9,12 +9,12 @@ import gymnasium as gym
 import gymnasium_robotics
 import numpy as np
 import pytest
-import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 from stable_baselines3.her import HerReplayBuffer
 
+import rl_manager.envs  # noqa: F401  (registers rl_manager/SafeFetch*)
 from rl_manager.device_her import DeviceHerReplayBuffer
 
 gym.register_envs(gymnasium_robotics)

@@ -9,13 +9,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
-import rl_manager.envs
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.env_util import make_vec_env
+
+import rl_manager.envs
 from rl_manager.envs import register_all, registered_ids, resolve_env_id
 from rl_manager.envs.reacher import PlanarReacherEnv
 from rl_manager.envs.safety import FetchSafetyCost
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from stable_baselines3.common.env_util import make_vec_env
 
 SAFE_FETCH_IDS = [i for i in registered_ids() if "SafeFetch" in i]
 REACHER_IDS = [i for i in registered_ids() if "PlanarReacher" in i]

@@ -6,12 +6,12 @@ import random
 import gymnasium as gym
 import numpy as np
 import pytest
-import rl_manager.envs  # noqa: F401
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
+import rl_manager.envs  # noqa: F401
 from rl_manager.evaluation import CellSpec, EpisodeResults, PairedEvaluator, wilson_interval
 from rl_manager.schema import EvalMetrics
 

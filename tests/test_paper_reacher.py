@@ -9,9 +9,13 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import rl_manager.envs  # noqa: F401  (registers the ids)
 import yaml
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.env_util import make_vec_env
+
+import rl_manager.envs  # noqa: F401  (registers the ids)
 from rl_manager.envs import registered_ids, resolve_env_id
 from rl_manager.envs.paper_reacher import (
     FALLBACK_SCENE,
@@ -22,10 +26,6 @@ from rl_manager.envs.paper_reacher import (
     forward_kinematics,
     wrap_angle,
 )
-from stable_baselines3 import PPO
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-from stable_baselines3.common.env_util import make_vec_env
-
 from rl_manager.policies import SplitLRActorCriticPolicy, has_critic_lr, read_critic_lr, write_critic_lr
 
 PAPER_IDS = [i for i in registered_ids() if "PaperReacher" in i]

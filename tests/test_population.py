@@ -51,7 +51,6 @@ def test_population_perturbs_knobs_that_take_effect(tmp_path, scheduler):
 
 def _member(**knobs):
     import rl_manager.envs  # noqa: F401
-
     from rl_manager.population import SB3Member
     from rl_manager.train import parse_overrides
 

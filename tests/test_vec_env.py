@@ -5,9 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-import rl_manager.envs  # noqa: F401  (registers the env ids)
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
+import rl_manager.envs  # noqa: F401  (registers the env ids)
 from rl_manager.train import make_train_env
 from rl_manager.vec_env import LocalComputeReward
 
