@@ -2,8 +2,9 @@
 
 Each arm folder holds ``audit.jsonl.gz`` (every evaluation boundary: its snapshot, decision and knobs) and
 ``monitor.csv.gz`` (every training episode; see :func:`read_monitor`). Prints the evaluation curve of each arm, its
-training episodes in windows of env steps, and the decisions that moved a knob; ``--plot PNG`` draws the evaluation
-success and cost of the arms, each applied move marked.
+training episodes in windows of env steps, the decisions that moved a knob, and each arm's tail (its last ``--last``
+evaluations and training windows, a reading that one final checkpoint's draw does not decide); ``--plot PNG`` draws
+the evaluation success and cost of the arms, each applied move marked.
 
     python experiments/fetch_costknob_report.py experiments/results/fetch_pick_costknob --arms fixed rule pen1 \\
         --seed 240 --from-step 200000
@@ -83,6 +84,21 @@ def training_windows(arm: Path, window: int, from_step: int) -> pd.DataFrame:
     )
 
 
+def tail(ev: pd.DataFrame, windows: pd.DataFrame, last: int) -> dict[str, float]:
+    """An arm's last ``last`` evaluations (mean success and cost, the cost's range, the final cost) and training
+    windows (mean success and cost)."""
+    e, w = ev.tail(last), windows.tail(last)
+    return dict(
+        eval_success=e.success.mean(),
+        eval_cost=e.cost.mean(),
+        eval_cost_min=e.cost.min(),
+        eval_cost_max=e.cost.max(),
+        final_eval_cost=e.cost.iloc[-1],
+        train_success=w.success.mean(),
+        train_cost=w.cost.mean(),
+    )
+
+
 def plot(arms: dict[str, Path], curves: dict[str, pd.DataFrame], path: Path) -> None:
     """Evaluation success and episode cost of every arm (``curves``: its :func:`evaluations`) over env steps, each
     arm's applied decisions marked."""
@@ -116,12 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", help="the folders' suffix after _s: a seed, or e.g. 240_480 (none: the arms' own names)")
     p.add_argument("--from-step", type=int, default=0, help="the branch point: earlier steps are the shared trunk")
     p.add_argument("--window", type=int, default=20000)
+    p.add_argument("--last", type=int, default=5, help="evaluations and training windows in each arm's tail")
     p.add_argument("--plot", type=Path, help="write the arms' evaluation curves to this PNG")
     args = p.parse_args(argv)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_colwidth", 120)
     arms = {name: args.results / (f"{name}_s{args.seed}" if args.seed else name) for name in args.arms}
     curves = {name: evaluations(arm) for name, arm in arms.items()}
+    tails: dict[str, dict[str, float]] = {}
     for name, arm in arms.items():
         ev = curves[name]
         print(f"== {name}: evaluations (deterministic; the same scenes in every arm at a boundary)")
@@ -130,12 +148,16 @@ def main(argv: list[str] | None = None) -> None:
             .drop(columns=["reason", "applied"])
             .to_string(index=False, float_format="%.3g")
         )
+        windows = training_windows(arm, args.window, args.from_step)
         print(f"-- {name}: training episodes per {args.window} env steps")
-        print(training_windows(arm, args.window, args.from_step).to_string(float_format="%.3f"))
+        print(windows.to_string(float_format="%.3f"))
         applied = ev[ev.applied]
         if len(applied):
             print(f"-- {name}: decisions applied")
             print(applied[["step", "reason"]].to_string(index=False))
+        tails[name] = tail(ev, windows, args.last)
+    print(f"== the tail: each arm's last {args.last} evaluations and training windows of {args.window} env steps")
+    print(pd.DataFrame(tails).T.to_string(float_format="%.3f"))
     if args.plot:
         plot(arms, curves, args.plot)
         print(f"plot: {args.plot}")
