@@ -12,7 +12,8 @@ measures sb3-contrib's own ``TQC.train`` instead (the same update, synchronised 
 ``-fused`` gives the optimisers PyTorch's fused Adam (one kernel per step; CUDA only); ``-nograph`` turns off
 FastTQC's CUDA graph of the gradient step (its loop without host syncs only); ``-devbuf`` samples HER's
 batches on the device (:class:`rl_manager.device_her.DeviceHerReplayBuffer`) instead of SB3's numpy sampler;
-``-tf32`` lets CUDA matmuls use TensorFloat-32.
+``-tf32`` lets CUDA matmuls use TensorFloat-32; ``-norm`` normalises observations (the recipe key ``normalize``:
+``{norm_reward: false, clip_obs: 5.0}``; with ``-devbuf`` applied to HER's batches on the device).
 
 ::
 
@@ -35,7 +36,7 @@ from sb3_contrib import TQC
 from stable_baselines3.common.callbacks import BaseCallback
 
 import rl_manager.envs  # noqa: F401  (registers the env ids)
-from rl_manager.train import _build_model, load_recipe, make_train_env
+from rl_manager.train import _build_model, load_recipe, make_train_env, normalize_env
 from rl_manager.vec_env import LocalComputeReward
 
 ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
@@ -43,12 +44,14 @@ ENV_ID = "rl_manager/SafeFetchPickAndPlace-v0"
 
 def overrides(name: str) -> dict[str, Any]:
     """Recipe overrides of a configuration name (``zoo`` or ``vN-gG-bB``)."""
-    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?(?:-devbuf)?(?:-tf32)?"
+    suffixes = r"(?:-ipc)?(?:-sb3)?(?:-fused)?(?:-nograph)?(?:-devbuf)?(?:-tf32)?(?:-norm)?"
     flags: dict[str, Any] = {"cuda_graph": False} if "-nograph" in name else {}
     if "-tf32" in name:
         flags["tf32"] = True  # the recipe key: TensorFloat-32 matmuls on CUDA
     if "-devbuf" in name:
         flags["replay_buffer_class"] = "DeviceHerReplayBuffer"
+    if "-norm" in name:
+        flags["normalize"] = {"norm_reward": False, "clip_obs": 5.0}
     if re.fullmatch(r"zoo" + suffixes, name):
         return flags
     m = re.fullmatch(r"v(\d+)-g(\d+)-b(\d+)" + suffixes, name)
@@ -93,6 +96,7 @@ def measure(name: str, args: argparse.Namespace) -> tuple[float, float]:
     env = make_train_env(ENV_ID, recipe, seed=args.seed)
     if "-ipc" in name and isinstance(env, LocalComputeReward):
         env = env.venv  # SB3's default: compute_reward through the worker pipe
+    env = normalize_env(env, recipe)
     config = {"algo": "tqc", "recipe": recipe, "seed": args.seed, "tensorboard_log": None, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         model = _build_model(config, env, Path(tmp), None, cls=TQC if "-sb3" in name else None)
