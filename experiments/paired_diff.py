@@ -19,34 +19,41 @@ import numpy as np
 from rl_manager.compare import _ci
 
 
-def heldout_score(run: Path, cell: str) -> float:
-    """The safe success rate (else the success rate) of one run's held-out ``cell``."""
+def heldout_score(run: Path, cell: str, metric: str | None = None) -> float:
+    """``metric`` of one run's held-out ``cell`` (default: the safe success rate, else the success rate)."""
     h = json.loads((run / "summary.json").read_text())["heldout"][cell]
+    if metric is not None:
+        return h[metric]
     return h["safe_success_rate"] if h.get("safe_success_rate") is not None else h["success_rate"]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", type=Path)
+    p.add_argument("results", type=Path, nargs="+", help="grid folders (several: their seeds pooled)")
     p.add_argument("--arm", default="rule")
     p.add_argument("--others", nargs="+", default=["fixed", "kladaptive"])
     p.add_argument("--starts", nargs="+", default=["tuned", "conservative", "reckless"])
     p.add_argument("--cell", default="deterministic/all")
+    p.add_argument("--metric", default=None, help="a held-out key (success_rate, mean_cost, ...); default the score")
     args = p.parse_args(argv)
-    runs = args.results / "runs"
     for start in args.starts:
-        mine = runs / f"{start}-{args.arm}"
         for other in args.others:
-            theirs = runs / f"{start}-{other}"
-            paired = [d for d in mine.glob("s*") if d.is_dir() and (theirs / d.name / "summary.json").exists()]
-            seeds = sorted(d.name for d in paired)
-            if not seeds:
+            pairs = [  # (mine, theirs) run folders of one seed
+                (d, runs / f"{start}-{other}" / d.name)
+                for runs in (r / "runs" for r in args.results)
+                for d in sorted((runs / f"{start}-{args.arm}").glob("s*"))
+                if d.is_dir() and (runs / f"{start}-{other}" / d.name / "summary.json").exists()
+            ]
+            if not pairs:
                 continue
-            diff = np.array([heldout_score(mine / s, args.cell) - heldout_score(theirs / s, args.cell) for s in seeds])
+            diff = np.array(
+                [heldout_score(a, args.cell, args.metric) - heldout_score(b, args.cell, args.metric) for a, b in pairs]
+            )
             point, low, high = _ci(diff, np.mean)
             print(
                 f"{start:13s} {args.arm} - {other:11s} {point:+.3f} [{low:+.3f}, {high:+.3f}]  "
-                f"{int((diff >= 0).sum())} of {len(diff)} >=  ({', '.join(seeds)})"
+                f"{int((diff >= 0).sum())} of {len(diff)} >=, {int((diff < 0).sum())} lower, "
+                f"{int((diff > 0).sum())} higher  ({', '.join(a.name for a, _ in pairs)})"
             )
 
 
