@@ -33,6 +33,8 @@ JUDGED = {
     "safe_fetch_reach_v31_rollbackfloor": ("runs/conservative-rule*/s4??", 11),
     # seeds 442-451, v31's configuration; the rule before the stuck rule's task-success veto in conservative-rule-old
     "safe_fetch_reach_v32_stucktask": ("runs/conservative-rule/s4??", 10),
+    # seeds 488-497, main's rule against the tuned recipe left alone (level; pooled with v36, level)
+    "safe_fetch_reach_v37_main_vs_fixed": ("runs/tuned-rule/s4??", 10),
 }
 # Changed on purpose, to be judged on a fresh seed: fetch_pick_costknob's rule_s240_7b (seed 240 from 200k), whose
 # prices from 220k the rule no longer sets while success is below its target (see the test below and that grid's
