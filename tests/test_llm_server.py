@@ -269,7 +269,13 @@ def test_async_sb3_run_audits_llm_attempts(server, tmp_path):
         assert a.prompt_tokens and a.prompt_tokens > 0 and a.completion_tokens
         assert r.latency_s > 0 and r.prompt_tokens >= a.prompt_tokens
         assert "requested at evaluation" in r.message
-        json.loads(a.raw_reply)
+        for a in llm:  # json_schema: schema-valid JSON unless the reply ran past max_tokens
+            if a.finish_reason == "length":  # a cut-off reply is refused and logged, never parsed
+                assert any("cut off" in e for e in a.errors), a.errors
+            else:
+                json.loads(a.raw_reply)
+        if any(a.errors for a in llm) and r.fallback is None:  # a refused first reply, then the re-ask was taken
+            assert not llm[-1].errors
     for r in records:
         if r.kind in ("stale", "abandoned"):  # these carry no attempts (see ManagerCallback)
             assert r.proposer == "llm" and r.message
