@@ -8,6 +8,7 @@ PyTorch loop), the decide CLI and the benchmarks call; it returns a :class:`~rl_
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from rl_manager.guard import Guard
@@ -141,12 +142,14 @@ def redactor(manager: Manager):
 
 def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, guard: Guard, feedback: str | None):
     redact = redactor(manager)
+    start = time.perf_counter()
     try:
         proposal = manager.propose(snapshot, menu, feedback)
     except Exception as exc:  # a dead endpoint or a buggy manager must not stop training
         message = redact(f"manager error: {type(exc).__name__}: {exc}")
         logger.warning("manager %s failed: %s", manager.name, message)
-        return Attempt(proposer=manager.name, errors=[message]), None
+        # the time lost to a failure (a timeout's wait) is part of what the decision cost
+        return Attempt(proposer=manager.name, errors=[message], latency_s=time.perf_counter() - start), None
     review = guard.review(proposal.reply, menu)
     reply = proposal.reply
     if not isinstance(reply, str):

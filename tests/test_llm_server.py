@@ -259,23 +259,28 @@ def test_async_sb3_run_audits_llm_attempts(server, tmp_path):
     kinds = [r.kind for r in records]
     print(f"\nasync run: {wall:.1f} s, {model.num_timesteps} steps, counts={cb.counts}, kinds={kinds}")
     assert kinds.count("decision") >= 2, f"no reply within {stopper.limit_s} s: {kinds}"
+    replies = 0
     for r in records:
         if r.kind != "decision":
             continue
         llm = [a for a in r.attempts if a.proposer == "llm"]
-        assert llm, r.attempts  # the reply applied came from logged LLM attempt(s)
-        a = llm[0]
-        assert a.prompt and a.raw_reply is not None and a.latency_s > 0, a
-        assert a.prompt_tokens and a.prompt_tokens > 0 and a.completion_tokens
-        assert r.latency_s > 0 and r.prompt_tokens >= a.prompt_tokens
-        assert "requested at evaluation" in r.message
-        for a in llm:  # json_schema: schema-valid JSON unless the reply ran past max_tokens
-            if a.finish_reason == "length":  # a cut-off reply is refused and logged, never parsed
+        assert llm, r.attempts  # every decision asked the LLM and logged what came of it
+        assert r.latency_s > 0 and "requested at evaluation" in r.message
+        for a in llm:
+            if a.raw_reply is None:  # no reply (e.g. timed out on a loaded machine): a logged failure
+                assert a.errors, a
+                continue
+            replies += 1
+            assert a.prompt and a.latency_s > 0, a
+            assert a.prompt_tokens and a.prompt_tokens > 0 and a.completion_tokens
+            assert r.prompt_tokens >= a.prompt_tokens
+            if a.finish_reason == "length":  # cut off at max_tokens: refused and logged, never parsed
                 assert any("cut off" in e for e in a.errors), a.errors
-            else:
+            else:  # json_schema: the server's grammar yields JSON
                 json.loads(a.raw_reply)
-        if any(a.errors for a in llm) and r.fallback is None:  # a refused first reply, then the re-ask was taken
-            assert not llm[-1].errors
+        if r.fallback is None:  # the decision taken is the last LLM reply, which the guard accepted
+            assert r.proposer == "llm" and not llm[-1].errors
+    assert replies, "no LLM reply was logged"
     for r in records:
         if r.kind in ("stale", "abandoned"):  # these carry no attempts (see ManagerCallback)
             assert r.proposer == "llm" and r.message
