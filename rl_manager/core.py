@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from rl_manager.guard import Guard
-from rl_manager.managers.base import Manager
+from rl_manager.managers.base import Manager, ProposalFailed
 from rl_manager.menu import GateConfig, build_action_space
 from rl_manager.schema import (
     ActionSpace,
@@ -146,10 +146,13 @@ def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, g
     try:
         proposal = manager.propose(snapshot, menu, feedback)
     except Exception as exc:  # a dead endpoint or a buggy manager must not stop training
-        message = redact(f"manager error: {type(exc).__name__}: {exc}")
+        latency = time.perf_counter() - start  # the time a failure cost (a timeout's wait) is part of the decision's
+        failed = exc if isinstance(exc, ProposalFailed) else None
+        cause = failed.cause if failed is not None else exc
+        message = redact(f"manager error: {type(cause).__name__}: {cause}")
         logger.warning("manager %s failed: %s", manager.name, message)
-        # the time lost to a failure (a timeout's wait) is part of what the decision cost
-        return Attempt(proposer=manager.name, errors=[message], latency_s=time.perf_counter() - start), None
+        prompt = redact(failed.prompt) if failed is not None and failed.prompt else None
+        return Attempt(proposer=manager.name, prompt=prompt, errors=[message], latency_s=latency), None
     review = guard.review(proposal.reply, menu)
     reply = proposal.reply
     if not isinstance(reply, str):

@@ -260,7 +260,10 @@ def test_slow_reply_times_out(server: ScriptedServer) -> None:
     assert time.perf_counter() - start < 1.4
     assert outcome.fallback == "rule" and outcome.proposer == "rule"
     assert "Timeout" in outcome.attempts[0].errors[0]
-    assert outcome.attempts[0].latency_s >= 0.3  # the wait the timeout cost is in the audit, not 0
+    failed = outcome.attempts[0]
+    assert failed.latency_s >= 0.3  # the wait the timeout cost is in the audit, not 0
+    assert failed.prompt and failed.prompt.endswith(server.requests[0]["messages"][-1]["content"])  # what was sent
+    assert failed.raw_reply is None and failed.errors[0].startswith("manager error: APITimeoutError")
     assert [a.proposer for a in outcome.attempts] == ["llm", "rule"]  # no re-ask after a transport error
 
 

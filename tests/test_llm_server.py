@@ -267,8 +267,8 @@ def test_async_sb3_run_audits_llm_attempts(server, tmp_path):
         assert llm, r.attempts  # every decision asked the LLM and logged what came of it
         assert r.latency_s > 0 and "requested at evaluation" in r.message
         for a in llm:
-            if a.raw_reply is None:  # no reply (e.g. timed out on a loaded machine): a logged failure
-                assert a.errors, a
+            if a.raw_reply is None:  # no reply (e.g. timed out on a loaded machine): a logged failure, timed
+                assert a.errors and a.latency_s > 0, a
                 continue
             replies += 1
             assert a.prompt and a.latency_s > 0, a

@@ -11,6 +11,21 @@ from typing import Any
 from rl_manager.schema import ActionSpace, KnobMenu, KnobRole, TelemetrySnapshot
 
 
+class ProposalFailed(Exception):
+    """A manager's request that failed after its prompt was built (a timeout, a dead endpoint).
+
+    The audit records the prompt that was sent and names the cause, as for a reply.
+
+    :param cause: the exception the request raised.
+    :param prompt: the exact prompt sent.
+    """
+
+    def __init__(self, cause: Exception, prompt: str | None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.prompt = prompt
+
+
 @dataclass
 class Proposal:
     """A manager's raw reply and what it cost.

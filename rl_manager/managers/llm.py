@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from rl_manager.guard import parse_reply
-from rl_manager.managers.base import Manager, Proposal
+from rl_manager.managers.base import Manager, Proposal, ProposalFailed
 from rl_manager.prompt import (
     build_compact_messages,
     build_messages,
@@ -180,7 +180,10 @@ class LLMManager(Manager):
         self.calls += 1
         kwargs = {**self.request_kwargs(messages), **overrides}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        response = self._client.chat.completions.create(**kwargs)
+        try:
+            response = self._client.chat.completions.create(**kwargs)
+        except Exception as exc:  # the audit keeps what was sent
+            raise ProposalFailed(exc, render_messages(messages)) from exc
         usage = response.usage
         if usage is not None:
             self.tokens_used += int(usage.prompt_tokens or 0) + int(usage.completion_tokens or 0)
