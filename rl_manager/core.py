@@ -162,9 +162,11 @@ def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, g
     if review.decision is not None:  # its free text may quote the key too
         text = {k: redact(getattr(review.decision, k)) for k in ("reason", "expected_outcome")}
         review.decision = review.decision.model_copy(update=text)
-    if proposal.finish_reason == "length" and review.ok:
-        # a truncated reply that happens to parse is still a failure
-        errors = ["reply was cut off (finish_reason=length)"]
+    if proposal.finish_reason == "length":
+        # a truncated reply is a failure even if it happens to parse; named first whatever else the guard found
+        # (a cut-off string is "not valid JSON"), so that the log and a re-ask say why: the reply was too long
+        errors = ["reply was cut off at the token limit (finish_reason=length): a shorter reply fits"]
+        errors += [redact(e) for e in review.errors]
         review.decision = None
     attempt = Attempt(
         proposer=manager.name,

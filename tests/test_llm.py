@@ -253,6 +253,17 @@ def test_finish_reason_length_is_a_failure(server: ScriptedServer) -> None:
     assert "cut off" in outcome.attempts[0].errors[0]
 
 
+def test_a_cut_off_reply_that_does_not_parse_says_it_was_cut_off(server: ScriptedServer) -> None:
+    """A reply cut mid-string is not valid JSON; the log and the re-ask name the cut first (the CI case)."""
+    truncated = reply('{\n  "reason": "The problem is that the learning rate', finish_reason="length")
+    server.script = [truncated, reply(json.dumps({"action": "no_action", "reason": "steady progress, wait"}))]
+    outcome = decide(make_snapshot(), make_manager(server), fallback=RuleManager())
+    first = outcome.attempts[0].errors
+    assert "cut off" in first[0] and any("not valid JSON" in e for e in first[1:]), first
+    assert first[0] in server.requests[1]["messages"][-1]["content"]  # the re-ask quotes it
+    assert outcome.proposer == "llm" and outcome.fallback is None
+
+
 def test_slow_reply_times_out(server: ScriptedServer) -> None:
     server.script = [{"sleep": 1.5, **reply(adjust("learning_rate", 0.0005))}]
     start = time.perf_counter()

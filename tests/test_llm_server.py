@@ -274,8 +274,8 @@ def test_async_sb3_run_audits_llm_attempts(server, tmp_path):
             assert a.prompt and a.latency_s > 0, a
             assert a.prompt_tokens and a.prompt_tokens > 0 and a.completion_tokens
             assert r.prompt_tokens >= a.prompt_tokens
-            if a.finish_reason == "length":  # cut off at max_tokens: refused and logged, never parsed
-                assert any("cut off" in e for e in a.errors), a.errors
+            if a.finish_reason == "length":  # cut off at max_tokens (the 0.5B model's long reasons): refused, logged
+                assert "cut off" in a.errors[0], a.errors
             else:  # json_schema: the server's grammar yields JSON
                 json.loads(a.raw_reply)
         if r.fallback is None:  # the decision taken is the last LLM reply, which the guard accepted
