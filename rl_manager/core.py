@@ -165,8 +165,7 @@ def _attempt(manager: Manager, snapshot: TelemetrySnapshot, menu: ActionSpace, g
     if proposal.finish_reason == "length":
         # a truncated reply is a failure even if it happens to parse; named first whatever else the guard found
         # (a cut-off string is "not valid JSON"), so that the log and a re-ask say why: the reply was too long
-        errors = ["reply was cut off at the token limit (finish_reason=length): a shorter reply fits"]
-        errors += [redact(e) for e in review.errors]
+        errors = ["reply was cut off at the token limit (finish_reason=length): a shorter reply fits", *errors]
         review.decision = None
     attempt = Attempt(
         proposer=manager.name,
