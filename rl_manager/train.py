@@ -66,7 +66,8 @@ OFF_POLICY = ("sac", "tqc", "td3", "ddpg")
 RECIPE_ALIASES = {"aggressive": "reckless", "baseline": "tuned"}
 #: ``--gpu``: the GPU setup measured for FetchPickAndPlace on one H200 + 16 cores (issue 16,
 #: ``experiments/results/fetch_throughput``): 16 envs in worker processes, 4 gradient steps of 4,096 per vector
-#: step, TensorFloat-32 matmuls, and HER (if the recipe uses it) sampled on the GPU. ``-params`` still overrides.
+#: step, TensorFloat-32 matmuls, and HER (if the recipe uses it) sampled on the GPU with observations normalised
+#: (:data:`GPU_HER_NORMALIZE`). ``-params`` still overrides.
 GPU_PRESET: dict[str, Any] = {
     "n_envs": 16,
     "vec_env": "subproc",
@@ -75,6 +76,11 @@ GPU_PRESET: dict[str, Any] = {
     "batch_size": 4096,
     "tf32": True,
 }
+#: ``--gpu`` with HER: observations (and goals) normalised, clipped at 5 standard deviations, unless the recipe sets
+#: its own ``normalize``. Fresh FetchPickAndPlace seeds 269, 270 and 271 learned with it (held-out success 0.93, 0.77
+#: and 0.94 at 400k) where the same seeds without it had not learned (0.03, 0.07 and 0.29)
+#: (``experiments/results/push_normalize_pilot``); HER's reference implementation normalises the same way.
+GPU_HER_NORMALIZE: dict[str, Any] = {"norm_obs": True, "norm_reward": False, "clip_obs": 5.0}
 #: keys of a recipe that are not algorithm constructor arguments
 RUN_KEYS = (
     "n_timesteps",
@@ -196,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gpu",
         action="store_true",
         help="off-policy algorithms: the measured GPU setup (16 env workers, 4 gradient steps of 4,096 per vector "
-        "step, TF32, HER sampled on the GPU); -params overrides its keys",
+        "step, TF32, HER sampled on the GPU with observations normalised); -params overrides its keys",
     )
     p.add_argument("-P", "--progress", action="store_true", help="show a progress bar")
     p.add_argument("-v", "--verbose", type=int, default=1)
@@ -215,7 +221,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def gpu_preset(algo: str, recipe: dict[str, Any], device: str | None) -> dict[str, Any]:
-    """The keys ``--gpu`` sets on ``recipe`` (:data:`GPU_PRESET`; HER's buffer on the device)."""
+    """The keys ``--gpu`` sets on ``recipe`` (:data:`GPU_PRESET`; with HER, its buffer on the device and
+    :data:`GPU_HER_NORMALIZE` where the recipe has no ``normalize`` of its own)."""
     import torch as th
 
     if algo not in OFF_POLICY:
@@ -225,6 +232,7 @@ def gpu_preset(algo: str, recipe: dict[str, Any], device: str | None) -> dict[st
     preset = dict(GPU_PRESET)
     if recipe.get("replay_buffer_class") == "HerReplayBuffer":
         preset["replay_buffer_class"] = "DeviceHerReplayBuffer"
+        preset["normalize"] = recipe.get("normalize", dict(GPU_HER_NORMALIZE))
     return preset
 
 

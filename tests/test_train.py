@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_manager import train
 from rl_manager.audit import read_audit
-from rl_manager.train import gpu_preset, main
+from rl_manager.train import GPU_HER_NORMALIZE, GPU_PRESET, gpu_preset, main
 
 TINY_PPO = ["-params", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:2", "policy_kwargs:{net_arch: [16]}"]
 
@@ -238,7 +238,6 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     import pytest
 
     from rl_manager.io import InputError
-    from rl_manager.train import GPU_PRESET
 
     args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "tuned", "-n", "200", "--eval-freq", "200"]
     args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "none"]
@@ -253,8 +252,19 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     assert recipe["n_envs"] == 2 and recipe["batch_size"] == 32  # -params win
     assert recipe["gradient_steps"] == GPU_PRESET["gradient_steps"] and recipe["vec_env"] == "subproc"
     assert recipe["replay_buffer_class"] == "DeviceHerReplayBuffer" and recipe["tf32"] and config["device"] == "cpu"
+    assert recipe["normalize"] == GPU_HER_NORMALIZE  # HER: observations normalised
+    assert (run_dir_of(tmp_path) / "final_model_vecnormalize.pkl").is_file()
     with pytest.raises(InputError, match="off-policy"):
         gpu_preset("ppo", {}, "cpu")
+
+
+def test_gpu_flag_normalises_her_recipes_unless_the_recipe_says_otherwise():
+    her = {"replay_buffer_class": "HerReplayBuffer"}
+    assert gpu_preset("tqc", her, "cpu")["normalize"] == GPU_HER_NORMALIZE
+    assert gpu_preset("tqc", {**her, "normalize": False}, "cpu")["normalize"] is False  # the recipe's own wins
+    own = {"norm_obs": True, "clip_obs": 10.0}
+    assert gpu_preset("tqc", {**her, "normalize": own}, "cpu")["normalize"] == own
+    assert "normalize" not in gpu_preset("sac", {}, "cpu")  # without HER: not measured, not set
 
 
 def test_a_stop_is_confirmed_on_fresh_episodes_where_boundaries_evaluate_through_sb3():
