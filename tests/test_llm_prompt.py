@@ -359,6 +359,17 @@ def test_two_stage_decides_in_prose_then_formats_with_the_menu_schema():
     assert outcome.attempts[0].prompt_tokens == 1200 and manager.budget()["calls"] == 2
 
 
+def test_a_two_stage_decision_without_prose_is_logged_with_the_prompt_it_sent():
+    """An empty first (prose) answer fails the attempt; the audit keeps the prose request beside the cause."""
+    client = _Client([""])
+    manager = LLMManager(LLMSettings(base_url="http://127.0.0.1:9/v1", two_stage=True), client=client)
+    outcome = decide(make_snapshot(), manager, fallback=RuleManager())
+    failed = outcome.attempts[0]
+    assert outcome.proposer == "rule" and client.calls == 1
+    assert failed.errors == ["manager error: RuntimeError: no prose decision (finish_reason='stop')"]
+    assert failed.prompt and failed.prompt.endswith(PROSE_REQUEST)
+
+
 @pytest.mark.parametrize("name,snapshot,menu", list(_scenarios())[:12], ids=[s.name for s in SUITE.scenarios[:12]])
 def test_advice_shows_the_rule_managers_proposal_only_when_asked(name, snapshot, menu):
     """``RL_MANAGER_ADVICE``: the rule's decision for this very snapshot and menu, as a prompt section."""

@@ -188,7 +188,7 @@ class LLMManager(Manager):
         if usage is not None:
             self.tokens_used += int(usage.prompt_tokens or 0) + int(usage.completion_tokens or 0)
         if not response.choices:
-            raise RuntimeError("the server returned no choices")
+            raise ProposalFailed(RuntimeError("the server returned no choices"), render_messages(messages))
         choice = response.choices[0]
         text = choice.message.content if choice.message is not None else None
         logger.debug(
@@ -229,7 +229,8 @@ class LLMManager(Manager):
         prose, first, usage1 = self._call(messages, max_tokens=s.prose_tokens, response_format=None)
         prose = (prose or "").strip()
         if not prose or first.finish_reason not in ("stop", "length"):
-            raise RuntimeError(f"no prose decision (finish_reason={first.finish_reason!r})")
+            no_prose = RuntimeError(f"no prose decision (finish_reason={first.finish_reason!r})")
+            raise ProposalFailed(no_prose, render_messages(messages))
         messages = [*messages, {"role": "assistant", "content": prose}, {"role": "user", "content": FORMAT_REQUEST}]
         # one knob per adjust: the prose names one move, and a small model pads a list with more
         schema = menu_schema(menu, problem=False, reason=False, max_changes=1)
