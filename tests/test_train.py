@@ -253,7 +253,17 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     assert recipe["gradient_steps"] == GPU_PRESET["gradient_steps"] and recipe["vec_env"] == "subproc"
     assert recipe["replay_buffer_class"] == "DeviceHerReplayBuffer" and recipe["tf32"] and config["device"] == "cpu"
     assert recipe["normalize"] == GPU_HER_NORMALIZE  # HER: observations normalised
-    assert (run_dir_of(tmp_path) / "final_model_vecnormalize.pkl").is_file()
+    run = run_dir_of(tmp_path)
+    stats = run / "last_model_vecnormalize.pkl"
+    saved = VecNormalize.load(str(stats), make_vec_env(config["env_id"]))
+    config["n_timesteps"] = 400  # continued as the forked test's fixed arm is (a --gpu run resumed)
+    (run / "config.yml").write_text(yaml.safe_dump(config))
+    try:
+        assert main(["--resume", str(run)]) == 0
+    finally:
+        th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+    resumed = VecNormalize.load(str(stats), make_vec_env(config["env_id"]))
+    assert resumed.obs_rms["observation"].count > saved.obs_rms["observation"].count + 150  # continued
     with pytest.raises(InputError, match="off-policy"):
         gpu_preset("ppo", {}, "cpu")
 
