@@ -211,7 +211,14 @@ def test_her_learning_starts_covers_one_episode_of_every_env(tmp_path):
     assert config["recipe"]["n_envs"] == 4
 
 
-def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path):
+@pytest.fixture
+def tf32_reset():
+    """A test whose run turns TensorFloat-32 on (process-wide): off again after it, whatever happened."""
+    yield
+    th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+
+
+def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path, tf32_reset):
     """The GPU recipe's keys: HER sampled on the model's device, TensorFloat-32 matmuls; both reach the run."""
 
     from rl_manager.device_her import DeviceHerReplayBuffer
@@ -220,21 +227,18 @@ def test_gpu_recipe_keys_device_her_buffer_and_tf32(tmp_path):
     args = ["--env", "FetchReach", "--algo", "sac", "--recipe", "tuned", "-n", "300", "--eval-freq", "300"]
     args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "none"]
     args += ["-params", "learning_starts:100", "batch_size:32", "policy_kwargs:{net_arch: [16]}", "buffer_size:2000"]
-    try:
-        assert main([*args, "replay_buffer_class:DeviceHerReplayBuffer", "tf32:true"]) == 0
-        assert th.backends.cuda.matmul.allow_tf32
-        config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
-        assert config["recipe"]["replay_buffer_class"] == "DeviceHerReplayBuffer" and config["recipe"]["tf32"]
-        env = make_train_env(config["env_id"], config["recipe"], seed=0)
-        model = _build_model(config, env, run_dir_of(tmp_path), run_dir_of(tmp_path) / "last_model.zip")
-        assert isinstance(model.replay_buffer, DeviceHerReplayBuffer) and model.replay_buffer.size() > 0
-        model.replay_buffer.sample(8)  # a resumed run samples from the reloaded buffer (mirror rebuilt)
-        env.close()
-    finally:
-        th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+    assert main([*args, "replay_buffer_class:DeviceHerReplayBuffer", "tf32:true"]) == 0
+    assert th.backends.cuda.matmul.allow_tf32
+    config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
+    assert config["recipe"]["replay_buffer_class"] == "DeviceHerReplayBuffer" and config["recipe"]["tf32"]
+    env = make_train_env(config["env_id"], config["recipe"], seed=0)
+    model = _build_model(config, env, run_dir_of(tmp_path), run_dir_of(tmp_path) / "last_model.zip")
+    assert isinstance(model.replay_buffer, DeviceHerReplayBuffer) and model.replay_buffer.size() > 0
+    model.replay_buffer.sample(8)  # a resumed run samples from the reloaded buffer (mirror rebuilt)
+    env.close()
 
 
-def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
+def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path, tf32_reset):
     import pytest
 
     from rl_manager.io import InputError
@@ -243,10 +247,7 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     args += ["--eval-episodes", "2", "--heldout-episodes", "2", "-f", str(tmp_path), "--manager", "none"]
     args += ["--gpu", "--device", "cpu"]  # the preset's keys, on this machine's CPU
     params = ["-params", "n_envs:2", "batch_size:32", "policy_kwargs:{net_arch: [16]}", "buffer_size:2000"]
-    try:
-        assert main([*args, *params]) == 0
-    finally:
-        th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+    assert main([*args, *params]) == 0
     config = yaml.safe_load((run_dir_of(tmp_path) / "config.yml").read_text())
     recipe = config["recipe"]
     assert recipe["n_envs"] == 2 and recipe["batch_size"] == 32  # -params win
@@ -258,10 +259,7 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path):
     saved = VecNormalize.load(str(stats), make_vec_env(config["env_id"]))
     config["n_timesteps"] = 400  # continued as the forked test's fixed arm is (a --gpu run resumed)
     (run / "config.yml").write_text(yaml.safe_dump(config))
-    try:
-        assert main(["--resume", str(run)]) == 0
-    finally:
-        th.backends.cuda.matmul.allow_tf32 = th.backends.cudnn.allow_tf32 = False
+    assert main(["--resume", str(run)]) == 0
     resumed = VecNormalize.load(str(stats), make_vec_env(config["env_id"]))
     assert resumed.obs_rms["observation"].count > saved.obs_rms["observation"].count + 150  # continued
     with pytest.raises(InputError, match="off-policy"):
