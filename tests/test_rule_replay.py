@@ -15,9 +15,11 @@ from rl_manager.managers import RuleManager
 from rl_manager.menu import build_action_space
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
-# grid folder -> the rule runs in it (glob), and how many there are
+# grid folder -> the rule runs in it (a glob, or a tuple of globs), and how many there are
 JUDGED = {
-    "fetch_pick_costknob": ("rule_s249_720", 1),  # seed 249 from 600k: item 2's target met (held-out, 400 scenes)
+    # seed 249 from 600k; fresh seeds 267 and 275, whole runs on the normalised --gpu recipe: item 2's target met on
+    # each (held-out, 400 scenes)
+    "fetch_pick_costknob": (("rule_s249_720", "forked_s2[67][75]/rule"), 3),
     # seeds 265, 266, 268, 272 and 274, whole runs on the 2-core machine: item 2's target met on 265 (the stuck rule's
     # one raise per spell), not on 266, 268, 272 and 274 (success level, held-out cost -53 %, -69.7 %, -58 %, -65 %;
     # 274 under a recipe's price ceiling of 4.0)
@@ -64,8 +66,9 @@ CHANGED = {
 
 @pytest.mark.parametrize("grid", sorted(JUDGED))
 def test_the_rule_repeats_its_judged_decisions(grid):
-    pattern, expected = JUDGED[grid]
-    runs = sorted((RESULTS / grid).glob(pattern))
+    patterns, expected = JUDGED[grid]
+    patterns = (patterns,) if isinstance(patterns, str) else patterns
+    runs = sorted(run for pattern in patterns for run in (RESULTS / grid).glob(pattern))
     assert len(runs) == expected, f"{grid}: {len(runs)} rule runs, expected {expected}"
     changed = []
     for run in runs:
