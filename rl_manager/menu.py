@@ -194,13 +194,16 @@ def build_action_space(snapshot: TelemetrySnapshot, gates: GateConfig | None = N
 
     Knobs in cooldown or without any effective choice are left out. ``adjust`` is offered only
     if some knob can move, ``rollback_and_consolidate`` only if the rollback gate is open and
-    some knob can move conservatively.
+    some knob can move conservatively. At the boundary that ends the budget no step trains after
+    the decision: no knob is offered and no stop, only a rollback (which sets the final model).
     """
     gates = gates or GateConfig()
-    idx = snapshot.position.evaluation_index
+    pos = snapshot.position
+    idx = pos.evaluation_index
     knobs: list[KnobMenu] = []
     closed: dict[str, str] = {}
-    for spec in snapshot.knobs:
+    spent = pos.total_steps is not None and pos.step >= pos.total_steps
+    for spec in [] if spent else snapshot.knobs:
         if spec.last_changed_at is not None and idx - spec.last_changed_at < spec.cooldown:
             closed[f"knob:{spec.name}"] = f"cooldown until evaluation {spec.last_changed_at + spec.cooldown}"
             continue
@@ -223,20 +226,21 @@ def build_action_space(snapshot: TelemetrySnapshot, gates: GateConfig | None = N
             )
         )
     actions: list[ActionName] = ["no_action"]
+    no_steps = "the budget is spent: no step trains after this decision"
     if knobs:
         actions.append("adjust")
     else:
-        closed["adjust"] = "no knob can change"
+        closed["adjust"] = no_steps if spent else "no knob can change"
     why_not_rollback = rollback_gate(snapshot, gates)
     if why_not_rollback is None:
         actions.append("rollback_to_best")
         if any(k.conservative_options for k in knobs):
             actions.append("rollback_and_consolidate")
         else:
-            closed["rollback_and_consolidate"] = "no conservative change available"
+            closed["rollback_and_consolidate"] = no_steps if spent else "no conservative change available"
     else:
         closed["rollback_to_best"] = closed["rollback_and_consolidate"] = why_not_rollback
-    why_not_stop = stop_gate(snapshot, gates)
+    why_not_stop = no_steps if spent else stop_gate(snapshot, gates)
     if why_not_stop is None:
         actions.append("stop_training")
     else:

@@ -33,6 +33,21 @@ def test_sync_adjust_is_applied_and_audited(tmp_path: Path) -> None:
     assert ctl.counts["applied"] == 1 and ctl.counts["decisions"] == 2
 
 
+def test_the_last_boundary_of_the_budget_moves_no_knob(tmp_path: Path) -> None:
+    """At the step that ends the budget no step trains under a new value: the menu offers no knob, so a manager's
+    adjust there is refused by the guard and audited, and the knob keeps its value (seed 267's price at 400k)."""
+    manager = Scripted([adjust(learning_rate=5e-4), adjust(learning_rate=2.5e-4)])
+    ctl, adapter = make_controller(tmp_path, manager)
+    ctl.boundary(observation(50_000, 0.2))
+    assert adapter.values["learning_rate"] == pytest.approx(5e-4)
+    ctl.boundary(observation(100_000, 0.3))  # total_steps: 100,000
+    assert adapter.values["learning_rate"] == pytest.approx(5e-4)
+    last = read_audit(tmp_path)[-1]
+    assert last.decision.action == "no_action" and not last.applied
+    assert last.menu.actions == ["no_action"] and "budget is spent" in last.menu.closed["adjust"]
+    assert last.validation_errors
+
+
 def test_history_is_untrimmed_and_saved(tmp_path: Path) -> None:
     ctl, _ = make_controller(tmp_path, history_len=10)
     for i in range(60):

@@ -121,3 +121,19 @@ def test_a_run_over_its_cost_limit_is_not_done():
     snap.targets.cost_limit = None  # no constraint: the cost is not a target
     row.mean_cost = 40.0
     assert meets_targets(row, snap)
+
+
+def test_the_boundary_that_ends_the_budget_offers_only_a_rollback():
+    """No step trains after the last decision: a knob move there would be recorded as applied and change nothing
+    (seed 267's price at 400k, Push seed 274's at 500k), a stop would stop nothing; a rollback sets the final model."""
+    snap = regressed(2)
+    snap.position.total_steps = snap.position.step + 1
+    assert {"adjust", "rollback_and_consolidate", "rollback_to_best"} <= set(build_action_space(snap).actions)
+    snap.position.total_steps = snap.position.step
+    menu = build_action_space(snap)
+    assert menu.actions == ["no_action", "rollback_to_best"] and menu.knobs == []
+    assert all("budget is spent" in menu.closed[a] for a in ("adjust", "rollback_and_consolidate", "stop_training"))
+    # the rule answers within it
+    from rl_manager.managers import RuleManager
+
+    assert RuleManager().propose(snap, menu).reply.action in ("no_action", "rollback_to_best")

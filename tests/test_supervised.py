@@ -362,9 +362,10 @@ def test_supervised_rule_versions_add_their_bolder_moves(tmp_path: Path) -> None
     # without it, v3's move: the LR alone
     v3 = applied("v3", OnsetAnnealRuleManager(onset_lr_factor=None), 1000, [5.6, 5.3], [4.84, 4.83])
     assert v3 and v3[0].knobs_after["dropout"] == 0.0
-    # a generalisation gap opening (2.5% -> 7.7% -> 14%) after the early window: regularisation and LR x0.5
+    # a generalisation gap opening (2.5% -> 7.7% -> 14%) after the early window, before the budget ends (no knob moves
+    # at or past it): regularisation and LR x0.5
     train, val = [4.6, 4.3, 4.1, 3.9, 3.6, 3.3], [4.5, 4.25, 4.05, 4.0, 3.9, 3.85]
-    onset = applied("onset", OnsetAnnealRuleManager(), 100, train, val)
+    onset = applied("onset", OnsetAnnealRuleManager(), 150, train, val)
     move = next(r for r in onset if r.knobs_after["dropout"] > 0)
     assert move.knobs_after["learning_rate"] == pytest.approx(1.5e-3)
     assert move.knobs_after["weight_decay"] > move.knobs_before["weight_decay"]
