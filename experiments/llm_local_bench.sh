@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 OUT=experiments/results/llm_local
 HELDOUT=experiments/llm_heldout_suite.yaml
 HELDOUT2=experiments/llm_heldout2_suite.yaml  # written 2026-12-03, before the worked-examples variant ran
+FETCH=experiments/fetch_pick_suite.yaml  # 2026-12-06: item 2's judged PickAndPlace boundaries (fetch_decision_suite.py)
 THREADS=${THREADS:-1}
 bench() {  # name model suite(visible|heldout|heldout2) [ENV=VALUE ...]
   local name=$1 model=$2 suite=$3; shift 3
   local suite_args=()
   [[ $suite == heldout ]] && suite_args=(--suite "$HELDOUT")
   [[ $suite == heldout2 ]] && suite_args=(--suite "$HELDOUT2")
+  [[ $suite == fetch ]] && suite_args=(--suite "$FETCH")
   echo "== $name: $model on $suite $*"
   env "$@" nice -n 10 python -m rl_manager.bench_decisions --manager llm --llm-gguf "$model" --threads "$THREADS" \
     "${suite_args[@]}" --out "$OUT/$name.json" --label "$name $*"
@@ -52,6 +54,11 @@ for run in "${runs[@]}"; do
     exadv15_heldout2) bench "$run" qwen2.5-coder-1.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_EXAMPLES=true RL_MANAGER_ADVICE=true ;;
     adv05_heldout2) bench "$run" qwen2.5-coder-0.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
     adv15_heldout2) bench "$run" qwen2.5-coder-1.5b heldout2 RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
+    # the main task's judged boundaries: alone and advised by the rule
+    one15_fetch) bench "$run" qwen2.5-coder-1.5b fetch RL_MANAGER_TWO_STAGE=false ;;
+    adv15_fetch) bench "$run" qwen2.5-coder-1.5b fetch RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
+    one05_fetch) bench "$run" qwen2.5-coder-0.5b fetch RL_MANAGER_TWO_STAGE=false ;;
+    adv05_fetch) bench "$run" qwen2.5-coder-0.5b fetch RL_MANAGER_TWO_STAGE=false RL_MANAGER_ADVICE=true ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
 done
