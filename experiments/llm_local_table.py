@@ -1,6 +1,7 @@
 """Markdown table of the decision-suite results in experiments/results/llm_local/*.json (issue 13).
 
 python experiments/llm_local_table.py
+python experiments/llm_local_table.py --categories fetch   # per category, runs whose name holds "fetch"
 """
 
 from __future__ import annotations
@@ -34,7 +35,29 @@ def strict_accuracy(d: dict) -> float:
     return strict / len(d["results"])
 
 
+def by_category(pattern: str) -> int:
+    """Per-category correct/total of the runs whose file name holds ``pattern``, with the wrong answers."""
+    for path in sorted(FOLDER.glob(f"*{pattern}*.json")):
+        d = json.loads(path.read_text())
+        cells: dict[str, list[int]] = {}
+        wrong: dict[str, dict[str, int]] = {}
+        for r in d["results"]:
+            cell = cells.setdefault(r["category"], [0, 0])
+            cell[0] += r["correct"]
+            cell[1] += 1
+            if not r["correct"]:
+                answer = r["action"] + "".join(f" {k} {v}" for k, v in r["changes"].items())
+                wrong.setdefault(r["category"], {}).setdefault(answer, 0)
+                wrong[r["category"]][answer] += 1
+        print(f"{path.stem}: " + ", ".join(f"{c} {a}/{n}" for c, (a, n) in cells.items()))
+        for category, answers in wrong.items():
+            print(f"  wrong in {category}: " + "; ".join(f"{a} x{n}" for a, n in answers.items()))
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--categories":
+        return by_category(sys.argv[2])
     rows = []
     for path in sorted(FOLDER.glob("*.json")):
         d = json.loads(path.read_text())
@@ -48,7 +71,15 @@ def main() -> int:
         else:
             variant = "-"
         source = str(d.get("suite"))
-        suite = "held-out 2" if "heldout2" in source else "held-out" if "heldout" in source else "visible"
+        suite = (
+            "PickAndPlace"
+            if "fetch_pick" in source
+            else "held-out 2"
+            if "heldout2" in source
+            else "held-out"
+            if "heldout" in source
+            else "visible"
+        )
         lat = (
             f"{s['latency_mean_s']:.1f} / {s['latency_p50_s']:.1f} / {s['latency_p95_s']:.1f}"
             if d["manager"] == "llm"
