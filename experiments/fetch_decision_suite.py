@@ -39,13 +39,13 @@ def scenarios(run: Path, every: int = 40_000, start: int = 120_000) -> list[dict
         moved = r.decision.action != "no_action"
         if not moved and (step < start or step % every):
             continue
-        success = r.snapshot.evaluation.success_rate
+        evaluation = r.snapshot.evaluation
         phase = "price" if moved else ("after" if r.snapshot.interventions else "learning")
         out.append(
             {
                 "name": f"{seed}_{step // 1000}k",
                 "category": phase,
-                "description": f"{run}: step {step}, evaluation success {success}, cost {r.snapshot.evaluation.mean_cost}",
+                "description": f"{run}: step {step}, success {evaluation.success_rate}, cost {evaluation.mean_cost}",
                 "patch": r.snapshot.model_dump(mode="json"),
                 "expect": [expectation(r)],
             }
