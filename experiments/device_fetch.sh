@@ -116,6 +116,11 @@ PY
     # none): an earlier gate that stops them only if, at chance there, the rule run's median policy entropy over its
     # evaluations from SCREEN/2 on is above MAX_ENTROPY (default -2.5; ../results/fetch_throughput/README.md, "Which
     # seeds learn"). XARGS and PARAMS as in costknob.
+    # (an earlier chain's runs, left on a machine still warm, made the chain's own start refuse unseen but in
+    # chain.log, 2026-12-06: refuse here, before the launch)
+    for d in rule forkpt fixed; do
+      [ ! -e "$res/$d" ] || { echo "error: $res/$d exists (an earlier chain's runs): move $res away" >&2; exit 1; }
+    done
     mkdir -p "$res"
     setsid nohup bash "$(realpath "$0")" _forked "${2:?seed}" >"$res/chain.log" 2>&1 &
     echo "chain started (pid $!)"

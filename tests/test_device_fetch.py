@@ -114,6 +114,18 @@ def test_start_refuses_a_name_that_already_holds_a_run(tmp_path):
     assert (res / "launched").exists()
 
 
+def test_forked_refuses_the_runs_of_an_earlier_chain(tmp_path):
+    """A machine still warm keeps the last chain's runs; a new ``forked`` chain started on top of them would fail in
+    its detached ``start`` (seed 275's first launch): it refuses before launching, with nothing written."""
+    script = _script(tmp_path)
+    res = tmp_path / "res"
+    (res / "rule" / "run").mkdir(parents=True)
+    env = {"PATH": os.environ["PATH"], "RES": str(res)}
+    done = subprocess.run(["bash", str(script), "forked", "7"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "rule exists" in done.stderr
+    assert not (res / "chain.log").exists()
+
+
 def test_costknob_refuses_an_unknown_arm_before_the_trunk(tmp_path):
     """An arm the chain cannot branch (``pen`` without its penalty, a typo) stops it before any device time goes
     into the trunk; ``penX`` arms (no manager, penalty X) are branched (a CPU smoke test in fetch_pick_costknob)."""
