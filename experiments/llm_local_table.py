@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from rl_manager.bench_decisions import load_suite, scenario_snapshot
@@ -39,17 +40,14 @@ def by_category(pattern: str) -> int:
     """Per-category correct/total of the runs whose file name holds ``pattern``, with the wrong answers."""
     for path in sorted(FOLDER.glob(f"*{pattern}*.json")):
         d = json.loads(path.read_text())
-        cells: dict[str, list[int]] = {}
-        wrong: dict[str, dict[str, int]] = {}
+        right, total = Counter(), Counter()
+        wrong: dict[str, Counter] = defaultdict(Counter)
         for r in d["results"]:
-            cell = cells.setdefault(r["category"], [0, 0])
-            cell[0] += r["correct"]
-            cell[1] += 1
+            total[r["category"]] += 1
+            right[r["category"]] += r["correct"]
             if not r["correct"]:
-                answer = r["action"] + "".join(f" {k} {v}" for k, v in r["changes"].items())
-                wrong.setdefault(r["category"], {}).setdefault(answer, 0)
-                wrong[r["category"]][answer] += 1
-        print(f"{path.stem}: " + ", ".join(f"{c} {a}/{n}" for c, (a, n) in cells.items()))
+                wrong[r["category"]][r["action"] + "".join(f" {k} {v}" for k, v in r["changes"].items())] += 1
+        print(f"{path.stem}: " + ", ".join(f"{c} {right[c]}/{n}" for c, n in total.items()))
         for category, answers in wrong.items():
             print(f"  wrong in {category}: " + "; ".join(f"{a} x{n}" for a, n in answers.items()))
     return 0

@@ -202,7 +202,7 @@ def build_action_space(snapshot: TelemetrySnapshot, gates: GateConfig | None = N
     idx = pos.evaluation_index
     knobs: list[KnobMenu] = []
     closed: dict[str, str] = {}
-    spent = pos.total_steps is not None and pos.step >= pos.total_steps
+    spent = pos.progress == 1.0  # (None without a budget)
     for spec in [] if spent else snapshot.knobs:
         if spec.last_changed_at is not None and idx - spec.last_changed_at < spec.cooldown:
             closed[f"knob:{spec.name}"] = f"cooldown until evaluation {spec.last_changed_at + spec.cooldown}"

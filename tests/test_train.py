@@ -255,6 +255,7 @@ def test_gpu_flag_sets_the_measured_setup_and_params_still_override(tmp_path, tf
     assert recipe["replay_buffer_class"] == "DeviceHerReplayBuffer" and recipe["tf32"] and config["device"] == "cpu"
     assert recipe["normalize"] == GPU_HER_NORMALIZE  # HER: observations normalised
     run = run_dir_of(tmp_path)
+    assert (run / "final_model_vecnormalize.pkl").is_file()
     stats = run / "last_model_vecnormalize.pkl"
     saved = VecNormalize.load(str(stats), make_vec_env(config["env_id"]))
     config["n_timesteps"] = 400  # continued as the forked test's fixed arm is (a --gpu run resumed)
